@@ -1,0 +1,497 @@
+//! Carrying out a plan: one stage at a time, observing again after each, until nothing is left.
+//!
+//! # Guarantees
+//! - A bindle's push is verified complete (no missing parcels) before its app is created or a
+//!   revision of it is registered: stages run in [`Stage`] order and an app whose push failed
+//!   takes no further part in the run.
+//! - A revision is registered only when the latest observation lacks it, and at most once per
+//!   storage id and version per round, so Hippo's import on app creation and concurrent apps
+//!   sharing a storage id never produce a duplicate.
+//! - One app's failure doesn't stop the others; a failed app is left as it is, and the next run
+//!   converges from there, because every decision is made from observation.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use futures::{stream, StreamExt};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::{
+    bindles::{BindleClient, BindleError, PushReport},
+    diff::{self, Change, ChannelTarget, Op, Plan, Stage},
+    hippo::{
+        types::{CreateChannel, EnvVar, UpdateChannel},
+        HippoClient, HippoError,
+    },
+    observe::{self, ObserveError, Snapshot},
+    spec::{AppSpec, DesiredState, RevisionSource},
+};
+
+/// Shared clients and settings for a reconcile.
+#[derive(Clone)]
+pub struct Context {
+    pub hippo: Arc<HippoClient>,
+    pub bindle: Arc<BindleClient>,
+    /// Apps worked on in parallel within a stage.
+    pub concurrency: usize,
+}
+
+/// Why an app's change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{what}: {source}")]
+    Hippo {
+        what: String,
+        #[source]
+        source: HippoError,
+    },
+    #[error(transparent)]
+    Bindle(#[from] BindleError),
+    /// Planned from state that changed under us (a revision id that isn't there yet).
+    #[error("{0}")]
+    Unresolved(String),
+    /// Hippo accepted a change but the next observation shows it not done.
+    #[error("{0}")]
+    NotApplied(String),
+    /// A problem found while planning (see [`diff::Problem`]).
+    #[error("{message}")]
+    Planned {
+        message: String,
+        reason: &'static str,
+        transient: bool,
+    },
+}
+
+impl ApplyError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Hippo { source, .. } => source.is_transient(),
+            ApplyError::Bindle(e) => e.is_transient(),
+            ApplyError::Unresolved(_) => true,
+            ApplyError::NotApplied(_) => true,
+            ApplyError::Planned { transient, .. } => *transient,
+        }
+    }
+
+    /// A short reason for conditions and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApplyError::Hippo { source, .. } => match source {
+                HippoError::Validation { .. } => "HippoValidationFailed",
+                HippoError::Unauthorized { .. } | HippoError::Login { .. } => "HippoUnauthorized",
+                _ if source.is_transient() => "HippoUnavailable",
+                _ => "HippoRequestFailed",
+            },
+            ApplyError::Bindle(e) => match e {
+                BindleError::Conflict { .. } => "BindleConflict",
+                BindleError::Yanked { .. } => "BindleYanked",
+                BindleError::Rejected { .. } => "BindleRejected",
+                _ if e.is_transient() => "BindleUnavailable",
+                _ => "BindlePushFailed",
+            },
+            ApplyError::Unresolved(_) => "Unresolved",
+            ApplyError::NotApplied(_) => "NotApplied",
+            ApplyError::Planned { reason, .. } => reason,
+        }
+    }
+}
+
+/// What happened to one app in a run.
+#[derive(Debug)]
+pub struct AppResult {
+    pub app: String,
+    /// Descriptions of the changes made, in order.
+    pub applied: Vec<String>,
+    pub warnings: Vec<String>,
+    /// `None`: converged.
+    pub error: Option<ApplyError>,
+}
+
+impl AppResult {
+    pub fn converged(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// The outcome of a reconcile of all apps.
+#[derive(Debug)]
+pub struct RunReport {
+    pub apps: Vec<AppResult>,
+    /// The last observation, after all changes.
+    pub snapshot: Snapshot,
+}
+
+/// Errors that stop a whole run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+}
+
+impl ReconcileError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReconcileError::Observe(e) => e.is_transient(),
+        }
+    }
+}
+
+/// Rounds of diff-and-apply before giving up on an app that keeps needing changes: one per
+/// stage, one to verify, and slack for changes Hippo makes itself (range re-evaluation).
+const MAX_ROUNDS: usize = 8;
+
+/// Observes, then applies until every app converged or failed.
+pub async fn reconcile(desired: &DesiredState, ctx: &Context) -> Result<RunReport, ReconcileError> {
+    let snapshot =
+        observe::observe(&desired.apps, &ctx.hippo, &ctx.bindle, ctx.concurrency).await?;
+    reconcile_from(desired, ctx, snapshot).await
+}
+
+/// As [`reconcile`], from a snapshot already taken.
+pub async fn reconcile_from(
+    desired: &DesiredState,
+    ctx: &Context,
+    mut snapshot: Snapshot,
+) -> Result<RunReport, ReconcileError> {
+    let mut applied: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut failed: BTreeMap<String, ApplyError> = BTreeMap::new();
+    // Changes already made, by key: planned again means Hippo didn't take it.
+    let mut done_keys: BTreeSet<String> = BTreeSet::new();
+
+    for round in 0..=MAX_ROUNDS {
+        let active: Vec<AppSpec> = desired
+            .apps
+            .iter()
+            .filter(|a| !failed.contains_key(&a.name))
+            .cloned()
+            .collect();
+        let plan = diff::diff(&active, &snapshot);
+        for app in &plan.apps {
+            warnings.insert(app.app.clone(), app.warnings.clone());
+            if let Some(p) = app.problems.first() {
+                failed.insert(
+                    app.app.clone(),
+                    ApplyError::Planned {
+                        message: app
+                            .problems
+                            .iter()
+                            .map(|p| p.message.clone())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        reason: p.reason,
+                        transient: app.problems.iter().all(|p| p.transient),
+                    },
+                );
+            }
+        }
+        let Some(stage) = plan.changes().map(|c| c.stage).min() else {
+            break;
+        };
+        if round == MAX_ROUNDS {
+            for app in plan.apps.iter().filter(|a| !a.changes.is_empty()) {
+                failed.entry(app.app.clone()).or_insert_with(|| {
+                    ApplyError::NotApplied(format!(
+                        "still not converged after {MAX_ROUNDS} rounds: {}",
+                        app.changes.iter().map(|c| c.describe()).collect::<Vec<_>>().join("; ")
+                    ))
+                });
+            }
+            break;
+        }
+        // Per app, the changes of this stage, in plan order.
+        let mut work: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+        for change in plan.changes().filter(|c| c.stage == stage) {
+            if done_keys.contains(&change.key()) && change.stage != Stage::Push {
+                failed.entry(change.app.clone()).or_insert_with(|| {
+                    ApplyError::NotApplied(format!(
+                        "Hippo accepted \"{}\" but still differs afterwards",
+                        change.describe()
+                    ))
+                });
+                continue;
+            }
+            if failed.contains_key(&change.app) {
+                continue;
+            }
+            work.entry(change.app.clone()).or_default().push(change.clone());
+        }
+        let registered: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
+        let results: Vec<(String, Vec<(Change, String)>, Option<ApplyError>)> = stream::iter(work)
+            .map(|(app, changes)| {
+                let registered = registered.clone();
+                let locals = local_bindles(desired, &app);
+                async move {
+                    let mut ok = Vec::new();
+                    for change in changes {
+                        match apply_change(ctx, &change, &locals, &registered).await {
+                            Ok(text) => ok.push((change, text)),
+                            Err(e) => return (app, ok, Some(e)),
+                        }
+                    }
+                    (app, ok, None)
+                }
+            })
+            .buffer_unordered(ctx.concurrency.max(1))
+            .collect()
+            .await;
+        let mut pushed = Vec::new();
+        for (app, ok, err) in results {
+            for (change, text) in ok {
+                tracing::info!(app = %app, "{text}");
+                done_keys.insert(change.key());
+                if let Op::PushBindle { id, .. } = &change.op {
+                    pushed.push(id.clone());
+                }
+                applied.entry(app.clone()).or_default().push(text);
+            }
+            if let Some(e) = err {
+                tracing::warn!(app = %app, error = %e, "change failed");
+                failed.insert(app, e);
+            }
+        }
+        refresh(&mut snapshot, stage, &pushed, desired, ctx).await?;
+    }
+
+    let apps = desired
+        .apps
+        .iter()
+        .map(|a| AppResult {
+            app: a.name.clone(),
+            applied: applied.remove(&a.name).unwrap_or_default(),
+            warnings: warnings.remove(&a.name).unwrap_or_default(),
+            error: failed.remove(&a.name),
+        })
+        .collect();
+    Ok(RunReport { apps, snapshot })
+}
+
+/// Observes again what a stage may have changed.
+async fn refresh(
+    snapshot: &mut Snapshot,
+    stage: Stage,
+    pushed: &[String],
+    desired: &DesiredState,
+    ctx: &Context,
+) -> Result<(), ObserveError> {
+    match stage {
+        Stage::Push => {
+            // A push ends with the server reporting no missing parcels; record that instead of
+            // asking again. The versions list is re-read for the apps concerned.
+            let names: BTreeSet<&str> = pushed
+                .iter()
+                .filter_map(|id| id.rsplit_once('/').map(|(n, _)| n))
+                .collect();
+            let apps: Vec<AppSpec> = desired
+                .apps
+                .iter()
+                .filter(|a| names.contains(a.storage_id.as_str()))
+                .cloned()
+                .collect();
+            for id in pushed {
+                snapshot.missing.insert(id.clone(), Ok(0));
+            }
+            let mut fresh = Snapshot {
+                apps: snapshot.apps.clone(),
+                revisions: snapshot.revisions.clone(),
+                ..Default::default()
+            };
+            observe::observe_bindles(&apps, &ctx.bindle, ctx.concurrency, &mut fresh).await;
+            snapshot.bindles.extend(fresh.bindles);
+            snapshot.missing.extend(fresh.missing);
+        }
+        Stage::CreateApp | Stage::Register => {
+            // Creating an app imports revisions; registering one moves range channels.
+            let (apps, channels, revisions) = observe::observe_hippo(&ctx.hippo).await?;
+            snapshot.apps = apps;
+            snapshot.channels = channels;
+            snapshot.revisions = revisions;
+        }
+        Stage::Channels => {
+            snapshot.channels = ctx.hippo.list_channels().await?;
+        }
+    }
+    Ok(())
+}
+
+fn local_bindles(desired: &DesiredState, app: &str) -> BTreeMap<String, crate::package::LocalBindle> {
+    desired
+        .apps
+        .iter()
+        .filter(|a| a.name == app)
+        .flat_map(|a| a.revisions.iter())
+        .filter_map(|r| match &r.source {
+            RevisionSource::Local(b) => Some((b.id.to_string(), (**b).clone())),
+            RevisionSource::Existing => None,
+        })
+        .collect()
+}
+
+fn hippo_err(what: impl Into<String>) -> impl FnOnce(HippoError) -> ApplyError {
+    let what = what.into();
+    move |source| ApplyError::Hippo { what, source }
+}
+
+fn resolve_revision(target: &ChannelTarget, channel: &str) -> Result<Option<Uuid>, ApplyError> {
+    match &target.active_revision {
+        None => Ok(None),
+        Some(r) => r.id.map(Some).ok_or_else(|| {
+            ApplyError::Unresolved(format!(
+                "channel {channel}: revision {} is not registered in Hippo yet",
+                r.number
+            ))
+        }),
+    }
+}
+
+async fn apply_change(
+    ctx: &Context,
+    change: &Change,
+    locals: &BTreeMap<String, crate::package::LocalBindle>,
+    registered: &Mutex<BTreeSet<(String, String)>>,
+) -> Result<String, ApplyError> {
+    let hippo = &ctx.hippo;
+    match &change.op {
+        Op::PushBindle { id, .. } => {
+            let local = locals.get(id).ok_or_else(|| {
+                ApplyError::Unresolved(format!("no local bindle {id} in the deploy files"))
+            })?;
+            let PushReport {
+                existed,
+                uploaded_parcels,
+                uploaded_bytes,
+            } = ctx.bindle.push(local).await?;
+            Ok(format!(
+                "pushed bindle {id} ({uploaded_parcels} parcel(s), {uploaded_bytes} bytes uploaded{})",
+                if existed { ", resumed" } else { "" }
+            ))
+        }
+        Op::CreateApp { storage_id } => {
+            let id = hippo
+                .create_app(&change.app, storage_id)
+                .await
+                .map_err(hippo_err(format!("creating app {}", change.app)))?;
+            Ok(format!("created app {} ({id})", change.app))
+        }
+        Op::RegisterRevision {
+            storage_id,
+            version,
+        } => {
+            let key = (storage_id.clone(), version.clone());
+            if !registered.lock().await.insert(key) {
+                // Another app with the same storage id registered it this round: Hippo
+                // registers for all of them at once.
+                return Ok(format!("revision {version} registered (shared storageId {storage_id})"));
+            }
+            hippo
+                .register_revision(storage_id, version)
+                .await
+                .map_err(hippo_err(format!("registering revision {version}")))?;
+            Ok(format!("registered revision {version}"))
+        }
+        Op::CreateChannel {
+            channel,
+            app_id,
+            target,
+            env,
+            ..
+        } => {
+            let app_id = app_id.ok_or_else(|| {
+                ApplyError::Unresolved(format!("app {} does not exist in Hippo yet", change.app))
+            })?;
+            let body = CreateChannel {
+                app_id,
+                name: channel.clone(),
+                domain: target.domain.clone(),
+                revision_selection_strategy: target.strategy,
+                range_rule: target.range_rule.clone(),
+                // Hippo matches a range itself on create; a pinned revision needs its id.
+                active_revision_id: match target.strategy {
+                    crate::hippo::types::Strategy::UseRangeRule => None,
+                    crate::hippo::types::Strategy::UseSpecifiedRevision => {
+                        resolve_revision(target, channel)?
+                    }
+                },
+                certificate_id: None,
+            };
+            let id = hippo
+                .create_channel(&body)
+                .await
+                .map_err(hippo_err(format!("creating channel {channel}")))?;
+            if !env.is_empty() {
+                hippo
+                    .set_channel_env(id, env_vars(env))
+                    .await
+                    .map_err(hippo_err(format!("setting env of channel {channel}")))?;
+            }
+            Ok(change.describe().replacen("create", "created", 1))
+        }
+        Op::UpdateChannel {
+            channel,
+            channel_id,
+            target,
+            current,
+            ..
+        } => {
+            let domain = target.domain.clone().or_else(|| current.domain.clone()).ok_or_else(|| {
+                ApplyError::Unresolved(format!("channel {channel} has no domain to send back"))
+            })?;
+            let body = UpdateChannel {
+                id: *channel_id,
+                name: channel.clone(),
+                domain,
+                revision_selection_strategy: target.strategy,
+                range_rule: target.range_rule.clone(),
+                active_revision_id: resolve_revision(target, channel)?,
+                last_publish_date: current.last_publish_at.clone(),
+                certificate_id: current.certificate.as_ref().map(|c| c.id),
+            };
+            hippo
+                .update_channel(&body)
+                .await
+                .map_err(hippo_err(format!("updating channel {channel}")))?;
+            Ok(change.describe().replacen("update", "updated", 1))
+        }
+        Op::SetEnv {
+            channel,
+            channel_id,
+            env,
+            ..
+        } => {
+            hippo
+                .set_channel_env(*channel_id, env_vars(env))
+                .await
+                .map_err(hippo_err(format!("setting env of channel {channel}")))?;
+            Ok(change.describe().replacen("update", "updated", 1))
+        }
+        Op::DeleteChannel {
+            channel,
+            channel_id,
+        } => {
+            hippo
+                .delete_channel(*channel_id)
+                .await
+                .map_err(hippo_err(format!("deleting channel {channel}")))?;
+            Ok(format!("deleted channel {channel} (prune)"))
+        }
+    }
+}
+
+fn env_vars(env: &BTreeMap<String, String>) -> Vec<EnvVar> {
+    env.iter()
+        .map(|(k, v)| EnvVar {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+/// The plan as `plan` shows it: against one observation, with no changes made.
+pub async fn plan(desired: &DesiredState, ctx: &Context) -> Result<(Plan, Snapshot), ReconcileError> {
+    let snapshot =
+        observe::observe(&desired.apps, &ctx.hippo, &ctx.bindle, ctx.concurrency).await?;
+    Ok((diff::diff(&desired.apps, &snapshot), snapshot))
+}

@@ -1,0 +1,650 @@
+//! Desired state + snapshot → the changes that would make them agree. Pure: no I/O, no clock.
+//!
+//! Changes carry a [`Stage`]; `apply` runs the lowest stage present, observes again, and diffs
+//! again, so every change is computed from fresh state (a revision registered by Hippo's
+//! import on app creation is never registered a second time).
+//!
+//! Values of environment variables never appear in a plan's text or JSON: only their keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    hippo::types::{App, Channel, Strategy},
+    observe::Snapshot,
+    spec::{AppSpec, ChannelSpec, RevisionSource, Selector},
+};
+
+/// Order of application: a bindle is fully pushed before its app is created (Hippo checks the
+/// storage id on Bindle) and before a revision of it is registered; channels come last because
+/// they point at revisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Push,
+    CreateApp,
+    Register,
+    Channels,
+}
+
+/// A revision by number, with its Hippo id when it exists yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevisionRef {
+    pub number: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+}
+
+/// What a channel should look like in Hippo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelTarget {
+    /// `None` only on create: Hippo assigns its default domain.
+    pub domain: Option<String>,
+    pub strategy: Strategy,
+    pub range_rule: Option<String>,
+    /// For a range: the highest matching revision Hippo knows (`None`: none matches).
+    pub active_revision: Option<RevisionRef>,
+}
+
+/// Environment keys that change; values are left out on purpose (they may be secrets).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EnvChange {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// One change. Serialises as `{"action","kind","app","name",...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Op {
+    #[serde(rename_all = "camelCase")]
+    PushBindle {
+        id: String,
+        parcels: usize,
+        bytes: u64,
+        /// The invoice is on the server but parcels are missing (an interrupted push).
+        resume: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    CreateApp { storage_id: String },
+    #[serde(rename_all = "camelCase")]
+    RegisterRevision { storage_id: String, version: String },
+    #[serde(rename_all = "camelCase")]
+    CreateChannel {
+        channel: String,
+        /// `None` while the app is still to be created (resolved when this stage runs).
+        #[serde(skip)]
+        app_id: Option<Uuid>,
+        target: ChannelTarget,
+        #[serde(skip)]
+        env: BTreeMap<String, String>,
+        env_keys: Vec<String>,
+    },
+    /// A PUT: the only channel write that makes Hippo redeploy.
+    #[serde(rename_all = "camelCase")]
+    UpdateChannel {
+        channel: String,
+        channel_id: Uuid,
+        target: ChannelTarget,
+        /// Fields that differ, as `field: from -> to`.
+        fields: Vec<String>,
+        #[serde(skip)]
+        current: Box<Channel>,
+    },
+    /// A PATCH of the environment (the whole set).
+    #[serde(rename_all = "camelCase")]
+    SetEnv {
+        channel: String,
+        channel_id: Uuid,
+        #[serde(skip)]
+        env: BTreeMap<String, String>,
+        change: EnvChange,
+    },
+    #[serde(rename_all = "camelCase")]
+    DeleteChannel { channel: String, channel_id: Uuid },
+}
+
+/// One planned change for one app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub action: &'static str,
+    pub kind: &'static str,
+    pub app: String,
+    pub name: String,
+    pub stage: Stage,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+impl Change {
+    fn new(app: &str, stage: Stage, op: Op) -> Change {
+        let (action, kind, name) = match &op {
+            Op::PushBindle { id, .. } => ("push", "bindle", id.clone()),
+            Op::CreateApp { .. } => ("create", "app", app.to_string()),
+            Op::RegisterRevision { version, .. } => ("register", "revision", version.clone()),
+            Op::CreateChannel { channel, .. } => ("create", "channel", channel.clone()),
+            Op::UpdateChannel { channel, .. } | Op::SetEnv { channel, .. } => {
+                ("update", "channel", channel.clone())
+            }
+            Op::DeleteChannel { channel, .. } => ("delete", "channel", channel.clone()),
+        };
+        Change {
+            action,
+            kind,
+            app: app.to_string(),
+            name,
+            stage,
+            op,
+        }
+    }
+
+    /// A stable identity, to notice a change that keeps coming back after being applied.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}/{}", self.app, self.kind, self.action, self.name)
+    }
+
+    /// One line for humans; no secret values.
+    pub fn describe(&self) -> String {
+        match &self.op {
+            Op::PushBindle {
+                id,
+                parcels,
+                bytes,
+                resume,
+            } => format!(
+                "push bindle {id} ({parcels} parcel{}, {}){}",
+                if *parcels == 1 { "" } else { "s" },
+                human_bytes(*bytes),
+                if *resume { ", resuming an interrupted push" } else { "" }
+            ),
+            Op::CreateApp { storage_id } => format!(
+                "create app {} (storageId {storage_id}; Hippo imports the bindle's versions as revisions)",
+                self.app
+            ),
+            Op::RegisterRevision { version, .. } => format!("register revision {version}"),
+            Op::CreateChannel {
+                channel,
+                target,
+                env_keys,
+                ..
+            } => {
+                let mut parts = vec![match (&target.range_rule, &target.active_revision) {
+                    (Some(r), _) if target.strategy == Strategy::UseRangeRule => {
+                        format!("range {r}")
+                    }
+                    (_, Some(rev)) => format!("revision {}", rev.number),
+                    _ => "no revision".to_string(),
+                }];
+                if let Some(d) = &target.domain {
+                    parts.push(format!("domain {d}"));
+                }
+                if !env_keys.is_empty() {
+                    parts.push(format!("env {}", env_keys.join(", ")));
+                }
+                format!("create channel {channel} ({})", parts.join(", "))
+            }
+            Op::UpdateChannel {
+                channel, fields, ..
+            } => format!("update channel {channel}: {}", fields.join("; ")),
+            Op::SetEnv {
+                channel, change, ..
+            } => {
+                let mut parts = Vec::new();
+                parts.extend(change.added.iter().map(|k| format!("+{k}")));
+                parts.extend(change.changed.iter().map(|k| format!("~{k}")));
+                parts.extend(change.removed.iter().map(|k| format!("-{k}")));
+                format!("update channel {channel} env: {}", parts.join(" "))
+            }
+            Op::DeleteChannel { channel, .. } => {
+                format!("delete channel {channel} (not in the deploy file; prune is on)")
+            }
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Why an app cannot be converged as it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub message: String,
+    /// Retrying later may help (the Bindle server was unreachable, say).
+    pub transient: bool,
+    /// A short machine-readable reason (`BindleConflict`, ...), for conditions and metrics.
+    pub reason: &'static str,
+}
+
+/// The plan for one app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AppPlan {
+    pub app: String,
+    pub changes: Vec<Change>,
+    /// When non-empty, `changes` is empty: nothing is done to an app that has a problem.
+    pub problems: Vec<Problem>,
+    /// Worth knowing, but not blocking.
+    pub warnings: Vec<String>,
+}
+
+/// The plan for every app.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub apps: Vec<AppPlan>,
+}
+
+impl Plan {
+    pub fn changes(&self) -> impl Iterator<Item = &Change> {
+        self.apps.iter().flat_map(|a| a.changes.iter())
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes().next().is_some()
+    }
+
+    pub fn has_problems(&self) -> bool {
+        self.apps.iter().any(|a| !a.problems.is_empty())
+    }
+}
+
+/// Computes the plan for `apps` against `snapshot`.
+pub fn diff(apps: &[AppSpec], snapshot: &Snapshot) -> Plan {
+    Plan {
+        apps: apps.iter().map(|a| diff_app(a, snapshot)).collect(),
+    }
+}
+
+fn problem(reason: &'static str, transient: bool, message: impl Into<String>) -> Problem {
+    Problem {
+        message: message.into(),
+        transient,
+        reason,
+    }
+}
+
+/// Computes the plan for one app.
+pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
+    let mut plan = AppPlan {
+        app: spec.name.clone(),
+        ..Default::default()
+    };
+    let hippo_app = snapshot.app(&spec.name);
+    if let Some(app) = hippo_app {
+        if app.storage_id != spec.storage_id {
+            plan.problems.push(problem(
+                "StorageIdMismatch",
+                false,
+                format!(
+                    "app {} exists in Hippo with storageId {:?}, not {:?}; Hippo cannot change an app's storageId (delete the app or use another name)",
+                    spec.name, app.storage_id, spec.storage_id
+                ),
+            ));
+            return plan;
+        }
+    }
+
+    // Bindles
+    let server = match snapshot.bindles.get(&spec.storage_id) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            plan.problems.push(problem(
+                "BindleUnavailable",
+                e.transient,
+                format!("reading bindle {} from the Bindle server: {}", spec.storage_id, e.message),
+            ));
+            return plan;
+        }
+        None => {
+            plan.problems.push(problem(
+                "BindleUnavailable",
+                true,
+                format!("bindle {} was not observed", spec.storage_id),
+            ));
+            return plan;
+        }
+    };
+    let mut pushes = Vec::new();
+    for rev in &spec.revisions {
+        let id = format!("{}/{}", spec.storage_id, rev.version);
+        let missing = || snapshot.missing.get(&id);
+        match (&rev.source, server.get(&rev.version)) {
+            (_, Some(b)) if b.yanked => plan.problems.push(problem(
+                "BindleYanked",
+                false,
+                format!("bindle {id} is yanked on the Bindle server; use a new version"),
+            )),
+            (RevisionSource::Existing, None) => plan.problems.push(problem(
+                "BindleMissing",
+                false,
+                format!("bindle {id} is not on the Bindle server (a `version:` revision is checked, never pushed; use `path:` to push it)"),
+            )),
+            (RevisionSource::Existing, Some(_)) => match missing() {
+                Some(Ok(n)) if *n > 0 => plan.problems.push(problem(
+                    "BindleIncomplete",
+                    false,
+                    format!("bindle {id} on the Bindle server is missing parcels; push it completely first"),
+                )),
+                Some(Err(e)) => plan.problems.push(problem("BindleUnavailable", e.transient, e.message.clone())),
+                _ => {}
+            },
+            (RevisionSource::Local(local), None) => pushes.push(Op::PushBindle {
+                id: id.clone(),
+                parcels: local.parcels.len(),
+                bytes: local.total_bytes(),
+                resume: false,
+            }),
+            (RevisionSource::Local(local), Some(b)) => {
+                if b.parcels != local.parcel_shas() {
+                    plan.problems.push(problem(
+                        "BindleConflict",
+                        false,
+                        format!("bindle {id} already exists on the Bindle server with different content; bindles are immutable: bump the version in {}", local.dir.display()),
+                    ));
+                } else {
+                    match missing() {
+                        Some(Ok(n)) if *n > 0 => pushes.push(Op::PushBindle {
+                            id: id.clone(),
+                            parcels: local.parcels.len(),
+                            bytes: local.total_bytes(),
+                            resume: true,
+                        }),
+                        Some(Err(e)) => plan.problems.push(problem(
+                            "BindleUnavailable",
+                            e.transient,
+                            e.message.clone(),
+                        )),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    if !plan.problems.is_empty() {
+        return plan;
+    }
+    for op in pushes {
+        plan.changes.push(Change::new(&spec.name, Stage::Push, op));
+    }
+
+    let Some(app) = hippo_app else {
+        plan.changes.push(Change::new(
+            &spec.name,
+            Stage::CreateApp,
+            Op::CreateApp {
+                storage_id: spec.storage_id.clone(),
+            },
+        ));
+        // Channels are planned against an app that has the desired revisions (imported on
+        // create); their revision ids are resolved after it exists.
+        for ch in &spec.channels {
+            let target = channel_target(ch, None, &[]);
+            plan.changes.push(create_channel(&spec.name, None, ch, target));
+        }
+        return plan;
+    };
+
+    // Revisions
+    let revisions: Vec<&crate::hippo::types::Revision> = snapshot.revisions_of(app).collect();
+    let mut numbers = BTreeMap::<&str, usize>::new();
+    for r in &revisions {
+        *numbers.entry(r.revision_number.as_str()).or_default() += 1;
+    }
+    for (number, count) in &numbers {
+        if *count > 1 {
+            plan.warnings.push(format!(
+                "Hippo holds revision {number} {count} times for app {}; Hippo's range evaluation fails for this app until the duplicates are deleted (DELETE /api/revisions/<id>)",
+                spec.name
+            ));
+        }
+    }
+    for rev in &spec.revisions {
+        if numbers.contains_key(rev.version.as_str()) {
+            continue;
+        }
+        // Hippo registers for EVERY app with this storage id: if another already has it,
+        // registering again would duplicate it there.
+        let holders: Vec<&str> = snapshot
+            .apps
+            .iter()
+            .filter(|a| a.storage_id == spec.storage_id && a.id != app.id)
+            .filter(|a| snapshot.revisions_of(a).any(|r| r.revision_number == rev.version))
+            .map(|a| a.name.as_str())
+            .collect();
+        if !holders.is_empty() {
+            plan.problems.push(problem(
+                "SharedStorageId",
+                false,
+                format!(
+                    "revision {} is missing for app {} but app(s) {} with the same storageId {} already have it; Hippo registers a revision for every app with that storageId, so registering it would duplicate it there",
+                    rev.version, spec.name, holders.join(", "), spec.storage_id
+                ),
+            ));
+            continue;
+        }
+        plan.changes.push(Change::new(
+            &spec.name,
+            Stage::Register,
+            Op::RegisterRevision {
+                storage_id: spec.storage_id.clone(),
+                version: rev.version.clone(),
+            },
+        ));
+    }
+    if !plan.problems.is_empty() {
+        plan.changes.clear();
+        return plan;
+    }
+
+    // Channels
+    let hippo_channels: Vec<&Channel> = snapshot.channels_of(app).collect();
+    let known: Vec<(&str, Uuid)> = revisions
+        .iter()
+        .map(|r| (r.revision_number.as_str(), r.id))
+        .collect();
+    for ch in &spec.channels {
+        let target = channel_target(ch, Some(app), &known);
+        match hippo_channels.iter().find(|c| c.name == ch.name) {
+            None => plan
+                .changes
+                .push(create_channel(&spec.name, Some(app.id), ch, target)),
+            Some(current) => {
+                let fields = channel_fields(current, &target);
+                if !fields.is_empty() {
+                    let mut target = target;
+                    // Hippo's PUT requires the domain: keep the one it assigned.
+                    target.domain = target.domain.or_else(|| current.domain.clone());
+                    plan.changes.push(Change::new(
+                        &spec.name,
+                        Stage::Channels,
+                        Op::UpdateChannel {
+                            channel: ch.name.clone(),
+                            channel_id: current.id,
+                            target,
+                            fields,
+                            current: Box::new((*current).clone()),
+                        },
+                    ));
+                }
+                let change = env_change(current, &ch.env);
+                if change != EnvChange::default() {
+                    plan.changes.push(Change::new(
+                        &spec.name,
+                        Stage::Channels,
+                        Op::SetEnv {
+                            channel: ch.name.clone(),
+                            channel_id: current.id,
+                            env: ch.env.clone(),
+                            change,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    if spec.prune {
+        let wanted: BTreeSet<&str> = spec.channels.iter().map(|c| c.name.as_str()).collect();
+        for c in hippo_channels {
+            if !wanted.contains(c.name.as_str()) {
+                plan.changes.push(Change::new(
+                    &spec.name,
+                    Stage::Channels,
+                    Op::DeleteChannel {
+                        channel: c.name.clone(),
+                        channel_id: c.id,
+                    },
+                ));
+            }
+        }
+    }
+    plan
+}
+
+fn create_channel(
+    app: &str,
+    app_id: Option<Uuid>,
+    ch: &ChannelSpec,
+    target: ChannelTarget,
+) -> Change {
+    Change::new(
+        app,
+        Stage::Channels,
+        Op::CreateChannel {
+            channel: ch.name.clone(),
+            app_id,
+            target,
+            env: ch.env.clone(),
+            env_keys: ch.env.keys().cloned().collect(),
+        },
+    )
+}
+
+/// The target state of a channel. `app` is `None` while the app does not exist yet; then
+/// revision ids are unknown and a range's match is left to Hippo.
+fn channel_target(ch: &ChannelSpec, app: Option<&App>, known: &[(&str, Uuid)]) -> ChannelTarget {
+    let lookup = |number: &str| known.iter().find(|(n, _)| *n == number).map(|(_, id)| *id);
+    match &ch.selector {
+        Selector::Range(range) => ChannelTarget {
+            domain: ch.domain.clone(),
+            strategy: Strategy::UseRangeRule,
+            range_rule: Some(range.clone()),
+            active_revision: app.and_then(|_| {
+                let numbers: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+                max_satisfying(range, &numbers).map(|n| RevisionRef {
+                    number: n.to_string(),
+                    id: lookup(n),
+                })
+            }),
+        },
+        Selector::Revision(v) => ChannelTarget {
+            domain: ch.domain.clone(),
+            strategy: Strategy::UseSpecifiedRevision,
+            range_rule: None,
+            active_revision: Some(RevisionRef {
+                number: v.clone(),
+                id: lookup(v),
+            }),
+        },
+    }
+}
+
+/// Which fields of an existing channel differ from the target, as `field: from -> to`.
+fn channel_fields(current: &Channel, target: &ChannelTarget) -> Vec<String> {
+    let mut out = Vec::new();
+    let show = |o: Option<&str>| o.unwrap_or("none").to_string();
+    if current.revision_selection_strategy != target.strategy {
+        out.push(format!(
+            "strategy: {:?} -> {:?}",
+            current.revision_selection_strategy, target.strategy
+        ));
+    }
+    if target.strategy == Strategy::UseRangeRule && current.range_rule != target.range_rule {
+        out.push(format!(
+            "range: {} -> {}",
+            show(current.range_rule.as_deref()),
+            show(target.range_rule.as_deref())
+        ));
+    }
+    let current_rev = current
+        .active_revision
+        .as_ref()
+        .map(|r| r.revision_number.as_str());
+    let target_rev = target.active_revision.as_ref().map(|r| r.number.as_str());
+    if current_rev != target_rev {
+        out.push(format!("revision: {} -> {}", show(current_rev), show(target_rev)));
+    }
+    if let Some(d) = &target.domain {
+        if current.domain.as_deref() != Some(d) {
+            out.push(format!(
+                "domain: {} -> {d}",
+                show(current.domain.as_deref())
+            ));
+        }
+    }
+    out
+}
+
+fn env_change(current: &Channel, desired: &BTreeMap<String, String>) -> EnvChange {
+    let have: BTreeMap<&str, &str> = current
+        .environment_variables
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    let mut change = EnvChange::default();
+    for (k, v) in desired {
+        match have.get(k.as_str()) {
+            None => change.added.push(k.clone()),
+            Some(old) if old != v => change.changed.push(k.clone()),
+            Some(_) => {}
+        }
+    }
+    for k in have.keys() {
+        if !desired.contains_key(*k) {
+            change.removed.push(k.to_string());
+        }
+    }
+    change
+}
+
+/// The highest revision number matching `range`, as Hippo selects it (HIPPO-API.md §6.2):
+/// node-semver's max-satisfying, or for `P:<range>-<name>-*` the match with the greatest
+/// timestamp. Numbers that are not versions never match.
+pub fn max_satisfying<'a>(range: &str, numbers: &[&'a str]) -> Option<&'a str> {
+    if let Some(rule) = range.get(..2).filter(|p| p.eq_ignore_ascii_case("P:")) {
+        let _ = rule;
+        let body = range[2..].strip_suffix("-*")?;
+        let (inner, name) = body.rsplit_once('-')?;
+        let r = nodejs_semver::Range::parse(inner).ok()?;
+        return numbers
+            .iter()
+            .filter_map(|n| {
+                let (version, rest) = n.split_once('-')?;
+                let stamp = rest.strip_prefix(name)?.strip_prefix('-')?;
+                let v = nodejs_semver::Version::parse(version).ok()?;
+                r.satisfies(&v).then_some((stamp, *n))
+            })
+            .max_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, n)| n);
+    }
+    let r = nodejs_semver::Range::parse(range).ok()?;
+    numbers
+        .iter()
+        .filter_map(|n| nodejs_semver::Version::parse(n).ok().map(|v| (v, *n)))
+        .filter(|(v, _)| r.satisfies(v))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, n)| n)
+}

@@ -1,0 +1,173 @@
+//! One snapshot of what Hippo and the Bindle server hold, for the apps in the deploy files.
+//!
+//! Hippo is read with three paged list calls (apps, channels, revisions), never one GET per
+//! object, so a no-op reconcile's Hippo request count does not grow with the number of apps
+//! (beyond paging). Hippo cannot filter revisions or channels by app, which is why the
+//! reconciler works on one global snapshot rather than per-app reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::{stream, StreamExt};
+
+use crate::{
+    bindles::{BindleClient, BindleError, ServerBindle},
+    hippo::{
+        types::{App, Channel, Revision},
+        HippoClient, HippoError,
+    },
+    spec::{AppSpec, RevisionSource},
+};
+
+/// Errors that stop observation as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("reading Hippo: {0}")]
+    Hippo(#[from] HippoError),
+}
+
+impl ObserveError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ObserveError::Hippo(e) => e.is_transient(),
+        }
+    }
+}
+
+/// A failure to observe one part, kept in the snapshot so that only the apps that need it fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialFailure {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl From<&BindleError> for PartialFailure {
+    fn from(e: &BindleError) -> Self {
+        PartialFailure {
+            message: e.to_string(),
+            transient: e.is_transient(),
+        }
+    }
+}
+
+/// What Hippo and Bindle hold. Plain data: `diff` reads it without I/O.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub apps: Vec<App>,
+    pub channels: Vec<Channel>,
+    pub revisions: Vec<Revision>,
+    /// Bindle name (storage id) → its versions on the server.
+    pub bindles: BTreeMap<String, Result<BTreeMap<String, ServerBindle>, PartialFailure>>,
+    /// `name/version` → parcels the server lacks. Only checked for bindles not yet registered
+    /// in Hippo: a registered revision was complete when registered (bindles are immutable).
+    pub missing: BTreeMap<String, Result<usize, PartialFailure>>,
+}
+
+impl Snapshot {
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    pub fn channels_of(&self, app: &App) -> impl Iterator<Item = &Channel> {
+        let id = app.id;
+        self.channels.iter().filter(move |c| c.app_id == id)
+    }
+
+    pub fn revisions_of(&self, app: &App) -> impl Iterator<Item = &Revision> {
+        let id = app.id;
+        self.revisions.iter().filter(move |r| r.app_id == id)
+    }
+
+    /// Whether every Hippo app with this storage id has this revision (and there is one).
+    fn registered_everywhere(&self, storage_id: &str, version: &str) -> bool {
+        let mut apps = self.apps.iter().filter(|a| a.storage_id == storage_id).peekable();
+        apps.peek().is_some()
+            && apps.all(|a| self.revisions_of(a).any(|r| r.revision_number == version))
+    }
+}
+
+/// Reads Hippo's apps, channels and revisions.
+pub async fn observe_hippo(
+    hippo: &HippoClient,
+) -> Result<(Vec<App>, Vec<Channel>, Vec<Revision>), HippoError> {
+    tokio::try_join!(hippo.list_apps(), hippo.list_channels(), hippo.list_revisions())
+}
+
+/// Builds a full snapshot for `apps`.
+pub async fn observe(
+    apps: &[AppSpec],
+    hippo: &HippoClient,
+    bindle: &BindleClient,
+    concurrency: usize,
+) -> Result<Snapshot, ObserveError> {
+    let (hippo_apps, channels, revisions) = observe_hippo(hippo).await?;
+    let mut snapshot = Snapshot {
+        apps: hippo_apps,
+        channels,
+        revisions,
+        ..Default::default()
+    };
+    observe_bindles(apps, bindle, concurrency, &mut snapshot).await;
+    Ok(snapshot)
+}
+
+/// Fills in the Bindle part of `snapshot` for `apps`.
+pub async fn observe_bindles(
+    apps: &[AppSpec],
+    bindle: &BindleClient,
+    concurrency: usize,
+    snapshot: &mut Snapshot,
+) {
+    let names: BTreeSet<&str> = apps.iter().map(|a| a.storage_id.as_str()).collect();
+    let versions: Vec<(String, Result<_, PartialFailure>)> = stream::iter(names)
+        .map(|name| async move {
+            (
+                name.to_string(),
+                bindle.versions(name).await.map_err(|e| (&e).into()),
+            )
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    snapshot.bindles.extend(versions);
+
+    // Completeness is checked only where it matters: on the server, not yanked, not yet
+    // registered in Hippo (a crash between invoice and last parcel leaves exactly this).
+    let mut to_check = BTreeSet::new();
+    for app in apps {
+        let Some(Ok(server)) = snapshot.bindles.get(&app.storage_id) else {
+            continue;
+        };
+        for rev in &app.revisions {
+            let on_server = server.get(&rev.version);
+            let same_content = match (&rev.source, on_server) {
+                (_, None) => false,
+                (_, Some(b)) if b.yanked => false,
+                (RevisionSource::Local(local), Some(b)) => local.parcel_shas() == b.parcels,
+                (RevisionSource::Existing, Some(_)) => true,
+            };
+            if same_content && !snapshot.registered_everywhere(&app.storage_id, &rev.version) {
+                to_check.insert(format!("{}/{}", app.storage_id, rev.version));
+            }
+        }
+    }
+    let missing: Vec<(String, Result<usize, PartialFailure>)> = stream::iter(to_check)
+        .map(|id| async move {
+            let result = match bindle::Id::try_from(id.as_str()) {
+                Ok(parsed) => match bindle.missing_parcels(&parsed).await {
+                    Ok(Some(m)) => Ok(m.len()),
+                    // Listed by the query but gone: treat as fully missing.
+                    Ok(None) => Ok(usize::MAX),
+                    Err(e) => Err((&e).into()),
+                },
+                Err(e) => Err(PartialFailure {
+                    message: format!("{id}: {e}"),
+                    transient: false,
+                }),
+            };
+            (id, result)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    snapshot.missing.extend(missing);
+}

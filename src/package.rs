@@ -1,0 +1,654 @@
+//! Local bindles: what a `path:` revision in a deploy file turns into.
+//!
+//! Two layouts are accepted:
+//! - a Spin app directory (`spin.toml`, manifest v1, plus its built wasm and assets), expanded
+//!   into a bindle the way `spin bindle push` does: one parcel per module, one per asset, and a
+//!   generated `spin.toml` manifest parcel that Hippo reads;
+//! - a standalone bindle directory (`invoice.toml` + `parcels/<sha256>.dat`), as written by
+//!   `bindle` / `spin bindle prepare`.
+//!
+//! Reading is local and synchronous; nothing here talks to a server. Parcel bytes stay on disk
+//! until upload, so large apps don't sit in memory.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use bindle::{BindleSpec, Condition, Group, Id, Invoice, Label, Parcel};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Media type Hippo looks for to read a revision's components.
+pub const SPIN_MANIFEST_MEDIA_TYPE: &str = "application/vnd.fermyon.spin+toml";
+
+/// Errors reading a local app or bindle. The message is shown against the `path` field.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{0} does not exist")]
+    NotFound(PathBuf),
+    #[error("{0} is neither a Spin app (spin.toml) nor a standalone bindle (invoice.toml)")]
+    UnknownLayout(PathBuf),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl PackageError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackageError + '_ {
+        move |source| PackageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    fn invalid(path: &Path, message: impl Into<String>) -> PackageError {
+        PackageError::Invalid {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a parcel's bytes come from at upload time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParcelSource {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl ParcelSource {
+    /// Reads the parcel's bytes.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            ParcelSource::File(p) => fs::read(p),
+            ParcelSource::Bytes(b) => Ok(b.clone()),
+        }
+    }
+}
+
+/// A bindle built from a local directory: an unsigned invoice with its final parcel list.
+#[derive(Debug, Clone)]
+pub struct LocalBindle {
+    pub id: Id,
+    pub invoice: Invoice,
+    /// sha256 → where to read the bytes.
+    pub parcels: BTreeMap<String, ParcelSource>,
+    /// The directory it was read from.
+    pub dir: PathBuf,
+}
+
+impl LocalBindle {
+    /// The set of parcel digests: two bindles with the same set carry the same content.
+    pub fn parcel_shas(&self) -> BTreeSet<String> {
+        self.parcels.keys().cloned().collect()
+    }
+
+    /// Total size of all parcels, in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.invoice
+            .parcel
+            .iter()
+            .flatten()
+            .map(|p| p.label.size)
+            .sum()
+    }
+
+    /// The bindle name (the Hippo storage id).
+    pub fn name(&self) -> &str {
+        self.id.name()
+    }
+
+    /// The bindle version as written.
+    pub fn version(&self) -> String {
+        self.id.version_string()
+    }
+}
+
+/// Reads the app or bindle at `dir`.
+pub fn load(dir: &Path) -> Result<LocalBindle, PackageError> {
+    if !dir.exists() {
+        return Err(PackageError::NotFound(dir.to_path_buf()));
+    }
+    if dir.join("spin.toml").is_file() {
+        load_spin_app(dir)
+    } else if dir.join("invoice.toml").is_file() {
+        load_standalone(dir)
+    } else {
+        Err(PackageError::UnknownLayout(dir.to_path_buf()))
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<(String, u64), PackageError> {
+    let mut file = fs::File::open(path).map_err(PackageError::io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(PackageError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((format!("{:x}", hasher.finalize()), size))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Standalone bindle
+
+fn load_standalone(dir: &Path) -> Result<LocalBindle, PackageError> {
+    let invoice_path = dir.join("invoice.toml");
+    let text = fs::read_to_string(&invoice_path).map_err(PackageError::io(&invoice_path))?;
+    let mut invoice: Invoice = toml::from_str(&text)
+        .map_err(|e| PackageError::invalid(&invoice_path, format!("invalid invoice: {e}")))?;
+    // Signatures by keys the target server may not know would get the push rejected; the
+    // controller signs as creator itself. The signature covers only the parcel list, which is
+    // kept as is.
+    invoice.signature = None;
+    invoice.yanked = None;
+    invoice.yanked_signature = None;
+    let mut parcels = BTreeMap::new();
+    for parcel in invoice.parcel.iter().flatten() {
+        let sha = &parcel.label.sha256;
+        let path = dir.join("parcels").join(format!("{sha}.dat"));
+        if !path.is_file() {
+            return Err(PackageError::invalid(
+                &invoice_path,
+                format!(
+                    "parcel {} ({sha}) is listed but parcels/{sha}.dat is missing",
+                    parcel.label.name
+                ),
+            ));
+        }
+        let (actual, size) = sha256_file(&path)?;
+        if &actual != sha || size != parcel.label.size {
+            return Err(PackageError::invalid(
+                &path,
+                format!(
+                    "does not match the invoice (sha256 {actual}, {size} bytes; invoice says {sha}, {} bytes)",
+                    parcel.label.size
+                ),
+            ));
+        }
+        parcels.insert(sha.clone(), ParcelSource::File(path));
+    }
+    Ok(LocalBindle {
+        id: invoice.bindle.id.clone(),
+        invoice,
+        parcels,
+        dir: dir.to_path_buf(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spin app (manifest v1)
+
+#[derive(Deserialize)]
+struct SpinManifest {
+    spin_manifest_version: Option<toml::Value>,
+    spin_version: Option<toml::Value>,
+    name: String,
+    version: String,
+    description: Option<String>,
+    authors: Option<Vec<String>>,
+    trigger: toml::Value,
+    variables: Option<toml::Value>,
+    #[serde(default)]
+    component: Vec<SpinComponent>,
+}
+
+#[derive(Deserialize)]
+struct SpinComponent {
+    id: String,
+    source: toml::Value,
+    description: Option<String>,
+    #[serde(default)]
+    files: Vec<FileMount>,
+    #[serde(default)]
+    exclude_files: Vec<String>,
+    allowed_http_hosts: Option<Vec<String>>,
+    key_value_stores: Option<Vec<String>>,
+    environment: Option<BTreeMap<String, String>>,
+    trigger: Option<toml::Value>,
+    config: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileMount {
+    Pattern(String),
+    Placement { source: String, destination: String },
+}
+
+struct Asset {
+    /// Path inside the component's file system (the parcel name).
+    name: String,
+    path: PathBuf,
+}
+
+fn load_spin_app(dir: &Path) -> Result<LocalBindle, PackageError> {
+    let manifest_path = dir.join("spin.toml");
+    let text = fs::read_to_string(&manifest_path).map_err(PackageError::io(&manifest_path))?;
+    let manifest: SpinManifest = toml::from_str(&text)
+        .map_err(|e| PackageError::invalid(&manifest_path, format!("invalid spin.toml: {e}")))?;
+    let schema = manifest
+        .spin_manifest_version
+        .as_ref()
+        .or(manifest.spin_version.as_ref());
+    let is_v1 = match schema {
+        Some(toml::Value::String(s)) => s == "1",
+        Some(toml::Value::Integer(1)) => true,
+        _ => false,
+    };
+    if !is_v1 {
+        return Err(PackageError::invalid(
+            &manifest_path,
+            "only spin manifest version 1 (`spin_manifest_version = \"1\"`) can run on Hippo",
+        ));
+    }
+    let id = Id::try_from(format!("{}/{}", manifest.name, manifest.version)).map_err(|e| {
+        PackageError::invalid(
+            &manifest_path,
+            format!("name/version is not a valid bindle id: {e}"),
+        )
+    })?;
+    if manifest.component.is_empty() {
+        return Err(PackageError::invalid(
+            &manifest_path,
+            "has no [[component]]",
+        ));
+    }
+
+    let mut parcels: BTreeMap<String, ParcelSource> = BTreeMap::new();
+    let mut parcel_list: Vec<Parcel> = Vec::new();
+    let mut groups = Vec::new();
+    let mut components = Vec::new();
+    let mut seen = BTreeSet::new();
+    for component in &manifest.component {
+        let source = match &component.source {
+            toml::Value::String(s) => s.clone(),
+            _ => {
+                return Err(PackageError::invalid(
+                    &manifest_path,
+                    format!(
+                        "component {}: only local `source` files are supported (a URL source would need network access at deploy time)",
+                        component.id
+                    ),
+                ))
+            }
+        };
+        let wasm_path = dir.join(&source);
+        if !wasm_path.is_file() {
+            return Err(PackageError::invalid(
+                &manifest_path,
+                format!(
+                    "component {}: source {} not found (build the app first)",
+                    component.id,
+                    wasm_path.display()
+                ),
+            ));
+        }
+        let (wasm_sha, wasm_size) = sha256_file(&wasm_path)?;
+        if seen.insert(wasm_sha.clone()) {
+            parcel_list.push(Parcel {
+                label: Label {
+                    sha256: wasm_sha.clone(),
+                    media_type: "application/wasm".into(),
+                    name: source.clone(),
+                    size: wasm_size,
+                    annotations: None,
+                    feature: None,
+                    origin: None,
+                },
+                conditions: Some(Condition {
+                    member_of: None,
+                    requires: None,
+                }),
+            });
+            parcels.insert(wasm_sha.clone(), ParcelSource::File(wasm_path));
+        }
+
+        let group = format!("files-{}", component.id);
+        let assets = collect_assets(dir, component, &manifest_path)?;
+        let has_files = !assets.is_empty();
+        for asset in assets {
+            let (sha, size) = sha256_file(&asset.path)?;
+            // The same bytes can be mounted by several components: one parcel, many groups.
+            if let Some(existing) = parcel_list.iter_mut().find(|p| p.label.sha256 == sha) {
+                let cond = existing.conditions.get_or_insert(Condition {
+                    member_of: None,
+                    requires: None,
+                });
+                let groups = cond.member_of.get_or_insert_with(Vec::new);
+                if !groups.contains(&group) {
+                    groups.push(group.clone());
+                }
+                continue;
+            }
+            parcel_list.push(Parcel {
+                label: Label {
+                    sha256: sha.clone(),
+                    media_type: mime_guess::from_path(&asset.path)
+                        .first_or_octet_stream()
+                        .to_string(),
+                    name: asset.name,
+                    size,
+                    annotations: None,
+                    feature: None,
+                    origin: None,
+                },
+                conditions: Some(Condition {
+                    member_of: Some(vec![group.clone()]),
+                    requires: None,
+                }),
+            });
+            seen.insert(sha.clone());
+            parcels.insert(sha, ParcelSource::File(asset.path));
+        }
+        groups.push(Group {
+            name: group.clone(),
+            required: None,
+            satisfied_by: None,
+        });
+        components.push(bindle_component(component, &wasm_sha, has_files.then_some(&group)));
+    }
+
+    // The manifest Hippo reads: Spin's bindle schema (camelCase, sources as parcel digests).
+    let mut doc = toml::value::Table::new();
+    doc.insert("trigger".into(), manifest.trigger.clone());
+    if let Some(vars) = &manifest.variables {
+        doc.insert("variables".into(), vars.clone());
+    }
+    doc.insert("component".into(), toml::Value::Array(components));
+    let manifest_bytes = toml::to_string(&toml::Value::Table(doc))
+        .map_err(|e| PackageError::invalid(&manifest_path, format!("rendering manifest: {e}")))?
+        .into_bytes();
+    let manifest_sha = format!("{:x}", Sha256::digest(&manifest_bytes));
+    parcel_list.insert(
+        0,
+        Parcel {
+            label: Label {
+                sha256: manifest_sha.clone(),
+                media_type: SPIN_MANIFEST_MEDIA_TYPE.into(),
+                name: "spin.toml".into(),
+                size: manifest_bytes.len() as u64,
+                annotations: None,
+                feature: None,
+                origin: None,
+            },
+            conditions: None,
+        },
+    );
+    parcels.insert(manifest_sha, ParcelSource::Bytes(manifest_bytes));
+
+    let mut invoice = Invoice::new(BindleSpec {
+        id: id.clone(),
+        description: manifest.description.clone(),
+        authors: manifest.authors.clone(),
+    });
+    invoice.parcel = Some(parcel_list);
+    invoice.group = Some(groups);
+    Ok(LocalBindle {
+        id,
+        invoice,
+        parcels,
+        dir: dir.to_path_buf(),
+    })
+}
+
+fn bindle_component(c: &SpinComponent, wasm_sha: &str, files_group: Option<&String>) -> toml::Value {
+    let mut t = toml::value::Table::new();
+    t.insert("source".into(), wasm_sha.into());
+    t.insert("id".into(), c.id.clone().into());
+    if let Some(d) = &c.description {
+        t.insert("description".into(), d.clone().into());
+    }
+    if let Some(g) = files_group {
+        t.insert("files".into(), g.clone().into());
+    }
+    if let Some(h) = &c.allowed_http_hosts {
+        t.insert("allowedHttpHosts".into(), h.clone().into());
+    }
+    if let Some(k) = &c.key_value_stores {
+        t.insert("keyValueStores".into(), k.clone().into());
+    }
+    if let Some(env) = &c.environment {
+        let table: toml::value::Table = env
+            .iter()
+            .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+            .collect();
+        t.insert("environment".into(), toml::Value::Table(table));
+    }
+    if let Some(trigger) = &c.trigger {
+        t.insert("trigger".into(), trigger.clone());
+    }
+    if let Some(config) = &c.config {
+        t.insert("config".into(), config.clone());
+    }
+    toml::Value::Table(t)
+}
+
+fn collect_assets(
+    dir: &Path,
+    component: &SpinComponent,
+    manifest_path: &Path,
+) -> Result<Vec<Asset>, PackageError> {
+    let excludes = component
+        .exclude_files
+        .iter()
+        .map(|p| glob::Pattern::new(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            PackageError::invalid(
+                manifest_path,
+                format!("component {}: bad exclude_files pattern: {e}", component.id),
+            )
+        })?;
+    let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for mount in &component.files {
+        match mount {
+            FileMount::Pattern(pattern) => {
+                let full = dir.join(pattern);
+                let entries = glob::glob(&full.to_string_lossy()).map_err(|e| {
+                    PackageError::invalid(
+                        manifest_path,
+                        format!("component {}: bad files pattern {pattern:?}: {e}", component.id),
+                    )
+                })?;
+                for entry in entries {
+                    let path = entry.map_err(|e| {
+                        PackageError::invalid(manifest_path, format!("reading files: {e}"))
+                    })?;
+                    if !path.is_file() {
+                        continue;
+                    }
+                    let rel = relative(&path, dir);
+                    if !excludes.iter().any(|p| p.matches(&rel)) {
+                        out.insert(rel, path);
+                    }
+                }
+            }
+            FileMount::Placement {
+                source,
+                destination,
+            } => {
+                let root = dir.join(source);
+                if !root.is_dir() {
+                    return Err(PackageError::invalid(
+                        manifest_path,
+                        format!(
+                            "component {}: files source {} is not a directory",
+                            component.id,
+                            root.display()
+                        ),
+                    ));
+                }
+                let dest = destination.trim_start_matches('/');
+                for path in walk_files(&root)? {
+                    let rel_to_root = relative(&path, &root);
+                    let rel_to_app = relative(&path, dir);
+                    if excludes.iter().any(|p| p.matches(&rel_to_app)) {
+                        continue;
+                    }
+                    let name = if dest.is_empty() {
+                        rel_to_root
+                    } else {
+                        format!("{}/{rel_to_root}", dest.trim_end_matches('/'))
+                    };
+                    out.insert(name, path);
+                }
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|(name, path)| Asset { name, path })
+        .collect())
+}
+
+fn relative(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn walk_files(root: &Path) -> Result<Vec<PathBuf>, PackageError> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(PackageError::io(&d))? {
+            let path = entry.map_err(PackageError::io(&d))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, bytes: &[u8]) {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, bytes).unwrap();
+    }
+
+    const SPIN: &str = r#"spin_manifest_version = "1"
+name = "hello"
+version = "1.2.0"
+trigger = { type = "http", base = "/" }
+[[component]]
+id = "hello"
+source = "hello.wasm"
+files = ["static/**/*", { source = "assets", destination = "/" }]
+exclude_files = ["static/skip.txt"]
+[component.trigger]
+route = "/..."
+"#;
+
+    #[test]
+    fn spin_app_becomes_a_bindle_with_manifest_wasm_and_assets() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "spin.toml", SPIN.as_bytes());
+        write(dir.path(), "hello.wasm", b"\0asm\x01\0\0\0");
+        write(dir.path(), "static/index.html", b"<h1>hi</h1>");
+        write(dir.path(), "static/skip.txt", b"skip");
+        write(dir.path(), "assets/a/b.txt", b"b");
+        let b = load(dir.path()).unwrap();
+        assert_eq!(b.id.to_string(), "hello/1.2.0");
+        let names: Vec<_> = b
+            .invoice
+            .parcel
+            .iter()
+            .flatten()
+            .map(|p| p.label.name.as_str())
+            .collect();
+        assert_eq!(names, ["spin.toml", "hello.wasm", "a/b.txt", "static/index.html"]);
+        let manifest = b.invoice.parcel.as_ref().unwrap()[0].clone();
+        assert_eq!(manifest.label.media_type, SPIN_MANIFEST_MEDIA_TYPE);
+        let text = String::from_utf8(b.parcels[&manifest.label.sha256].read().unwrap()).unwrap();
+        let wasm_sha = format!("{:x}", Sha256::digest(b"\0asm\x01\0\0\0"));
+        assert!(text.contains(&format!("source = \"{wasm_sha}\"")), "{text}");
+        assert!(text.contains("files = \"files-hello\""), "{text}");
+        assert!(text.contains("route = \"/...\""), "{text}");
+        assert_eq!(b.parcels.len(), 4);
+        assert_eq!(b.total_bytes(), manifest.label.size + 8 + 11 + 1);
+    }
+
+    #[test]
+    fn same_content_gives_same_parcels_and_changed_content_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "spin.toml", SPIN.as_bytes());
+        write(dir.path(), "hello.wasm", b"one");
+        write(dir.path(), "assets/x.txt", b"x");
+        let a = load(dir.path()).unwrap();
+        let a2 = load(dir.path()).unwrap();
+        assert_eq!(a.parcel_shas(), a2.parcel_shas());
+        write(dir.path(), "hello.wasm", b"two");
+        let b = load(dir.path()).unwrap();
+        assert_ne!(a.parcel_shas(), b.parcel_shas());
+    }
+
+    #[test]
+    fn missing_wasm_and_v2_manifests_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "spin.toml", SPIN.as_bytes());
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("source") && err.contains("not found"), "{err}");
+        write(
+            dir.path(),
+            "spin.toml",
+            SPIN.replace("spin_manifest_version = \"1\"", "spin_manifest_version = 2")
+                .as_bytes(),
+        );
+        write(dir.path(), "hello.wasm", b"x");
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("version 1"), "{err}");
+    }
+
+    #[test]
+    fn standalone_bindle_is_checked_against_its_invoice() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"parcel-bytes";
+        let sha = format!("{:x}", Sha256::digest(data));
+        let invoice = format!(
+            "bindleVersion = \"1.0.0\"\n[bindle]\nname = \"inv\"\nversion = \"0.3.0\"\n\n[[parcel]]\n[parcel.label]\nsha256 = \"{sha}\"\nmediaType = \"text/plain\"\nname = \"p.txt\"\nsize = {}\n",
+            data.len()
+        );
+        write(dir.path(), "invoice.toml", invoice.as_bytes());
+        write(dir.path(), &format!("parcels/{sha}.dat"), data);
+        let b = load(dir.path()).unwrap();
+        assert_eq!(b.id.to_string(), "inv/0.3.0");
+        assert_eq!(b.parcel_shas().into_iter().collect::<Vec<_>>(), vec![sha.clone()]);
+        write(dir.path(), &format!("parcels/{sha}.dat"), b"tampered");
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("does not match the invoice"), "{err}");
+    }
+
+    #[test]
+    fn unknown_layout_and_missing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(load(dir.path()), Err(PackageError::UnknownLayout(_))));
+        assert!(matches!(
+            load(&dir.path().join("nope")),
+            Err(PackageError::NotFound(_))
+        ));
+    }
+}

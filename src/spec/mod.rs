@@ -1,0 +1,374 @@
+//! The deploy file (contract version 1): parse, validate, and resolve local bindles.
+//!
+//! Every problem in every file is collected into one [`Diagnostics`] list, each naming
+//! `file:line:column: field: message`; nothing downstream runs unless the list is empty.
+//! See `docs/deploy-file.md` for the user-facing reference.
+
+pub mod locate;
+mod validate;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::package::LocalBindle;
+pub use locate::Position;
+
+/// The only `apiVersion` this release reads.
+pub const API_VERSION: &str = "hippo-gitops/v1";
+
+/// One problem in a deploy file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the field (`spec.channels[0].range`); empty for syntax errors.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All problems found in a set of deploy files.
+#[derive(Debug, Clone, Default, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Options for loading deploy files.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// When set, every `path:` must resolve (after symlinks) inside this directory.
+    pub root: Option<PathBuf>,
+}
+
+/// The validated desired state of every app named in the deploy files.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredState {
+    pub apps: Vec<AppSpec>,
+}
+
+/// Where a definition came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// One Hippo app and everything it should have.
+#[derive(Debug, Clone)]
+pub struct AppSpec {
+    pub name: String,
+    pub storage_id: String,
+    /// Sorted by semantic version, ascending (the order registrations are made in).
+    pub revisions: Vec<RevisionSpec>,
+    pub channels: Vec<ChannelSpec>,
+    pub prune: bool,
+    pub origin: Origin,
+}
+
+/// A revision that must exist on Bindle and be registered in Hippo.
+#[derive(Debug, Clone)]
+pub struct RevisionSpec {
+    pub version: String,
+    pub source: RevisionSource,
+}
+
+/// Whether the controller pushes the bindle or only checks that it exists.
+#[derive(Debug, Clone)]
+pub enum RevisionSource {
+    /// `version:` — already on the Bindle server; checked, never pushed.
+    Existing,
+    /// `path:` — built from a local directory and pushed.
+    Local(Box<LocalBindle>),
+}
+
+/// How a channel picks its active revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// A node-semver range, sent to Hippo exactly as written (`UseRangeRule`).
+    Range(String),
+    /// One pinned revision number (`UseSpecifiedRevision`).
+    Revision(String),
+}
+
+/// One channel of an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    pub name: String,
+    pub selector: Selector,
+    /// `None`: keep whatever domain Hippo assigned.
+    pub domain: Option<String>,
+    /// The full set of environment variables; keys not listed are removed.
+    pub env: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDocument {
+    api_version: String,
+    kind: String,
+    metadata: RawMetadata,
+    spec: RawAppSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAppSpec {
+    storage_id: Option<String>,
+    #[serde(default)]
+    revisions: Vec<RawRevision>,
+    #[serde(default)]
+    channels: Vec<RawChannel>,
+    #[serde(default)]
+    prune: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevision {
+    version: Option<ScalarString>,
+    path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: String,
+    range: Option<ScalarString>,
+    revision: Option<ScalarString>,
+    domain: Option<String>,
+    env: Option<BTreeMap<String, ScalarString>>,
+}
+
+/// A string that may be written as a YAML number or bool (`PORT: 8080`, `revision: 1.0`
+/// is still caught by the semver check).
+#[derive(Debug, Clone)]
+struct ScalarString(String);
+
+impl<'de> Deserialize<'de> for ScalarString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) => Ok(ScalarString(s)),
+            serde_yaml::Value::Number(n) => Ok(ScalarString(n.to_string())),
+            serde_yaml::Value::Bool(b) => Ok(ScalarString(b.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a string, found {}",
+                match other {
+                    serde_yaml::Value::Null => "null",
+                    serde_yaml::Value::Sequence(_) => "a sequence",
+                    serde_yaml::Value::Mapping(_) => "a mapping",
+                    _ => "a tagged value",
+                }
+            ))),
+        }
+    }
+}
+
+/// A parsed document with the index used to place later errors.
+pub(crate) struct ParsedDocument {
+    file: PathBuf,
+    positions: locate::PositionIndex,
+    raw: RawDocument,
+}
+
+impl ParsedDocument {
+    fn diag(&self, field: &str, message: impl Into<String>) -> Diagnostic {
+        let pos = self.positions.of(field);
+        Diagnostic {
+            file: self.file.clone(),
+            line: pos.line,
+            column: pos.column,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+/// Expands `-f` arguments: files as given, directories to every `*.yaml`/`*.yml` below them in
+/// sorted order (hidden directories such as `.git` are skipped).
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found = Vec::new();
+            walk_yaml(path, &mut found);
+            found.sort();
+            if found.is_empty() {
+                problems.push(file_problem(path, "no *.yaml or *.yml files in this directory"));
+            }
+            out.extend(found);
+        } else if path.is_file() {
+            out.push(path.clone());
+        } else {
+            problems.push(file_problem(path, "no such file or directory"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(Diagnostics(problems))
+    }
+}
+
+fn walk_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if path.is_dir() {
+            if !hidden {
+                walk_yaml(&path, out);
+            }
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+}
+
+fn file_problem(path: &Path, message: &str) -> Diagnostic {
+    Diagnostic {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message: message.to_string(),
+    }
+}
+
+/// Loads and validates deploy files (`-f` arguments). Local bindles are read and hashed here,
+/// so a missing wasm file is reported like any other field error.
+pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<DesiredState, Diagnostics> {
+    let files = collect_files(paths)?;
+    let mut problems = Vec::new();
+    let mut docs = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => parse_documents(file, &text, &mut docs, &mut problems),
+            Err(e) => problems.push(file_problem(file, &format!("cannot read: {e}"))),
+        }
+    }
+    let state = validate::validate(docs, options, &mut problems);
+    if problems.is_empty() {
+        Ok(state)
+    } else {
+        Err(Diagnostics(problems))
+    }
+}
+
+/// Parses every YAML document of one file; syntax and type errors go to `problems`.
+pub(crate) fn parse_documents(
+    file: &Path,
+    text: &str,
+    docs: &mut Vec<ParsedDocument>,
+    problems: &mut Vec<Diagnostic>,
+) {
+    let indexes = locate::index_documents(text);
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let positions = indexes.get(i).cloned().unwrap_or_default();
+        if positions.is_empty() {
+            // `---` with nothing after it, or a comment-only file.
+            continue;
+        }
+        match serde_path_to_error::deserialize::<_, RawDocument>(de) {
+            Ok(raw) => docs.push(ParsedDocument {
+                file: file.to_path_buf(),
+                positions,
+                raw,
+            }),
+            Err(e) => {
+                let field = clean_path(&e.path().to_string());
+                let inner = e.into_inner();
+                let (line, column) = match inner.location() {
+                    Some(loc) => (loc.line(), loc.column()),
+                    None => {
+                        let p = positions.key_of(&field);
+                        (p.line, p.column)
+                    }
+                };
+                problems.push(Diagnostic {
+                    file: file.to_path_buf(),
+                    line,
+                    column,
+                    field,
+                    message: strip_location(&inner.to_string()),
+                });
+                // After a syntax error the rest of the stream cannot be trusted.
+                if inner.location().is_some() && is_syntax_error(&inner) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn is_syntax_error(e: &serde_yaml::Error) -> bool {
+    let s = e.to_string();
+    s.contains("while scanning") || s.contains("while parsing") || s.contains("did not find")
+}
+
+/// serde_path_to_error writes `.` for the root and `?` for unknown positions.
+fn clean_path(p: &str) -> String {
+    if p == "." || p == "?" {
+        String::new()
+    } else {
+        p.to_string()
+    }
+}
+
+/// The position is reported in its own columns; drop serde_yaml's " at line X column Y".
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}

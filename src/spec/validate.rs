@@ -1,0 +1,450 @@
+//! Semantic checks on parsed deploy files. Pure apart from reading local app directories.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::{Component, Path, PathBuf},
+};
+
+use super::{
+    AppSpec, ChannelSpec, DesiredState, Diagnostic, LoadOptions, Origin, ParsedDocument,
+    RevisionSource, RevisionSpec, Selector, API_VERSION,
+};
+use crate::package;
+
+/// `^[a-zA-Z0-9_-]{1,max}$`
+fn is_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// `^[a-zA-Z0-9_/-]{1,200}$`: Hippo's revision registration rejects `.` even where app creation
+/// accepts it, so the stricter rule wins.
+fn is_storage_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/')
+}
+
+/// Hippo's domain rule: `^([a-z0-9]+(-[a-z0-9]+)*\.)+[a-z]{2,}$`.
+pub(crate) fn is_domain(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    if labels.len() < 2 {
+        return false;
+    }
+    let (tld, rest) = labels.split_last().expect("at least two labels");
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && !l.contains("--")
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_lowercase()) && rest.iter().all(|l| label_ok(l))
+}
+
+fn is_env_key(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a range the way Hippo evaluates it: node-semver syntax, or Hippo's own prerelease form
+/// `P:<range>-<name>-*`.
+pub(crate) fn check_range(range: &str) -> Result<(), String> {
+    if range.trim().is_empty() {
+        return Err("must not be empty (Hippo rejects an empty range rule)".into());
+    }
+    let inner = match range.get(..2) {
+        Some(p) if p.eq_ignore_ascii_case("P:") => {
+            let body = &range[2..];
+            let Some(stripped) = body.strip_suffix("-*") else {
+                return Err("a prerelease rule `P:...` must end with `-*`".into());
+            };
+            match stripped.rfind('-') {
+                Some(i) if i > 0 => stripped[..i].to_string(),
+                _ => return Err("a prerelease rule must read `P:<range>-<name>-*`".into()),
+            }
+        }
+        _ => range.to_string(),
+    };
+    if inner.contains(',') {
+        // The `semver` crate's requirement syntax; Hippo's node-semver parser does not take it.
+        return Err(format!(
+            "invalid node-semver range {inner:?}: comparators are separated by spaces, not commas (write \">=1.0.0 <2.0.0\")"
+        ));
+    }
+    nodejs_semver::Range::parse(&inner)
+        .map(|_| ())
+        .map_err(|e| format!("invalid node-semver range {inner:?}: {e}"))
+}
+
+fn check_version(v: &str) -> Result<semver::Version, String> {
+    semver::Version::parse(v).map_err(|e| format!("invalid semantic version {v:?}: {e}"))
+}
+
+/// The domain Hippo v0.19 assigns when none is given: it must pass Hippo's own domain rule, or
+/// registering a revision that moves the channel fails with a 400 (HIPPO-API.md §13).
+fn default_domain_label(name: &str) -> String {
+    name.replace('_', "-").to_lowercase()
+}
+
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+pub(super) fn validate(
+    docs: Vec<ParsedDocument>,
+    options: &LoadOptions,
+    problems: &mut Vec<Diagnostic>,
+) -> DesiredState {
+    let root = options
+        .root
+        .as_ref()
+        .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
+    let mut apps = Vec::new();
+    let mut app_names: HashMap<String, Origin> = HashMap::new();
+    let mut domains: HashMap<String, Origin> = HashMap::new();
+    // (storageId, version) → parcel digests, to catch two files pushing different content.
+    let mut pushed: HashMap<(String, String), (BTreeSet<String>, Origin)> = HashMap::new();
+
+    for doc in &docs {
+        let raw = &doc.raw;
+        let before = problems.len();
+        if raw.api_version != API_VERSION {
+            problems.push(doc.diag(
+                "apiVersion",
+                format!("unsupported apiVersion {:?}; expected {API_VERSION:?}", raw.api_version),
+            ));
+        }
+        if raw.kind != "App" {
+            problems.push(doc.diag("kind", format!("unknown kind {:?}; expected \"App\"", raw.kind)));
+        }
+        let name = raw.metadata.name.clone();
+        let here = |field: &str| Origin {
+            file: doc.file.clone(),
+            line: doc.positions.of(field).line,
+        };
+        if !is_name(&name, 128) {
+            problems.push(doc.diag(
+                "metadata.name",
+                format!("{name:?} is not a valid Hippo app name (letters, digits, '-' and '_', 1 to 128 characters)"),
+            ));
+        } else if let Some(prev) = app_names.get(&name) {
+            problems.push(doc.diag(
+                "metadata.name",
+                format!("app {name:?} is already defined at {prev}"),
+            ));
+        } else {
+            app_names.insert(name.clone(), here("metadata.name"));
+        }
+        let storage_id = raw.spec.storage_id.clone().unwrap_or_else(|| name.clone());
+        if !is_storage_id(&storage_id) {
+            problems.push(doc.diag(
+                if raw.spec.storage_id.is_some() { "spec.storageId" } else { "metadata.name" },
+                format!("{storage_id:?} is not a valid storageId (letters, digits, '-', '_' and '/', 1 to 200 characters; Hippo's revision registration rejects '.')"),
+            ));
+        }
+
+        // Revisions
+        let mut revisions: Vec<(semver::Version, RevisionSpec)> = Vec::new();
+        let mut versions_seen: HashMap<String, String> = HashMap::new();
+        for (i, rev) in raw.spec.revisions.iter().enumerate() {
+            let field = format!("spec.revisions[{i}]");
+            let spec = match (&rev.version, &rev.path) {
+                (Some(_), Some(_)) | (None, None) => {
+                    problems.push(doc.diag(&field, "set exactly one of `version` or `path`"));
+                    continue;
+                }
+                (Some(v), None) => match check_version(&v.0) {
+                    Ok(parsed) => (
+                        parsed,
+                        RevisionSpec {
+                            version: v.0.clone(),
+                            source: RevisionSource::Existing,
+                        },
+                        format!("{field}.version"),
+                    ),
+                    Err(msg) => {
+                        problems.push(doc.diag(&format!("{field}.version"), msg));
+                        continue;
+                    }
+                },
+                (None, Some(p)) => {
+                    let pfield = format!("{field}.path");
+                    let base = doc.file.parent().unwrap_or(Path::new("."));
+                    let resolved = lexically_normal(&base.join(p));
+                    if let Some(root) = &root {
+                        if let Err(msg) = check_inside_root(&resolved, root) {
+                            problems.push(doc.diag(&pfield, msg));
+                            continue;
+                        }
+                    }
+                    let bindle = match package::load(&resolved) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            problems.push(doc.diag(&pfield, e.to_string()));
+                            continue;
+                        }
+                    };
+                    if let Some(root) = &root {
+                        if let Some(msg) = parcels_outside_root(&bindle, root) {
+                            problems.push(doc.diag(&pfield, msg));
+                            continue;
+                        }
+                    }
+                    if bindle.name() != storage_id {
+                        problems.push(doc.diag(
+                            &pfield,
+                            format!(
+                                "the bindle at {} is named {:?}, but this app's storageId is {storage_id:?}; they must be equal",
+                                resolved.display(),
+                                bindle.name()
+                            ),
+                        ));
+                        continue;
+                    }
+                    let version = bindle.version();
+                    let parsed = match check_version(&version) {
+                        Ok(v) => v,
+                        Err(msg) => {
+                            problems.push(doc.diag(&pfield, msg));
+                            continue;
+                        }
+                    };
+                    let key = (storage_id.clone(), version.clone());
+                    let shas = bindle.parcel_shas();
+                    match pushed.get(&key) {
+                        Some((other, at)) if *other != shas => {
+                            problems.push(doc.diag(
+                                &pfield,
+                                format!("{storage_id}/{version} is also built at {at} with different content; bump the version of one of them"),
+                            ));
+                            continue;
+                        }
+                        Some(_) => {}
+                        None => {
+                            pushed.insert(key, (shas, here(&pfield)));
+                        }
+                    }
+                    (
+                        parsed,
+                        RevisionSpec {
+                            version,
+                            source: RevisionSource::Local(Box::new(bindle)),
+                        },
+                        pfield,
+                    )
+                }
+            };
+            let (parsed, spec, vfield) = spec;
+            if let Some(prev) = versions_seen.get(&spec.version) {
+                problems.push(doc.diag(
+                    &vfield,
+                    format!("revision {} is listed twice (also at {prev})", spec.version),
+                ));
+                continue;
+            }
+            versions_seen.insert(spec.version.clone(), vfield);
+            revisions.push((parsed, spec));
+        }
+        revisions.sort_by(|a, b| a.0.cmp(&b.0));
+
+        // Channels
+        let mut channels = Vec::new();
+        let mut channel_names: HashMap<String, String> = HashMap::new();
+        for (i, ch) in raw.spec.channels.iter().enumerate() {
+            let field = format!("spec.channels[{i}]");
+            let mut ok = true;
+            if !is_name(&ch.name, 64) {
+                problems.push(doc.diag(
+                    &format!("{field}.name"),
+                    format!("{:?} is not a valid channel name (letters, digits, '-' and '_', 1 to 64 characters)", ch.name),
+                ));
+                ok = false;
+            } else if channel_names.contains_key(&ch.name) {
+                problems.push(doc.diag(
+                    &format!("{field}.name"),
+                    format!("channel {:?} is listed twice in app {name:?}", ch.name),
+                ));
+                ok = false;
+            } else {
+                channel_names.insert(ch.name.clone(), field.clone());
+            }
+            let selector = match (&ch.range, &ch.revision) {
+                (Some(_), Some(_)) | (None, None) => {
+                    problems.push(doc.diag(&field, "set exactly one of `range` or `revision`"));
+                    None
+                }
+                (Some(r), None) => match check_range(&r.0) {
+                    Ok(()) => Some(Selector::Range(r.0.clone())),
+                    Err(msg) => {
+                        problems.push(doc.diag(&format!("{field}.range"), msg));
+                        None
+                    }
+                },
+                (None, Some(v)) => {
+                    let rfield = format!("{field}.revision");
+                    if let Err(msg) = check_version(&v.0) {
+                        problems.push(doc.diag(&rfield, msg));
+                        None
+                    } else if !revisions.iter().any(|(_, r)| r.version == v.0) {
+                        problems.push(doc.diag(
+                            &rfield,
+                            format!("revision {} is not listed in spec.revisions", v.0),
+                        ));
+                        None
+                    } else {
+                        Some(Selector::Revision(v.0.clone()))
+                    }
+                }
+            };
+            if let Some(domain) = &ch.domain {
+                let dfield = format!("{field}.domain");
+                if !is_domain(domain) {
+                    problems.push(doc.diag(
+                        &dfield,
+                        format!("{domain:?} is not a valid domain (lowercase labels of letters, digits and single '-', and a top-level domain of 2+ letters)"),
+                    ));
+                    ok = false;
+                } else if let Some(prev) = domains.get(domain) {
+                    problems.push(doc.diag(
+                        &dfield,
+                        format!("domain {domain:?} is already used at {prev}"),
+                    ));
+                    ok = false;
+                } else {
+                    domains.insert(domain.clone(), here(&dfield));
+                }
+            } else if ok && is_name(&name, 128) {
+                let default = format!(
+                    "{}.{}.example.io",
+                    default_domain_label(&ch.name),
+                    default_domain_label(&name)
+                );
+                if !is_domain(&default) {
+                    problems.push(doc.diag(
+                        &format!("{field}.name"),
+                        "Hippo derives a default domain from the app and channel names, and these names make it invalid (a name starting or ending with '-' or '_', or with '--'); set `domain`",
+                    ));
+                    ok = false;
+                }
+            }
+            let mut env = BTreeMap::new();
+            for (k, v) in ch.env.iter().flatten() {
+                if !is_env_key(k) {
+                    problems.push(doc.diag(
+                        &format!("{field}.env.{k}"),
+                        format!("{k:?} is not a valid environment variable name"),
+                    ));
+                    ok = false;
+                }
+                env.insert(k.clone(), v.0.clone());
+            }
+            if let (true, Some(selector)) = (ok, selector) {
+                channels.push(ChannelSpec {
+                    name: ch.name.clone(),
+                    selector,
+                    domain: ch.domain.clone(),
+                    env,
+                });
+            }
+        }
+
+        if problems.len() == before {
+            apps.push(AppSpec {
+                name,
+                storage_id,
+                revisions: revisions.into_iter().map(|(_, r)| r).collect(),
+                channels,
+                prune: raw.spec.prune,
+                origin: here("metadata.name"),
+            });
+        }
+    }
+    DesiredState { apps }
+}
+
+fn check_inside_root(resolved: &Path, root: &Path) -> Result<(), String> {
+    let absolute = if resolved.is_absolute() {
+        resolved.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| lexically_normal(&d.join(resolved)))
+            .unwrap_or_else(|_| resolved.to_path_buf())
+    };
+    if !absolute.starts_with(root) {
+        return Err(format!(
+            "{} is outside the repository root {}",
+            resolved.display(),
+            root.display()
+        ));
+    }
+    if let Ok(real) = resolved.canonicalize() {
+        if !real.starts_with(root) {
+            return Err(format!(
+                "{} resolves through a symlink to {}, outside the repository root {}",
+                resolved.display(),
+                real.display(),
+                root.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parcels_outside_root(bindle: &package::LocalBindle, root: &Path) -> Option<String> {
+    bindle.parcels.values().find_map(|src| match src {
+        package::ParcelSource::File(p) => match p.canonicalize() {
+            Ok(real) if !real.starts_with(root) => Some(format!(
+                "{} resolves through a symlink to {}, outside the repository root {}",
+                p.display(),
+                real.display(),
+                root.display()
+            )),
+            _ => None,
+        },
+        package::ParcelSource::Bytes(_) => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_domains_and_ranges() {
+        assert!(is_name("weather_app-1", 128));
+        assert!(!is_name("weather.app", 128));
+        assert!(!is_name("", 128));
+        assert!(is_storage_id("team/weather"));
+        assert!(!is_storage_id("weather.v2"));
+        assert!(is_domain("weather.example.com"));
+        assert!(is_domain("a-b.c1.io"));
+        assert!(!is_domain("Weather.example.com"));
+        assert!(!is_domain("-a.example.com"));
+        assert!(!is_domain("localhost"));
+        assert!(!is_domain("a.b.c0"));
+        for ok in ["*", "1.x", "^1.2", "~1.2.3", ">=1.0.0 <2.0.0", "1.2.3 - 2.3.4", "^1 || ^2", "P:^1.0-beta-*"] {
+            assert!(check_range(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ">=1.0.0, <2.0.0", "^^1", "banana", "P:^1.0-beta"] {
+            assert!(check_range(bad).is_err(), "{bad}");
+        }
+        assert!(is_env_key("RUST_LOG"));
+        assert!(!is_env_key("1X"));
+        assert!(!is_env_key("A-B"));
+    }
+}
