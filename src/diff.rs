@@ -648,3 +648,424 @@ pub fn max_satisfying<'a>(range: &str, numbers: &[&'a str]) -> Option<&'a str> {
         .max_by(|a, b| a.0.cmp(&b.0))
         .map(|(_, n)| n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        bindles::ServerBindle,
+        hippo::types::{EnvVar, Revision},
+        observe::PartialFailure,
+        package::{LocalBindle, ParcelSource},
+        spec::{Origin, RevisionSpec},
+    };
+    use bindle::{BindleSpec, Invoice, Label, Parcel};
+
+    fn uuid(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn local(name: &str, version: &str, shas: &[&str]) -> LocalBindle {
+        let id = bindle::Id::try_from(format!("{name}/{version}")).unwrap();
+        let mut invoice = Invoice::new(BindleSpec {
+            id: id.clone(),
+            description: None,
+            authors: None,
+        });
+        invoice.parcel = Some(
+            shas.iter()
+                .map(|s| Parcel {
+                    label: Label {
+                        sha256: s.to_string(),
+                        media_type: "application/wasm".into(),
+                        name: s.to_string(),
+                        size: 10,
+                        annotations: None,
+                        feature: None,
+                        origin: None,
+                    },
+                    conditions: None,
+                })
+                .collect(),
+        );
+        LocalBindle {
+            id,
+            invoice,
+            parcels: shas
+                .iter()
+                .map(|s| (s.to_string(), ParcelSource::Bytes(vec![0; 10])))
+                .collect(),
+            dir: "apps/x".into(),
+        }
+    }
+
+    fn app_spec(revisions: Vec<RevisionSpec>, channels: Vec<ChannelSpec>) -> AppSpec {
+        AppSpec {
+            name: "weather".into(),
+            storage_id: "weather".into(),
+            revisions,
+            channels,
+            prune: false,
+            origin: Origin {
+                file: "w.yaml".into(),
+                line: 1,
+            },
+        }
+    }
+
+    fn existing(v: &str) -> RevisionSpec {
+        RevisionSpec {
+            version: v.into(),
+            source: RevisionSource::Existing,
+        }
+    }
+
+    fn pushed(v: &str, shas: &[&str]) -> RevisionSpec {
+        RevisionSpec {
+            version: v.into(),
+            source: RevisionSource::Local(Box::new(local("weather", v, shas))),
+        }
+    }
+
+    fn range_channel(name: &str, range: &str) -> ChannelSpec {
+        ChannelSpec {
+            name: name.into(),
+            selector: Selector::Range(range.into()),
+            domain: None,
+            env: BTreeMap::new(),
+        }
+    }
+
+    fn pinned_channel(name: &str, v: &str) -> ChannelSpec {
+        ChannelSpec {
+            name: name.into(),
+            selector: Selector::Revision(v.into()),
+            domain: None,
+            env: BTreeMap::new(),
+        }
+    }
+
+    fn server(versions: &[(&str, &[&str])]) -> BTreeMap<String, ServerBindle> {
+        versions
+            .iter()
+            .map(|(v, shas)| {
+                (
+                    v.to_string(),
+                    ServerBindle {
+                        version: v.to_string(),
+                        parcels: shas.iter().map(|s| s.to_string()).collect(),
+                        yanked: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn rev(id: u128, number: &str) -> Revision {
+        Revision {
+            id: uuid(id),
+            app_id: uuid(1),
+            revision_number: number.into(),
+        }
+    }
+
+    fn channel(id: u128, name: &str, strategy: Strategy, range: Option<&str>, active: Option<Revision>) -> Channel {
+        Channel {
+            id: uuid(id),
+            app_id: uuid(1),
+            name: name.into(),
+            domain: Some(format!("{name}.weather.hippofactory.io")),
+            revision_selection_strategy: strategy,
+            active_revision: active,
+            last_publish_at: None,
+            range_rule: range.map(String::from),
+            certificate: None,
+            environment_variables: vec![],
+        }
+    }
+
+    /// Hippo with app `weather` holding revisions 1.0.0 (id 10) and 1.1.0 (id 11), a range
+    /// channel `production` on ^1.0 at 1.1.0 and a pinned `canary` at 1.0.0.
+    fn converged() -> (AppSpec, Snapshot) {
+        let spec = app_spec(
+            vec![existing("1.0.0"), pushed("1.1.0", &["a", "b"])],
+            vec![range_channel("production", "^1.0"), pinned_channel("canary", "1.0.0")],
+        );
+        let snapshot = Snapshot {
+            apps: vec![App {
+                id: uuid(1),
+                name: "weather".into(),
+                storage_id: "weather".into(),
+            }],
+            channels: vec![
+                channel(20, "production", Strategy::UseRangeRule, Some("^1.0"), Some(rev(11, "1.1.0"))),
+                channel(21, "canary", Strategy::UseSpecifiedRevision, None, Some(rev(10, "1.0.0"))),
+            ],
+            revisions: vec![rev(10, "1.0.0"), rev(11, "1.1.0")],
+            bindles: [(
+                "weather".to_string(),
+                Ok(server(&[("1.0.0", &["z"]), ("1.1.0", &["a", "b"])])),
+            )]
+            .into(),
+            missing: BTreeMap::new(),
+        };
+        (spec, snapshot)
+    }
+
+    fn ops(plan: &AppPlan) -> Vec<String> {
+        plan.changes.iter().map(|c| c.describe()).collect()
+    }
+
+    #[test]
+    fn converged_state_plans_nothing() {
+        let (spec, snapshot) = converged();
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(plan.changes, vec![]);
+        assert!(plan.problems.is_empty() && plan.warnings.is_empty());
+    }
+
+    #[test]
+    fn empty_hippo_plans_push_create_and_channels_in_stage_order() {
+        let (spec, mut snapshot) = converged();
+        snapshot.apps.clear();
+        snapshot.channels.clear();
+        snapshot.revisions.clear();
+        snapshot.bindles = [("weather".to_string(), Ok(server(&[("1.0.0", &["z"])])))].into();
+        let plan = diff_app(&spec, &snapshot);
+        let kinds: Vec<(&str, &str, Stage)> = plan
+            .changes
+            .iter()
+            .map(|c| (c.action, c.kind, c.stage))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("push", "bindle", Stage::Push),
+                ("create", "app", Stage::CreateApp),
+                ("create", "channel", Stage::Channels),
+                ("create", "channel", Stage::Channels),
+            ]
+        );
+        // No registration is planned: Hippo imports the bindle's versions on create.
+        assert!(!plan.changes.iter().any(|c| c.kind == "revision"));
+        let json = serde_json::to_value(&plan.changes[0]).unwrap();
+        assert_eq!(json["action"], "push");
+        assert_eq!(json["kind"], "bindle");
+        assert_eq!(json["app"], "weather");
+        assert_eq!(json["name"], "weather/1.1.0");
+    }
+
+    #[test]
+    fn changed_range_is_exactly_one_channel_update() {
+        let (mut spec, snapshot) = converged();
+        spec.channels[0] = range_channel("production", "~1.0.0");
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(plan.changes.len(), 1, "{:?}", ops(&plan));
+        let c = &plan.changes[0];
+        assert_eq!((c.action, c.kind, c.name.as_str()), ("update", "channel", "production"));
+        let Op::UpdateChannel { target, fields, .. } = &c.op else {
+            panic!("{c:?}")
+        };
+        assert_eq!(target.range_rule.as_deref(), Some("~1.0.0"));
+        // ~1.0.0 matches only 1.0.0: the PUT sets it (Hippo's PUT stores the id as given).
+        assert_eq!(
+            target.active_revision,
+            Some(RevisionRef {
+                number: "1.0.0".into(),
+                id: Some(uuid(10))
+            })
+        );
+        assert_eq!(fields, &vec!["range: ^1.0 -> ~1.0.0".to_string(), "revision: 1.1.0 -> 1.0.0".to_string()]);
+        // The domain Hippo assigned is sent back (PUT requires it).
+        assert_eq!(target.domain.as_deref(), Some("production.weather.hippofactory.io"));
+    }
+
+    #[test]
+    fn range_channel_left_on_a_lower_revision_is_moved_up() {
+        let (spec, mut snapshot) = converged();
+        snapshot.channels[0].active_revision = Some(rev(10, "1.0.0"));
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(ops(&plan), vec!["update channel production: revision: 1.0.0 -> 1.1.0"]);
+    }
+
+    #[test]
+    fn pinned_channel_moves_with_the_resolved_revision_id() {
+        let (mut spec, snapshot) = converged();
+        spec.channels[1] = pinned_channel("canary", "1.1.0");
+        let plan = diff_app(&spec, &snapshot);
+        let Op::UpdateChannel { target, .. } = &plan.changes[0].op else {
+            panic!()
+        };
+        assert_eq!(target.strategy, Strategy::UseSpecifiedRevision);
+        assert_eq!(target.active_revision.as_ref().unwrap().id, Some(uuid(11)));
+    }
+
+    #[test]
+    fn env_is_replaced_as_a_set_and_values_never_show() {
+        let (mut spec, mut snapshot) = converged();
+        snapshot.channels[0].environment_variables = vec![
+            EnvVar { key: "OLD".into(), value: "x".into() },
+            EnvVar { key: "KEEP".into(), value: "same".into() },
+            EnvVar { key: "TOKEN".into(), value: "old-secret".into() },
+        ];
+        spec.channels[0].env = [
+            ("KEEP".to_string(), "same".to_string()),
+            ("TOKEN".to_string(), "new-secret".to_string()),
+            ("NEW".to_string(), "n".to_string()),
+        ]
+        .into();
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(ops(&plan), vec!["update channel production env: +NEW ~TOKEN -OLD"]);
+        let json = serde_json::to_string(&plan.changes).unwrap();
+        assert!(!json.contains("secret"), "{json}");
+        assert!(!format!("{}", plan.changes[0].describe()).contains("secret"));
+        // Env alone is a PATCH, not a PUT.
+        assert!(matches!(plan.changes[0].op, Op::SetEnv { .. }));
+    }
+
+    #[test]
+    fn prune_deletes_only_unlisted_channels_and_only_when_asked() {
+        let (mut spec, mut snapshot) = converged();
+        snapshot.channels.push(channel(22, "old", Strategy::UseRangeRule, Some("*"), None));
+        assert!(diff_app(&spec, &snapshot).changes.is_empty());
+        spec.prune = true;
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(plan.changes.len(), 1);
+        assert_eq!(
+            (plan.changes[0].action, plan.changes[0].name.as_str()),
+            ("delete", "old")
+        );
+    }
+
+    #[test]
+    fn bindle_conflict_is_a_problem_and_blocks_every_change() {
+        let (mut spec, snapshot) = converged();
+        spec.revisions[1] = pushed("1.1.0", &["a", "CHANGED"]);
+        spec.channels[0] = range_channel("production", "~1.0.0");
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty());
+        assert_eq!(plan.problems.len(), 1);
+        assert_eq!(plan.problems[0].reason, "BindleConflict");
+        assert!(plan.problems[0].message.contains("bump the version"));
+        assert!(!plan.problems[0].transient);
+    }
+
+    #[test]
+    fn existing_version_must_be_on_bindle_and_complete() {
+        let (mut spec, mut snapshot) = converged();
+        spec.revisions.push(existing("2.0.0"));
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(plan.problems[0].reason, "BindleMissing");
+        spec.revisions.pop();
+        snapshot.missing.insert("weather/1.0.0".into(), Ok(2));
+        assert_eq!(diff_app(&spec, &snapshot).problems[0].reason, "BindleIncomplete");
+        snapshot.missing.insert(
+            "weather/1.0.0".into(),
+            Err(PartialFailure { message: "timeout".into(), transient: true }),
+        );
+        assert!(diff_app(&spec, &snapshot).problems[0].transient);
+    }
+
+    #[test]
+    fn interrupted_push_is_resumed() {
+        let (spec, mut snapshot) = converged();
+        snapshot.missing.insert("weather/1.1.0".into(), Ok(1));
+        let plan = diff_app(&spec, &snapshot);
+        assert!(matches!(plan.changes[0].op, Op::PushBindle { resume: true, .. }));
+    }
+
+    #[test]
+    fn missing_revisions_are_registered_in_ascending_order() {
+        let (mut spec, mut snapshot) = converged();
+        snapshot.revisions.retain(|r| r.revision_number == "1.0.0");
+        spec.revisions.push(pushed("1.2.0", &["c"]));
+        snapshot.bindles.insert(
+            "weather".into(),
+            Ok(server(&[("1.0.0", &["z"]), ("1.1.0", &["a", "b"]), ("1.2.0", &["c"])])),
+        );
+        let plan = diff_app(&spec, &snapshot);
+        let regs: Vec<&str> = plan
+            .changes
+            .iter()
+            .filter(|c| c.kind == "revision")
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(regs, vec!["1.1.0", "1.2.0"]);
+    }
+
+    #[test]
+    fn registering_never_duplicates_into_an_app_sharing_the_storage_id() {
+        let (spec, mut snapshot) = converged();
+        snapshot.revisions.retain(|r| r.revision_number == "1.0.0");
+        snapshot.apps.push(App {
+            id: uuid(2),
+            name: "weather-staging".into(),
+            storage_id: "weather".into(),
+        });
+        snapshot.revisions.push(Revision {
+            id: uuid(30),
+            app_id: uuid(2),
+            revision_number: "1.1.0".into(),
+        });
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty());
+        assert_eq!(plan.problems[0].reason, "SharedStorageId");
+        assert!(plan.problems[0].message.contains("weather-staging"));
+    }
+
+    #[test]
+    fn duplicate_revisions_in_hippo_are_warned_about() {
+        let (spec, mut snapshot) = converged();
+        snapshot.revisions.push(rev(12, "1.1.0"));
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(plan.warnings.len(), 1);
+        assert!(plan.warnings[0].contains("1.1.0 2 times"));
+    }
+
+    #[test]
+    fn domain_is_kept_unless_given() {
+        let (mut spec, snapshot) = converged();
+        spec.channels[0].domain = Some("weather.example.com".into());
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(
+            ops(&plan),
+            vec!["update channel production: domain: production.weather.hippofactory.io -> weather.example.com"]
+        );
+    }
+
+    #[test]
+    fn storage_id_cannot_change() {
+        let (mut spec, snapshot) = converged();
+        spec.storage_id = "other".into();
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(plan.problems[0].reason, "StorageIdMismatch");
+    }
+
+    #[test]
+    fn yanked_and_unreachable_bindles_are_problems() {
+        let (spec, mut snapshot) = converged();
+        if let Some(Ok(s)) = snapshot.bindles.get_mut("weather") {
+            s.get_mut("1.0.0").unwrap().yanked = true;
+        }
+        assert_eq!(diff_app(&spec, &snapshot).problems[0].reason, "BindleYanked");
+        snapshot.bindles.insert(
+            "weather".into(),
+            Err(PartialFailure { message: "connection refused".into(), transient: true }),
+        );
+        let p = &diff_app(&spec, &snapshot).problems[0];
+        assert_eq!(p.reason, "BindleUnavailable");
+        assert!(p.transient);
+    }
+
+    #[test]
+    fn max_satisfying_follows_node_semver_and_hippo_prerelease_rules() {
+        let n = ["1.0.0", "1.2.0", "2.0.0", "1.3.0-beta.1", "not-a-version"];
+        assert_eq!(max_satisfying("^1.0", &n), Some("1.2.0"));
+        assert_eq!(max_satisfying("*", &n), Some("2.0.0"));
+        assert_eq!(max_satisfying(">=1.0.0 <2.0.0", &n), Some("1.2.0"));
+        assert_eq!(max_satisfying("1.x || >=2.0.0", &n), Some("2.0.0"));
+        assert_eq!(max_satisfying("^3", &n), None);
+        let p = ["1.0.0-beta-20220101", "1.0.0-beta-20220301", "1.0.0-rc-20230101", "2.0.0-beta-20240101"];
+        assert_eq!(max_satisfying("P:^1.0.0-beta-*", &p), Some("1.0.0-beta-20220301"));
+    }
+}

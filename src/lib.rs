@@ -17,3 +17,6 @@ pub mod stats;
 pub mod apply;
 pub mod diff;
 pub mod observe;
+pub mod cli;
+pub mod config;
+pub mod status;

@@ -1,0 +1,301 @@
+//! Command-line interface: argument parsing and the commands. `main.rs` is a thin shell.
+//!
+//! Exit codes: `validate` 0 valid / 1 invalid; `plan` 0 no changes / 2 changes pending /
+//! 1 error (Terraform's `-detailed-exitcode`); `reconcile --once` 0 all converged / 1 otherwise.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    apply::{self, Context},
+    bindles::{BindleClient, BindleConfig},
+    config::{self, HippoSettings},
+    hippo::{HippoClient, HippoClientConfig},
+    secret::Secret,
+    spec::{self, DesiredState, LoadOptions},
+    stats::RequestStats,
+    status,
+};
+
+const ABOUT: &str = "GitOps for Hippo: converge Hippo, Bindle and Nomad to declarative deploy files";
+
+#[derive(Debug, Parser)]
+#[command(name = "hippo-gitops", version, about = ABOUT, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing's env-filter syntax, e.g. `info`, `hippo_gitops=debug`).
+    #[arg(long, global = true, env = "HIPPO_GITOPS_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check deploy files offline; exit 0 when valid, 1 when not.
+    #[command(after_help = "Example:\n  hippo-gitops validate -f deploy-specs/\n\nEvery problem in every file is reported as file:line:column: field: message.\nNothing is contacted and nothing is written.")]
+    Validate(ValidateArgs),
+    /// Show what reconcile would change, without changing anything.
+    #[command(after_help = "Example:\n  HIPPO_URL=https://hippo.example.com HIPPO_USERNAME=ci HIPPO_PASSWORD=... \\\n  BINDLE_SERVER_URL=https://bindle.example.com/v1 \\\n    hippo-gitops plan -f deploy-specs/ --output json\n\nExit codes: 0 no changes, 2 changes pending, 1 error (like terraform plan -detailed-exitcode).")]
+    Plan(PlanArgs),
+    /// Push bindles, create apps and channels, register revisions until Hippo matches the files.
+    #[command(after_help = "Example:\n  hippo-gitops reconcile --once -f deploy-specs/\n\nPrints one line per app. Exit codes: 0 every app converged, 1 otherwise.\nOne app's failure does not stop the others.")]
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    /// Deploy file or directory (every *.yaml/*.yml below it); repeatable.
+    #[arg(short = 'f', long = "file", required = true, value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    /// Repository root: every `path:` must stay inside it (no `..` or symlink escapes).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Apply once and exit (the long-running controller mode is not available yet).
+    #[arg(long)]
+    pub once: bool,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Hippo server URL.
+    #[arg(long, env = "HIPPO_URL", value_name = "URL")]
+    pub hippo_url: Option<String>,
+    /// Hippo bearer token (expires after 30 minutes; prefer username and password).
+    #[arg(long, env = "HIPPO_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub hippo_token: Option<String>,
+    /// Hippo username; logs in again whenever the token is about to expire.
+    #[arg(long, env = "HIPPO_USERNAME", value_name = "USER")]
+    pub hippo_username: Option<String>,
+    /// Hippo password (asked for on a terminal when only the username is given).
+    #[arg(long, env = "HIPPO_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
+    pub hippo_password: Option<String>,
+    /// Accept invalid TLS certificates from Hippo and Bindle (self-signed test setups only).
+    #[arg(long, env = "HIPPO_GITOPS_DANGER_ACCEPT_INVALID_CERTS")]
+    pub danger_accept_invalid_certs: bool,
+    /// Bindle server API URL, e.g. http://127.0.0.1:8080/v1.
+    #[arg(long, env = "BINDLE_SERVER_URL", value_name = "URL")]
+    pub bindle_server: Option<String>,
+    /// Bindle basic-auth username.
+    #[arg(long, env = "BINDLE_USERNAME", value_name = "USER")]
+    pub bindle_username: Option<String>,
+    /// Bindle basic-auth password.
+    #[arg(long, env = "BINDLE_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
+    pub bindle_password: Option<String>,
+    /// Bindle bearer token.
+    #[arg(long, env = "BINDLE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub bindle_token: Option<String>,
+    /// Secret-key file (as `bindle keys create` writes) to sign invoices as creator. Without
+    /// one, a key is created in the state dir and its public half printed for the server's keyring.
+    #[arg(long, env = "BINDLE_SIGNING_KEY", value_name = "FILE")]
+    pub bindle_signing_key: Option<PathBuf>,
+    /// Where the controller keeps its own files (the generated signing key).
+    #[arg(long, env = "HIPPO_GITOPS_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Nomad API address (used to verify what Hippo scheduled).
+    #[arg(long, env = "NOMAD_ADDR", value_name = "URL")]
+    pub nomad_addr: Option<String>,
+    /// Nomad ACL token.
+    #[arg(long, env = "NOMAD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub nomad_token: Option<String>,
+    /// Nomad namespace.
+    #[arg(long, env = "NOMAD_NAMESPACE", value_name = "NAMESPACE")]
+    pub nomad_namespace: Option<String>,
+    /// Nomad region.
+    #[arg(long, env = "NOMAD_REGION", value_name = "REGION")]
+    pub nomad_region: Option<String>,
+    /// Apps worked on in parallel.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub concurrency: usize,
+    /// Timeout of each request to Hippo or Bindle, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub request_timeout: u64,
+}
+
+/// Runs the parsed command. Errors reach here only from setup; per-app failures are results.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => Ok(validate(&args.files)),
+        Command::Plan(args) => plan(args).await,
+        Command::Reconcile(args) => reconcile(args).await,
+    }
+}
+
+fn load(files: &FileArgs) -> Result<DesiredState, ExitCode> {
+    let options = LoadOptions {
+        root: files.root.clone(),
+    };
+    spec::load(&files.files, &options).map_err(|diagnostics| {
+        for d in &diagnostics.0 {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "error: {} problem(s) in the deploy files; nothing was contacted or changed",
+            diagnostics.0.len()
+        );
+        ExitCode::from(1)
+    })
+}
+
+fn validate(files: &FileArgs) -> ExitCode {
+    match load(files) {
+        Ok(state) => {
+            let revisions: usize = state.apps.iter().map(|a| a.revisions.len()).sum();
+            let channels: usize = state.apps.iter().map(|a| a.channels.len()).sum();
+            println!(
+                "valid: {} app(s), {revisions} revision(s), {channels} channel(s)",
+                state.apps.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Builds the clients from flags and environment.
+pub fn context(conn: &ConnectionArgs, stats: RequestStats) -> anyhow::Result<Context> {
+    let settings = HippoSettings {
+        url: conn.hippo_url.clone(),
+        token: conn.hippo_token.clone().map(Secret::new),
+        username: conn.hippo_username.clone(),
+        password: conn.hippo_password.clone().map(Secret::new),
+    };
+    let (url, credentials) = config::hippo_credentials(
+        &settings,
+        config::spin_config_path().as_deref(),
+        &config::prompt_password,
+        config::can_prompt(),
+    )?;
+    let timeout = Duration::from_secs(conn.request_timeout.max(1));
+    let mut hippo_config = HippoClientConfig::new(url, credentials);
+    hippo_config.timeout = timeout;
+    hippo_config.danger_accept_invalid_certs = conn.danger_accept_invalid_certs;
+    let hippo = HippoClient::new(hippo_config, stats.clone())?;
+
+    let bindle_url = conn.bindle_server.clone().filter(|u| !u.is_empty()).ok_or(
+        config::ConfigError::Missing("the Bindle server URL", "--bindle-server", "BINDLE_SERVER_URL"),
+    )?;
+    let state_dir = conn.state_dir.clone().unwrap_or_else(config::default_state_dir);
+    let key = config::signing_key(conn.bindle_signing_key.as_deref(), &state_dir)?;
+    if key.created {
+        eprintln!(
+            "Created a bindle signing key at {}.\nBindle 0.9 servers accept only invoices signed by keys in their keyring: add this entry to the server's keyring (bindle-server --keyring):\n\n{}",
+            key.path.display(),
+            config::keyring_entry(&key.key)?
+        );
+    }
+    let mut bindle_config = BindleConfig::new(bindle_url);
+    bindle_config.auth = config::bindle_auth(
+        conn.bindle_username.clone(),
+        conn.bindle_password.clone().map(Secret::new),
+        conn.bindle_token.clone().map(Secret::new),
+    )?;
+    bindle_config.timeout = timeout.max(Duration::from_secs(60));
+    bindle_config.danger_accept_invalid_certs = conn.danger_accept_invalid_certs;
+    let bindle = BindleClient::new(bindle_config, key.key, stats)?;
+    if conn.nomad_addr.is_none() {
+        tracing::info!("NOMAD_ADDR is not set: checking Hippo and Bindle only");
+    }
+    Ok(Context {
+        hippo: Arc::new(hippo),
+        bindle: Arc::new(bindle),
+        concurrency: conn.concurrency.max(1),
+    })
+}
+
+async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let desired = match load(&args.files) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    let ctx = context(&args.connection, RequestStats::default())?;
+    let (plan, _) = apply::plan(&desired, &ctx).await?;
+    match args.output {
+        OutputFormat::Text => print!("{}", status::plan_text(&plan)),
+        OutputFormat::Json => println!("{}", status::plan_json(&plan)),
+    }
+    Ok(if plan.has_problems() {
+        if args.output == OutputFormat::Text {
+            eprintln!("error: some apps cannot be converged (see above)");
+        }
+        ExitCode::from(1)
+    } else if plan.has_changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    if !args.once {
+        anyhow::bail!(
+            "the long-running controller is not available in this release; use `reconcile --once`"
+        );
+    }
+    let desired = match load(&args.files) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    let stats = RequestStats::default();
+    let ctx = context(&args.connection, stats.clone())?;
+    let report = apply::reconcile(&desired, &ctx).await?;
+    match args.output {
+        OutputFormat::Text => print!("{}", status::run_text(&report)),
+        OutputFormat::Json => println!("{}", status::run_json(&report)),
+    }
+    tracing::info!(
+        hippo_requests = stats.requests("hippo"),
+        hippo_writes = stats.writes("hippo"),
+        bindle_requests = stats.requests("bindle"),
+        uploaded_bytes = stats.uploaded_bytes(),
+        "reconcile finished"
+    );
+    Ok(if report.apps.iter().all(|a| a.converged()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
