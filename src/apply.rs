@@ -196,7 +196,11 @@ pub async fn reconcile_from(
                 failed.entry(app.app.clone()).or_insert_with(|| {
                     ApplyError::NotApplied(format!(
                         "still not converged after {MAX_ROUNDS} rounds: {}",
-                        app.changes.iter().map(|c| c.describe()).collect::<Vec<_>>().join("; ")
+                        app.changes
+                            .iter()
+                            .map(|c| c.describe())
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     ))
                 });
             }
@@ -217,10 +221,12 @@ pub async fn reconcile_from(
             if failed.contains_key(&change.app) {
                 continue;
             }
-            work.entry(change.app.clone()).or_default().push(change.clone());
+            work.entry(change.app.clone())
+                .or_default()
+                .push(change.clone());
         }
         let registered: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
-        let results: Vec<(String, Vec<(Change, String)>, Option<ApplyError>)> = stream::iter(work)
+        let results: Vec<AppStageResult> = stream::iter(work)
             .map(|(app, changes)| {
                 let registered = registered.clone();
                 let locals = local_bindles(desired, &app);
@@ -268,6 +274,10 @@ pub async fn reconcile_from(
         .collect();
     Ok(RunReport { apps, snapshot })
 }
+
+/// One app's part of a stage: the changes made (with their descriptions), and the error that
+/// stopped it, if any.
+type AppStageResult = (String, Vec<(Change, String)>, Option<ApplyError>);
 
 /// Observes again what a stage may have changed.
 async fn refresh(
@@ -317,7 +327,10 @@ async fn refresh(
     Ok(())
 }
 
-fn local_bindles(desired: &DesiredState, app: &str) -> BTreeMap<String, crate::package::LocalBindle> {
+fn local_bindles(
+    desired: &DesiredState,
+    app: &str,
+) -> BTreeMap<String, crate::package::LocalBindle> {
     desired
         .apps
         .iter()
@@ -384,7 +397,9 @@ async fn apply_change(
             if !registered.lock().await.insert(key) {
                 // Another app with the same storage id registered it this round: Hippo
                 // registers for all of them at once.
-                return Ok(format!("revision {version} registered (shared storageId {storage_id})"));
+                return Ok(format!(
+                    "revision {version} registered (shared storageId {storage_id})"
+                ));
             }
             hippo
                 .register_revision(storage_id, version)
@@ -436,9 +451,13 @@ async fn apply_change(
             current,
             ..
         } => {
-            let domain = target.domain.clone().or_else(|| current.domain.clone()).ok_or_else(|| {
-                ApplyError::Unresolved(format!("channel {channel} has no domain to send back"))
-            })?;
+            let domain = target
+                .domain
+                .clone()
+                .or_else(|| current.domain.clone())
+                .ok_or_else(|| {
+                    ApplyError::Unresolved(format!("channel {channel} has no domain to send back"))
+                })?;
             let body = UpdateChannel {
                 id: *channel_id,
                 name: channel.clone(),
@@ -490,7 +509,10 @@ fn env_vars(env: &BTreeMap<String, String>) -> Vec<EnvVar> {
 }
 
 /// The plan as `plan` shows it: against one observation, with no changes made.
-pub async fn plan(desired: &DesiredState, ctx: &Context) -> Result<(Plan, Snapshot), ReconcileError> {
+pub async fn plan(
+    desired: &DesiredState,
+    ctx: &Context,
+) -> Result<(Plan, Snapshot), ReconcileError> {
     let snapshot =
         observe::observe(&desired.apps, &ctx.hippo, &ctx.bindle, ctx.concurrency).await?;
     Ok((diff::diff(&desired.apps, &snapshot), snapshot))

@@ -144,9 +144,9 @@ fn client_error_is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::HttpClientError(_) | ClientError::Io(_) => true,
         // 400s come back as ServerError("Bad request: ...") too; only real 5xx are transient.
-        ClientError::ServerError(msg) => !msg
-            .as_deref()
-            .is_some_and(|m| m.starts_with("Bad request")),
+        ClientError::ServerError(msg) => {
+            !msg.as_deref().is_some_and(|m| m.starts_with("Bad request"))
+        }
         ClientError::InvalidRequest { status_code, .. } => status_code.as_u16() == 429,
         _ => false,
     }
@@ -210,7 +210,11 @@ impl BindleClient {
             .danger_accept_invalid_certs(config.danger_accept_invalid_certs)
             // Invoices are read through the query API, which does not verify signatures;
             // nothing here relies on client-side verification.
-            .build(&format!("{url}/"), AnyAuth(config.auth), Arc::new(KeyRing::default()))
+            .build(
+                &format!("{url}/"),
+                AnyAuth(config.auth),
+                Arc::new(KeyRing::default()),
+            )
             .map_err(|source| BindleError::Client {
                 op: "connect",
                 id: url.clone(),
@@ -281,7 +285,10 @@ impl BindleClient {
     }
 
     /// Every version of the bindle `name` on the server (query API, exact name match).
-    pub async fn versions(&self, name: &str) -> Result<BTreeMap<String, ServerBindle>, BindleError> {
+    pub async fn versions(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<String, ServerBindle>, BindleError> {
         let mut out = BTreeMap::new();
         let mut offset = 0u64;
         loop {
@@ -294,7 +301,9 @@ impl BindleClient {
                 yanked: Some(true),
             };
             let matches = self
-                .call("query", name, "GET", 200, || self.client.query_invoices(opts()))
+                .call("query", name, "GET", 200, || {
+                    self.client.query_invoices(opts())
+                })
                 .await?
                 .map_err(|source| BindleError::Client {
                     op: "query",
@@ -408,9 +417,10 @@ impl BindleClient {
             let id = id.clone();
             let id_s = id_s.clone();
             async move {
-                let source = local.parcels.get(&sha).ok_or_else(|| BindleError::Conflict {
-                    id: id_s.clone(),
-                })?;
+                let source = local
+                    .parcels
+                    .get(&sha)
+                    .ok_or_else(|| BindleError::Conflict { id: id_s.clone() })?;
                 let bytes = source.read().map_err(|e| BindleError::Local {
                     id: id_s.clone(),
                     sha: sha.clone(),

@@ -18,7 +18,8 @@ use crate::{
     status,
 };
 
-const ABOUT: &str = "GitOps for Hippo: converge Hippo, Bindle and Nomad to declarative deploy files";
+const ABOUT: &str =
+    "GitOps for Hippo: converge Hippo, Bindle and Nomad to declarative deploy files";
 
 #[derive(Debug, Parser)]
 #[command(name = "hippo-gitops", version, about = ABOUT, long_about = None)]
@@ -48,13 +49,19 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check deploy files offline; exit 0 when valid, 1 when not.
-    #[command(after_help = "Example:\n  hippo-gitops validate -f deploy-specs/\n\nEvery problem in every file is reported as file:line:column: field: message.\nNothing is contacted and nothing is written.")]
+    #[command(
+        after_help = "Example:\n  hippo-gitops validate -f deploy-specs/\n\nEvery problem in every file is reported as file:line:column: field: message.\nNothing is contacted and nothing is written."
+    )]
     Validate(ValidateArgs),
     /// Show what reconcile would change, without changing anything.
-    #[command(after_help = "Example:\n  HIPPO_URL=https://hippo.example.com HIPPO_USERNAME=ci HIPPO_PASSWORD=... \\\n  BINDLE_SERVER_URL=https://bindle.example.com/v1 \\\n    hippo-gitops plan -f deploy-specs/ --output json\n\nExit codes: 0 no changes, 2 changes pending, 1 error (like terraform plan -detailed-exitcode).")]
+    #[command(
+        after_help = "Example:\n  HIPPO_URL=https://hippo.example.com HIPPO_USERNAME=ci HIPPO_PASSWORD=... \\\n  BINDLE_SERVER_URL=https://bindle.example.com/v1 \\\n    hippo-gitops plan -f deploy-specs/ --output json\n\nExit codes: 0 no changes, 2 changes pending, 1 error (like terraform plan -detailed-exitcode)."
+    )]
     Plan(PlanArgs),
     /// Push bindles, create apps and channels, register revisions until Hippo matches the files.
-    #[command(after_help = "Example:\n  hippo-gitops reconcile --once -f deploy-specs/\n\nPrints one line per app. Exit codes: 0 every app converged, 1 otherwise.\nOne app's failure does not stop the others.")]
+    #[command(
+        after_help = "Example:\n  hippo-gitops reconcile --once -f deploy-specs/\n\nPrints one line per app. Exit codes: 0 every app converged, 1 otherwise.\nOne app's failure does not stop the others."
+    )]
     Reconcile(ReconcileArgs),
 }
 
@@ -105,13 +112,23 @@ pub struct ConnectionArgs {
     #[arg(long, env = "HIPPO_URL", value_name = "URL")]
     pub hippo_url: Option<String>,
     /// Hippo bearer token (expires after 30 minutes; prefer username and password).
-    #[arg(long, env = "HIPPO_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "HIPPO_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub hippo_token: Option<String>,
     /// Hippo username; logs in again whenever the token is about to expire.
     #[arg(long, env = "HIPPO_USERNAME", value_name = "USER")]
     pub hippo_username: Option<String>,
     /// Hippo password (asked for on a terminal when only the username is given).
-    #[arg(long, env = "HIPPO_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
+    #[arg(
+        long,
+        env = "HIPPO_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
     pub hippo_password: Option<String>,
     /// Accept invalid TLS certificates from Hippo and Bindle (self-signed test setups only).
     #[arg(long, env = "HIPPO_GITOPS_DANGER_ACCEPT_INVALID_CERTS")]
@@ -123,10 +140,20 @@ pub struct ConnectionArgs {
     #[arg(long, env = "BINDLE_USERNAME", value_name = "USER")]
     pub bindle_username: Option<String>,
     /// Bindle basic-auth password.
-    #[arg(long, env = "BINDLE_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
+    #[arg(
+        long,
+        env = "BINDLE_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
     pub bindle_password: Option<String>,
     /// Bindle bearer token.
-    #[arg(long, env = "BINDLE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "BINDLE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub bindle_token: Option<String>,
     /// Secret-key file (as `bindle keys create` writes) to sign invoices as creator. Without
     /// one, a key is created in the state dir and its public half printed for the server's keyring.
@@ -139,7 +166,12 @@ pub struct ConnectionArgs {
     #[arg(long, env = "NOMAD_ADDR", value_name = "URL")]
     pub nomad_addr: Option<String>,
     /// Nomad ACL token.
-    #[arg(long, env = "NOMAD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "NOMAD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub nomad_token: Option<String>,
     /// Nomad namespace.
     #[arg(long, env = "NOMAD_NAMESPACE", value_name = "NAMESPACE")]
@@ -216,9 +248,16 @@ pub fn context(conn: &ConnectionArgs, stats: RequestStats) -> anyhow::Result<Con
     let hippo = HippoClient::new(hippo_config, stats.clone())?;
 
     let bindle_url = conn.bindle_server.clone().filter(|u| !u.is_empty()).ok_or(
-        config::ConfigError::Missing("the Bindle server URL", "--bindle-server", "BINDLE_SERVER_URL"),
+        config::ConfigError::Missing(
+            "the Bindle server URL",
+            "--bindle-server",
+            "BINDLE_SERVER_URL",
+        ),
     )?;
-    let state_dir = conn.state_dir.clone().unwrap_or_else(config::default_state_dir);
+    let state_dir = conn
+        .state_dir
+        .clone()
+        .unwrap_or_else(config::default_state_dir);
     let key = config::signing_key(conn.bindle_signing_key.as_deref(), &state_dir)?;
     if key.created {
         eprintln!(

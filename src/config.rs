@@ -50,7 +50,8 @@ pub fn spin_config_path() -> Option<PathBuf> {
 }
 
 fn same_url(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'))
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
 /// Resolves the Hippo URL and credentials:
@@ -67,7 +68,11 @@ pub fn hippo_credentials(
         .url
         .clone()
         .filter(|u| !u.is_empty())
-        .ok_or(ConfigError::Missing("the Hippo URL", "--hippo-url", "HIPPO_URL"))?;
+        .ok_or(ConfigError::Missing(
+            "the Hippo URL",
+            "--hippo-url",
+            "HIPPO_URL",
+        ))?;
     match (&settings.token, &settings.username, &settings.password) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(ConfigError::Conflict(
             "give either a Hippo token (--hippo-token/HIPPO_TOKEN) or a username and password, not both".into(),
@@ -173,9 +178,7 @@ pub fn default_state_dir() -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state"))
-        })
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state")))
         .map(|d| d.join("hippo-gitops"))
         .unwrap_or_else(|| PathBuf::from(".hippo-gitops"))
 }
@@ -209,7 +212,8 @@ pub fn signing_key(explicit: Option<&Path>, state_dir: &Path) -> Result<SigningK
         path: path.clone(),
         message,
     };
-    std::fs::create_dir_all(state_dir).map_err(|e| file_err(format!("creating the state dir: {e}")))?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| file_err(format!("creating the state dir: {e}")))?;
     let key = SecretKeyEntry::new("hippo-gitops", vec![SignatureRole::Creator]);
     let mut file = SecretKeyFile::default();
     file.key.push(key.clone());
@@ -239,13 +243,16 @@ fn load_creator_key(path: &Path) -> Result<SecretKeyEntry, ConfigError> {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("reading the signing key: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("reading the signing key: {e}")))?;
     let file: SecretKeyFile =
         toml::from_str(&text).map_err(|e| err(format!("not a bindle secret-key file: {e}")))?;
     file.key
         .into_iter()
         .find(|k| k.roles.contains(&SignatureRole::Creator))
-        .ok_or_else(|| err("has no key with the creator role (create one with `bindle keys create`)".into()))
+        .ok_or_else(|| {
+            err("has no key with the creator role (create one with `bindle keys create`)".into())
+        })
 }
 
 /// The keyring entry (TOML) that a Bindle server needs to trust `key`.
@@ -276,7 +283,12 @@ mod tests {
     #[test]
     fn token_and_login_rules() {
         assert!(matches!(
-            hippo_credentials(&settings(Some("t"), Some("u"), None), None, &no_prompt, false),
+            hippo_credentials(
+                &settings(Some("t"), Some("u"), None),
+                None,
+                &no_prompt,
+                false
+            ),
             Err(ConfigError::Conflict(_))
         ));
         assert!(matches!(
@@ -284,13 +296,21 @@ mod tests {
             Ok((_, Credentials::Token(_)))
         ));
         assert!(matches!(
-            hippo_credentials(&settings(None, Some("u"), Some("p")), None, &no_prompt, false),
+            hippo_credentials(
+                &settings(None, Some("u"), Some("p")),
+                None,
+                &no_prompt,
+                false
+            ),
             Ok((_, Credentials::Login { .. }))
         ));
         let err = hippo_credentials(&settings(None, Some("u"), None), None, &no_prompt, false)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("HIPPO_PASSWORD") && err.contains("terminal"), "{err}");
+        assert!(
+            err.contains("HIPPO_PASSWORD") && err.contains("terminal"),
+            "{err}"
+        );
         let (_, creds) = hippo_credentials(
             &settings(None, Some("u"), None),
             None,
@@ -298,7 +318,9 @@ mod tests {
             true,
         )
         .unwrap();
-        assert!(matches!(creds, Credentials::Login { password, .. } if password.expose() == "typed"));
+        assert!(
+            matches!(creds, Credentials::Login { password, .. } if password.expose() == "typed")
+        );
         assert!(matches!(
             hippo_credentials(&HippoSettings::default(), None, &no_prompt, false),
             Err(ConfigError::Missing(..))
@@ -321,10 +343,14 @@ mod tests {
         let (_, creds) = hippo_credentials(&s, Some(&path), &no_prompt, false).unwrap();
         assert!(matches!(creds, Credentials::Token(t) if t.expose() == "tok-3141"));
         write("http://other.test", "2999-01-01T00:00:00Z");
-        let err = hippo_credentials(&s, Some(&path), &no_prompt, false).unwrap_err().to_string();
+        let err = hippo_credentials(&s, Some(&path), &no_prompt, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is for http://other.test"), "{err}");
         write("http://hippo.test", "2001-01-01T00:00:00Z");
-        let err = hippo_credentials(&s, Some(&path), &no_prompt, false).unwrap_err().to_string();
+        let err = hippo_credentials(&s, Some(&path), &no_prompt, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expired"), "{err}");
         assert!(!err.contains("tok-3141"), "no token in messages: {err}");
     }
@@ -338,7 +364,10 @@ mod tests {
         assert!(!b.created);
         assert_eq!(a.key.keypair, b.key.keypair);
         let entry = keyring_entry(&a.key).unwrap();
-        assert!(entry.contains("creator") && entry.contains("[[key]]"), "{entry}");
+        assert!(
+            entry.contains("creator") && entry.contains("[[key]]"),
+            "{entry}"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -305,7 +305,10 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             plan.problems.push(problem(
                 "BindleUnavailable",
                 e.transient,
-                format!("reading bindle {} from the Bindle server: {}", spec.storage_id, e.message),
+                format!(
+                    "reading bindle {} from the Bindle server: {}",
+                    spec.storage_id, e.message
+                ),
             ));
             return plan;
         }
@@ -393,7 +396,8 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         // create); their revision ids are resolved after it exists.
         for ch in &spec.channels {
             let target = channel_target(ch, None, &[]);
-            plan.changes.push(create_channel(&spec.name, None, ch, target));
+            plan.changes
+                .push(create_channel(&spec.name, None, ch, target));
         }
         return plan;
     };
@@ -422,7 +426,11 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             .apps
             .iter()
             .filter(|a| a.storage_id == spec.storage_id && a.id != app.id)
-            .filter(|a| snapshot.revisions_of(a).any(|r| r.revision_number == rev.version))
+            .filter(|a| {
+                snapshot
+                    .revisions_of(a)
+                    .any(|r| r.revision_number == rev.version)
+            })
             .map(|a| a.name.as_str())
             .collect();
         if !holders.is_empty() {
@@ -585,7 +593,11 @@ fn channel_fields(current: &Channel, target: &ChannelTarget) -> Vec<String> {
         .map(|r| r.revision_number.as_str());
     let target_rev = target.active_revision.as_ref().map(|r| r.number.as_str());
     if current_rev != target_rev {
-        out.push(format!("revision: {} -> {}", show(current_rev), show(target_rev)));
+        out.push(format!(
+            "revision: {} -> {}",
+            show(current_rev),
+            show(target_rev)
+        ));
     }
     if let Some(d) = &target.domain {
         if current.domain.as_deref() != Some(d) {
@@ -769,7 +781,13 @@ mod tests {
         }
     }
 
-    fn channel(id: u128, name: &str, strategy: Strategy, range: Option<&str>, active: Option<Revision>) -> Channel {
+    fn channel(
+        id: u128,
+        name: &str,
+        strategy: Strategy,
+        range: Option<&str>,
+        active: Option<Revision>,
+    ) -> Channel {
         Channel {
             id: uuid(id),
             app_id: uuid(1),
@@ -789,7 +807,10 @@ mod tests {
     fn converged() -> (AppSpec, Snapshot) {
         let spec = app_spec(
             vec![existing("1.0.0"), pushed("1.1.0", &["a", "b"])],
-            vec![range_channel("production", "^1.0"), pinned_channel("canary", "1.0.0")],
+            vec![
+                range_channel("production", "^1.0"),
+                pinned_channel("canary", "1.0.0"),
+            ],
         );
         let snapshot = Snapshot {
             apps: vec![App {
@@ -798,8 +819,20 @@ mod tests {
                 storage_id: "weather".into(),
             }],
             channels: vec![
-                channel(20, "production", Strategy::UseRangeRule, Some("^1.0"), Some(rev(11, "1.1.0"))),
-                channel(21, "canary", Strategy::UseSpecifiedRevision, None, Some(rev(10, "1.0.0"))),
+                channel(
+                    20,
+                    "production",
+                    Strategy::UseRangeRule,
+                    Some("^1.0"),
+                    Some(rev(11, "1.1.0")),
+                ),
+                channel(
+                    21,
+                    "canary",
+                    Strategy::UseSpecifiedRevision,
+                    None,
+                    Some(rev(10, "1.0.0")),
+                ),
             ],
             revisions: vec![rev(10, "1.0.0"), rev(11, "1.1.0")],
             bindles: [(
@@ -862,7 +895,10 @@ mod tests {
         let plan = diff_app(&spec, &snapshot);
         assert_eq!(plan.changes.len(), 1, "{:?}", ops(&plan));
         let c = &plan.changes[0];
-        assert_eq!((c.action, c.kind, c.name.as_str()), ("update", "channel", "production"));
+        assert_eq!(
+            (c.action, c.kind, c.name.as_str()),
+            ("update", "channel", "production")
+        );
         let Op::UpdateChannel { target, fields, .. } = &c.op else {
             panic!("{c:?}")
         };
@@ -875,9 +911,18 @@ mod tests {
                 id: Some(uuid(10))
             })
         );
-        assert_eq!(fields, &vec!["range: ^1.0 -> ~1.0.0".to_string(), "revision: 1.1.0 -> 1.0.0".to_string()]);
+        assert_eq!(
+            fields,
+            &vec![
+                "range: ^1.0 -> ~1.0.0".to_string(),
+                "revision: 1.1.0 -> 1.0.0".to_string()
+            ]
+        );
         // The domain Hippo assigned is sent back (PUT requires it).
-        assert_eq!(target.domain.as_deref(), Some("production.weather.hippofactory.io"));
+        assert_eq!(
+            target.domain.as_deref(),
+            Some("production.weather.hippofactory.io")
+        );
     }
 
     #[test]
@@ -885,7 +930,10 @@ mod tests {
         let (spec, mut snapshot) = converged();
         snapshot.channels[0].active_revision = Some(rev(10, "1.0.0"));
         let plan = diff_app(&spec, &snapshot);
-        assert_eq!(ops(&plan), vec!["update channel production: revision: 1.0.0 -> 1.1.0"]);
+        assert_eq!(
+            ops(&plan),
+            vec!["update channel production: revision: 1.0.0 -> 1.1.0"]
+        );
     }
 
     #[test]
@@ -904,9 +952,18 @@ mod tests {
     fn env_is_replaced_as_a_set_and_values_never_show() {
         let (mut spec, mut snapshot) = converged();
         snapshot.channels[0].environment_variables = vec![
-            EnvVar { key: "OLD".into(), value: "x".into() },
-            EnvVar { key: "KEEP".into(), value: "same".into() },
-            EnvVar { key: "TOKEN".into(), value: "old-secret".into() },
+            EnvVar {
+                key: "OLD".into(),
+                value: "x".into(),
+            },
+            EnvVar {
+                key: "KEEP".into(),
+                value: "same".into(),
+            },
+            EnvVar {
+                key: "TOKEN".into(),
+                value: "old-secret".into(),
+            },
         ];
         spec.channels[0].env = [
             ("KEEP".to_string(), "same".to_string()),
@@ -915,7 +972,10 @@ mod tests {
         ]
         .into();
         let plan = diff_app(&spec, &snapshot);
-        assert_eq!(ops(&plan), vec!["update channel production env: +NEW ~TOKEN -OLD"]);
+        assert_eq!(
+            ops(&plan),
+            vec!["update channel production env: +NEW ~TOKEN -OLD"]
+        );
         let json = serde_json::to_string(&plan.changes).unwrap();
         assert!(!json.contains("secret"), "{json}");
         assert!(!format!("{}", plan.changes[0].describe()).contains("secret"));
@@ -926,7 +986,9 @@ mod tests {
     #[test]
     fn prune_deletes_only_unlisted_channels_and_only_when_asked() {
         let (mut spec, mut snapshot) = converged();
-        snapshot.channels.push(channel(22, "old", Strategy::UseRangeRule, Some("*"), None));
+        snapshot
+            .channels
+            .push(channel(22, "old", Strategy::UseRangeRule, Some("*"), None));
         assert!(diff_app(&spec, &snapshot).changes.is_empty());
         spec.prune = true;
         let plan = diff_app(&spec, &snapshot);
@@ -958,10 +1020,16 @@ mod tests {
         assert_eq!(plan.problems[0].reason, "BindleMissing");
         spec.revisions.pop();
         snapshot.missing.insert("weather/1.0.0".into(), Ok(2));
-        assert_eq!(diff_app(&spec, &snapshot).problems[0].reason, "BindleIncomplete");
+        assert_eq!(
+            diff_app(&spec, &snapshot).problems[0].reason,
+            "BindleIncomplete"
+        );
         snapshot.missing.insert(
             "weather/1.0.0".into(),
-            Err(PartialFailure { message: "timeout".into(), transient: true }),
+            Err(PartialFailure {
+                message: "timeout".into(),
+                transient: true,
+            }),
         );
         assert!(diff_app(&spec, &snapshot).problems[0].transient);
     }
@@ -971,7 +1039,10 @@ mod tests {
         let (spec, mut snapshot) = converged();
         snapshot.missing.insert("weather/1.1.0".into(), Ok(1));
         let plan = diff_app(&spec, &snapshot);
-        assert!(matches!(plan.changes[0].op, Op::PushBindle { resume: true, .. }));
+        assert!(matches!(
+            plan.changes[0].op,
+            Op::PushBindle { resume: true, .. }
+        ));
     }
 
     #[test]
@@ -981,7 +1052,11 @@ mod tests {
         spec.revisions.push(pushed("1.2.0", &["c"]));
         snapshot.bindles.insert(
             "weather".into(),
-            Ok(server(&[("1.0.0", &["z"]), ("1.1.0", &["a", "b"]), ("1.2.0", &["c"])])),
+            Ok(server(&[
+                ("1.0.0", &["z"]),
+                ("1.1.0", &["a", "b"]),
+                ("1.2.0", &["c"]),
+            ])),
         );
         let plan = diff_app(&spec, &snapshot);
         let regs: Vec<&str> = plan
@@ -1047,10 +1122,16 @@ mod tests {
         if let Some(Ok(s)) = snapshot.bindles.get_mut("weather") {
             s.get_mut("1.0.0").unwrap().yanked = true;
         }
-        assert_eq!(diff_app(&spec, &snapshot).problems[0].reason, "BindleYanked");
+        assert_eq!(
+            diff_app(&spec, &snapshot).problems[0].reason,
+            "BindleYanked"
+        );
         snapshot.bindles.insert(
             "weather".into(),
-            Err(PartialFailure { message: "connection refused".into(), transient: true }),
+            Err(PartialFailure {
+                message: "connection refused".into(),
+                transient: true,
+            }),
         );
         let p = &diff_app(&spec, &snapshot).problems[0];
         assert_eq!(p.reason, "BindleUnavailable");
@@ -1065,7 +1146,15 @@ mod tests {
         assert_eq!(max_satisfying(">=1.0.0 <2.0.0", &n), Some("1.2.0"));
         assert_eq!(max_satisfying("1.x || >=2.0.0", &n), Some("2.0.0"));
         assert_eq!(max_satisfying("^3", &n), None);
-        let p = ["1.0.0-beta-20220101", "1.0.0-beta-20220301", "1.0.0-rc-20230101", "2.0.0-beta-20240101"];
-        assert_eq!(max_satisfying("P:^1.0.0-beta-*", &p), Some("1.0.0-beta-20220301"));
+        let p = [
+            "1.0.0-beta-20220101",
+            "1.0.0-beta-20220301",
+            "1.0.0-rc-20230101",
+            "2.0.0-beta-20240101",
+        ];
+        assert_eq!(
+            max_satisfying("P:^1.0.0-beta-*", &p),
+            Some("1.0.0-beta-20220301")
+        );
     }
 }

@@ -6,17 +6,17 @@
 //! → [`status`]. Only `observe` and `apply` do network I/O. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
 
-pub mod emulator;
-pub mod package;
-pub mod spec;
-pub mod bindles;
-pub mod hippo;
-pub mod retry;
-pub mod secret;
-pub mod stats;
 pub mod apply;
-pub mod diff;
-pub mod observe;
+pub mod bindles;
 pub mod cli;
 pub mod config;
+pub mod diff;
+pub mod emulator;
+pub mod hippo;
+pub mod observe;
+pub mod package;
+pub mod retry;
+pub mod secret;
+pub mod spec;
+pub mod stats;
 pub mod status;

@@ -79,7 +79,11 @@ impl Snapshot {
 
     /// Whether every Hippo app with this storage id has this revision (and there is one).
     fn registered_everywhere(&self, storage_id: &str, version: &str) -> bool {
-        let mut apps = self.apps.iter().filter(|a| a.storage_id == storage_id).peekable();
+        let mut apps = self
+            .apps
+            .iter()
+            .filter(|a| a.storage_id == storage_id)
+            .peekable();
         apps.peek().is_some()
             && apps.all(|a| self.revisions_of(a).any(|r| r.revision_number == version))
     }
@@ -89,7 +93,11 @@ impl Snapshot {
 pub async fn observe_hippo(
     hippo: &HippoClient,
 ) -> Result<(Vec<App>, Vec<Channel>, Vec<Revision>), HippoError> {
-    tokio::try_join!(hippo.list_apps(), hippo.list_channels(), hippo.list_revisions())
+    tokio::try_join!(
+        hippo.list_apps(),
+        hippo.list_channels(),
+        hippo.list_revisions()
+    )
 }
 
 /// Builds a full snapshot for `apps`.

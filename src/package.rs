@@ -358,7 +358,11 @@ fn load_spin_app(dir: &Path) -> Result<LocalBindle, PackageError> {
             required: None,
             satisfied_by: None,
         });
-        components.push(bindle_component(component, &wasm_sha, has_files.then_some(&group)));
+        components.push(bindle_component(
+            component,
+            &wasm_sha,
+            has_files.then_some(&group),
+        ));
     }
 
     // The manifest Hippo reads: Spin's bindle schema (camelCase, sources as parcel digests).
@@ -404,7 +408,11 @@ fn load_spin_app(dir: &Path) -> Result<LocalBindle, PackageError> {
     })
 }
 
-fn bindle_component(c: &SpinComponent, wasm_sha: &str, files_group: Option<&String>) -> toml::Value {
+fn bindle_component(
+    c: &SpinComponent,
+    wasm_sha: &str,
+    files_group: Option<&String>,
+) -> toml::Value {
     let mut t = toml::value::Table::new();
     t.insert("source".into(), wasm_sha.into());
     t.insert("id".into(), c.id.clone().into());
@@ -460,7 +468,10 @@ fn collect_assets(
                 let entries = glob::glob(&full.to_string_lossy()).map_err(|e| {
                     PackageError::invalid(
                         manifest_path,
-                        format!("component {}: bad files pattern {pattern:?}: {e}", component.id),
+                        format!(
+                            "component {}: bad files pattern {pattern:?}: {e}",
+                            component.id
+                        ),
                     )
                 })?;
                 for entry in entries {
@@ -580,7 +591,10 @@ route = "/..."
             .flatten()
             .map(|p| p.label.name.as_str())
             .collect();
-        assert_eq!(names, ["spin.toml", "hello.wasm", "a/b.txt", "static/index.html"]);
+        assert_eq!(
+            names,
+            ["spin.toml", "hello.wasm", "a/b.txt", "static/index.html"]
+        );
         let manifest = b.invoice.parcel.as_ref().unwrap()[0].clone();
         assert_eq!(manifest.label.media_type, SPIN_MANIFEST_MEDIA_TYPE);
         let text = String::from_utf8(b.parcels[&manifest.label.sha256].read().unwrap()).unwrap();
@@ -636,7 +650,10 @@ route = "/..."
         write(dir.path(), &format!("parcels/{sha}.dat"), data);
         let b = load(dir.path()).unwrap();
         assert_eq!(b.id.to_string(), "inv/0.3.0");
-        assert_eq!(b.parcel_shas().into_iter().collect::<Vec<_>>(), vec![sha.clone()]);
+        assert_eq!(
+            b.parcel_shas().into_iter().collect::<Vec<_>>(),
+            vec![sha.clone()]
+        );
         write(dir.path(), &format!("parcels/{sha}.dat"), b"tampered");
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("does not match the invoice"), "{err}");
@@ -645,7 +662,10 @@ route = "/..."
     #[test]
     fn unknown_layout_and_missing_dir() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(load(dir.path()), Err(PackageError::UnknownLayout(_))));
+        assert!(matches!(
+            load(dir.path()),
+            Err(PackageError::UnknownLayout(_))
+        ));
         assert!(matches!(
             load(&dir.path().join("nope")),
             Err(PackageError::NotFound(_))

@@ -66,6 +66,7 @@ where
     Fut: Future<Output = Result<T, Attempt<E>>>,
 {
     let mut backoff = policy.backoff();
+    let started = tokio::time::Instant::now();
     loop {
         match op().await {
             Ok(v) => return Ok(v),
@@ -74,7 +75,11 @@ where
                 let Some(delay) = backoff.next_backoff() else {
                     return Err(e);
                 };
-                let delay = after.map_or(delay, |a| a.max(delay).min(policy.max_interval.max(a)));
+                // A server's Retry-After is honoured, but never past the policy's time bound.
+                let delay = after.map_or(delay, |a| a.max(delay));
+                if started.elapsed() + delay > policy.max_elapsed {
+                    return Err(e);
+                }
                 on_retry(&e, delay);
                 tokio::time::sleep(delay).await;
             }
@@ -128,6 +133,24 @@ mod tests {
         .await;
         assert_eq!(r, Err("400"));
         assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_the_bound_gives_up_at_once() {
+        let n = AtomicU32::new(0);
+        let started = std::time::Instant::now();
+        let r: Result<(), &str> = retry(
+            fast(),
+            || async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err(Attempt::Retry("429", Some(Duration::from_secs(120))))
+            },
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(r, Err("429"));
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]

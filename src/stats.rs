@@ -72,6 +72,11 @@ impl RequestStats {
 
     fn sum(&self, f: impl Fn(&RequestKey) -> bool) -> u64 {
         let inner = self.inner.lock().expect("stats lock");
-        inner.requests.iter().filter(|(k, _)| f(k)).map(|(_, v)| v).sum()
+        inner
+            .requests
+            .iter()
+            .filter(|(k, _)| f(k))
+            .map(|(_, v)| v)
+            .sum()
     }
 }

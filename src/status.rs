@@ -178,7 +178,11 @@ pub fn run_text(report: &RunReport) -> String {
                 } else {
                     format!(" (after: {})", app.applied.join("; "))
                 };
-                let kind = if e.is_transient() { "failed, will retry" } else { "stalled" };
+                let kind = if e.is_transient() {
+                    "failed, will retry"
+                } else {
+                    "stalled"
+                };
                 format!("{}: {kind} [{}]: {e}{done}", app.app, c.reason)
             }
         };

@@ -141,7 +141,10 @@ fn load_or_create_host_key(path: &PathBuf) -> Result<SecretKeyEntry, BindleServe
             return Ok(k);
         }
     }
-    let key = SecretKeyEntry::new("hippo-gitops embedded bindle host", vec![SignatureRole::Host]);
+    let key = SecretKeyEntry::new(
+        "hippo-gitops embedded bindle host",
+        vec![SignatureRole::Host],
+    );
     let mut file = SecretKeyFile::default();
     file.key.push(key.clone());
     let text = toml::to_string(&file).map_err(|e| BindleServerError::Start(e.to_string()))?;

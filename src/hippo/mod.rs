@@ -88,10 +88,7 @@ pub enum HippoError {
     },
 }
 
-fn format_problem(
-    title: &str,
-    errors: &std::collections::BTreeMap<String, Vec<String>>,
-) -> String {
+fn format_problem(title: &str, errors: &std::collections::BTreeMap<String, Vec<String>>) -> String {
     if errors.is_empty() {
         return title.to_string();
     }
@@ -245,9 +242,7 @@ impl HippoClient {
 
     pub async fn get_channel(&self, id: Uuid) -> Result<Channel, HippoError> {
         let path = format!("/api/channels/{id}");
-        let (_, body) = self
-            .send(Method::GET, &path, &[], Body::None, true)
-            .await?;
+        let (_, body) = self.send(Method::GET, &path, &[], Body::None, true).await?;
         decode(&Method::GET, &path, &body)
     }
 
@@ -353,9 +348,15 @@ impl HippoClient {
             app_storage_id: storage_id,
             revision_number,
         };
-        self.send(Method::POST, "/api/revisions", &[], Body::Json(&body), false)
-            .await
-            .map(|_| ())
+        self.send(
+            Method::POST,
+            "/api/revisions",
+            &[],
+            Body::Json(&body),
+            false,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn create<B: Serialize + Sync>(&self, path: &str, body: &B) -> Result<Uuid, HippoError> {
@@ -390,13 +391,45 @@ impl HippoClient {
                 message: format!("encoding request: {e}"),
             })?),
         };
-        let relogged = std::sync::atomic::AtomicBool::new(false);
+        // A 401 with a username and password gets exactly one fresh login and one more try,
+        // outside the backoff budget (an expired or revoked token is not a transient failure).
+        match self
+            .send_once(&method, path, query, payload.as_deref(), idempotent)
+            .await
+        {
+            Err(HippoError::Unauthorized { .. })
+                if matches!(self.credentials, Credentials::Login { .. }) =>
+            {
+                *self.token.lock().await = None;
+                self.send_once(&method, path, query, payload.as_deref(), idempotent)
+                    .await
+                    .map_err(|e| match e {
+                        HippoError::Unauthorized { method, path, .. } => HippoError::Unauthorized {
+                            method,
+                            path,
+                            hint: "Hippo refused a fresh token",
+                        },
+                        other => other,
+                    })
+            }
+            other => other,
+        }
+    }
+
+    /// One request with transient-failure retries.
+    async fn send_once(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(&str, String)],
+        payload: Option<&[u8]>,
+        idempotent: bool,
+    ) -> Result<(StatusCode, Vec<u8>), HippoError> {
         retry(
             self.retry,
             || {
                 let method = method.clone();
-                let payload = payload.clone();
-                let relogged = &relogged;
+                let payload = payload.map(<[u8]>::to_vec);
                 async move {
                     let token = self.token().await.map_err(|e| {
                         if e.is_transient() {
@@ -476,32 +509,15 @@ impl HippoClient {
                                 errors: problem.errors,
                             }))
                         }
-                        401 => {
-                            let can_relogin = matches!(self.credentials, Credentials::Login { .. });
-                            if can_relogin
-                                && !relogged.swap(true, std::sync::atomic::Ordering::SeqCst)
-                            {
-                                // The token may have been revoked or expired early: log in again once.
-                                *self.token.lock().await = None;
-                                return Err(Attempt::Retry(
-                                    HippoError::Unauthorized {
-                                        method,
-                                        path,
-                                        hint: "logging in again",
-                                    },
-                                    Some(Duration::ZERO),
-                                ));
-                            }
-                            Err(Attempt::Fail(HippoError::Unauthorized {
-                                method,
-                                path,
-                                hint: if can_relogin {
-                                    "Hippo refused a fresh token"
-                                } else {
-                                    "the token was refused; it may have expired (Hippo tokens last 30 minutes): log in again or pass a username and password"
-                                },
-                            }))
-                        }
+                        401 => Err(Attempt::Fail(HippoError::Unauthorized {
+                            method,
+                            path,
+                            hint: if matches!(self.credentials, Credentials::Login { .. }) {
+                                "logging in again"
+                            } else {
+                                "the token was refused; it may have expired (Hippo tokens last 30 minutes): log in again or pass a username and password"
+                            },
+                        })),
                         code => {
                             let e = HippoError::Status {
                                 method,
@@ -529,7 +545,9 @@ impl HippoClient {
     async fn token(&self) -> Result<Secret, HippoError> {
         let mut guard = self.token.lock().await;
         if let Some(t) = guard.as_ref() {
-            if t.expires_at.is_none_or(|exp| exp - TOKEN_MARGIN > Utc::now()) {
+            if t.expires_at
+                .is_none_or(|exp| exp - TOKEN_MARGIN > Utc::now())
+            {
                 return Ok(t.value.clone());
             }
         }
@@ -593,7 +611,17 @@ impl HippoClient {
                     .unwrap_or_else(|| format!("HTTP {status}")),
             });
         }
-        let info: TokenInfo = decode(&Method::POST, path, &bytes)?;
+        // Not `decode`: its error quotes the body, and this body holds the token.
+        let info: TokenInfo = serde_json::from_slice(&bytes).map_err(|e| HippoError::Decode {
+            method: Method::POST,
+            path: path.into(),
+            message: format!(
+                "the login response is not a TokenInfo ({:?} at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })?;
         let token = info.token.ok_or_else(|| HippoError::Decode {
             method: Method::POST,
             path: path.into(),

@@ -113,7 +113,9 @@ pub struct UpdateChannel {
     pub revision_selection_strategy: Strategy,
     pub range_rule: Option<String>,
     pub active_revision_id: Option<Uuid>,
-    /// Accepted and ignored by Hippo; sent back as read.
+    /// Accepted and ignored by Hippo; sent back as read. A non-nullable `DateTime` on
+    /// Hippo's side: omitted rather than sent as `null`, which would fail model binding.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_publish_date: Option<String>,
     pub certificate_id: Option<Uuid>,
 }

@@ -44,7 +44,10 @@ impl PositionIndex {
 
     /// The position of the key of `path` (where a field is named), else as [`Self::of`].
     pub fn key_of(&self, path: &str) -> Position {
-        self.keys.get(path).copied().unwrap_or_else(|| self.of(path))
+        self.keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.of(path))
     }
 
     /// Whether the document has no content at all (e.g. a trailing `---`).
@@ -57,6 +60,9 @@ enum Frame {
     Map {
         path: String,
         key: Option<String>,
+        /// No key seen yet: a block mapping's start marker points at its first `:`, so the
+        /// mapping is placed at its first key instead.
+        first: bool,
     },
     Seq {
         path: String,
@@ -84,7 +90,7 @@ impl Builder {
         let doc = self.current.as_mut()?;
         let path = match self.stack.last_mut() {
             None => String::new(),
-            Some(Frame::Map { path, key }) => {
+            Some(Frame::Map { path, key, .. }) => {
                 let k = key.take()?;
                 if path.is_empty() {
                     k
@@ -119,13 +125,20 @@ impl MarkedEventReceiver for Builder {
                     self.docs.push(doc);
                 }
             }
-            Event::Scalar(text, ..) if self.stack.is_empty() && matches!(text.as_str(), "" | "~" | "null") => {
+            Event::Scalar(text, ..)
+                if self.stack.is_empty() && matches!(text.as_str(), "" | "~" | "null") =>
+            {
                 // An empty document (`---` at the end of a file) is a lone null scalar.
             }
             Event::Scalar(text, ..) => {
                 // A scalar in key position names the next value.
-                if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                if let Some(Frame::Map { path, key, first }) = self.stack.last_mut() {
                     if key.is_none() {
+                        if std::mem::take(first) {
+                            if let Some(doc) = self.current.as_mut() {
+                                doc.values.insert(path.clone(), pos);
+                            }
+                        }
                         let full = if path.is_empty() {
                             text.clone()
                         } else {
@@ -145,7 +158,11 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(..) => {
                 if let Some(path) = self.value_path(pos) {
-                    self.stack.push(Frame::Map { path, key: None });
+                    self.stack.push(Frame::Map {
+                        path,
+                        key: None,
+                        first: true,
+                    });
                 }
             }
             Event::SequenceStart(..) => {
@@ -179,13 +196,39 @@ mod tests {
         let src = "apiVersion: v1\nspec:\n  channels:\n    - name: a\n      range: \"^1\"\n    - name: b\n---\nkind: App\n";
         let docs = index_documents(src);
         assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0].of("apiVersion"), Position { line: 1, column: 13 });
-        assert_eq!(docs[0].key_of("apiVersion"), Position { line: 1, column: 1 });
-        assert_eq!(docs[0].of("spec.channels[0].range"), Position { line: 5, column: 14 });
-        assert_eq!(docs[0].of("spec.channels[1].name"), Position { line: 6, column: 13 });
+        assert_eq!(
+            docs[0].of("apiVersion"),
+            Position {
+                line: 1,
+                column: 13
+            }
+        );
+        assert_eq!(
+            docs[0].key_of("apiVersion"),
+            Position { line: 1, column: 1 }
+        );
+        assert_eq!(
+            docs[0].of("spec.channels[0].range"),
+            Position {
+                line: 5,
+                column: 14
+            }
+        );
+        assert_eq!(
+            docs[0].of("spec.channels[1].name"),
+            Position {
+                line: 6,
+                column: 13
+            }
+        );
         // Unknown paths fall back to the nearest ancestor.
         assert_eq!(docs[0].of("spec.channels[1].domain").line, 6);
         assert_eq!(docs[1].of("kind"), Position { line: 8, column: 7 });
+        // A list item that is a mapping is placed at its first key.
+        assert_eq!(
+            docs[0].of("spec.channels[1]"),
+            Position { line: 6, column: 7 }
+        );
     }
 
     #[test]

@@ -133,10 +133,11 @@ pub struct ChannelSpec {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw, as written
+// Raw, as written. Unknown fields are not denied by serde (that would abort the document and
+// hide its other problems); they are collected with `serde_ignored` and reported instead.
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct RawDocument {
     api_version: String,
     kind: String,
@@ -145,13 +146,12 @@ struct RawDocument {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMetadata {
     name: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct RawAppSpec {
     storage_id: Option<String>,
     #[serde(default)]
@@ -163,14 +163,12 @@ struct RawAppSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRevision {
     version: Option<ScalarString>,
     path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawChannel {
     name: String,
     range: Option<ScalarString>,
@@ -237,7 +235,10 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
             walk_yaml(path, &mut found);
             found.sort();
             if found.is_empty() {
-                problems.push(file_problem(path, "no *.yaml or *.yml files in this directory"));
+                problems.push(file_problem(
+                    path,
+                    "no *.yaml or *.yml files in this directory",
+                ));
             }
             out.extend(found);
         } else if path.is_file() {
@@ -305,7 +306,8 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<DesiredState, Di
     }
 }
 
-/// Parses every YAML document of one file; syntax and type errors go to `problems`.
+/// Parses every YAML document of one file; syntax, type and unknown-field errors go to
+/// `problems`.
 pub(crate) fn parse_documents(
     file: &Path,
     text: &str,
@@ -313,21 +315,52 @@ pub(crate) fn parse_documents(
     problems: &mut Vec<Diagnostic>,
 ) {
     let indexes = locate::index_documents(text);
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    let mut last_error: Option<String> = None;
+    // After a syntax error serde_yaml's iterator can repeat the same error forever, so stop
+    // one document past what the parser could index, and on a repeated error.
+    for (i, de) in serde_yaml::Deserializer::from_str(text)
+        .enumerate()
+        .take(indexes.len() + 1)
+    {
         let positions = indexes.get(i).cloned().unwrap_or_default();
-        if positions.is_empty() {
-            // `---` with nothing after it, or a comment-only file.
-            continue;
-        }
-        match serde_path_to_error::deserialize::<_, RawDocument>(de) {
-            Ok(raw) => docs.push(ParsedDocument {
-                file: file.to_path_buf(),
-                positions,
-                raw,
-            }),
+        let mut unknown = Vec::new();
+        let mut on_unknown = |path: serde_ignored::Path| unknown.push(ignored_path(&path));
+        let result = serde_path_to_error::deserialize::<_, RawDocument>(
+            serde_ignored::Deserializer::new(de, &mut on_unknown),
+        );
+        match result {
+            Ok(raw) => {
+                for path in unknown {
+                    let pos = positions.key_of(&path);
+                    problems.push(Diagnostic {
+                        file: file.to_path_buf(),
+                        line: pos.line,
+                        column: pos.column,
+                        message: unknown_field_message(&path),
+                        field: path,
+                    });
+                }
+                docs.push(ParsedDocument {
+                    file: file.to_path_buf(),
+                    positions,
+                    raw,
+                });
+            }
             Err(e) => {
-                let field = clean_path(&e.path().to_string());
+                let mut field = clean_path(&e.path().to_string());
                 let inner = e.into_inner();
+                let syntax = is_syntax_error(&inner);
+                if syntax {
+                    field.clear();
+                }
+                let text = inner.to_string();
+                if positions.is_empty() && inner.location().is_none() {
+                    // `---` with nothing after it, or a comment-only file.
+                    continue;
+                }
+                if last_error.as_deref() == Some(text.as_str()) {
+                    break;
+                }
                 let (line, column) = match inner.location() {
                     Some(loc) => (loc.line(), loc.column()),
                     None => {
@@ -339,16 +372,84 @@ pub(crate) fn parse_documents(
                     file: file.to_path_buf(),
                     line,
                     column,
+                    message: if syntax {
+                        format!("YAML syntax error: {}", strip_location(&text))
+                    } else {
+                        clean_message(&text, &field)
+                    },
                     field,
-                    message: strip_location(&inner.to_string()),
                 });
-                // After a syntax error the rest of the stream cannot be trusted.
-                if inner.location().is_some() && is_syntax_error(&inner) {
+                if syntax {
                     break;
                 }
+                last_error = Some(text);
             }
         }
     }
+}
+
+/// `spec.channels[1].rnage` from serde_ignored's path.
+fn ignored_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => {
+            let p = ignored_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+fn unknown_field_message(path: &str) -> String {
+    let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
+    // Drop list indices: `spec.channels[1]` → `spec.channels`.
+    let shape: String = parent
+        .split('[')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once(']').map_or("", |(_, rest)| rest)
+            }
+        })
+        .collect();
+    let expected: &[&str] = match shape.as_str() {
+        "" => &["apiVersion", "kind", "metadata", "spec"],
+        "metadata" => &["name"],
+        "spec" => &["storageId", "revisions", "channels", "prune"],
+        "spec.revisions" => &["version", "path"],
+        "spec.channels" => &["name", "range", "revision", "domain", "env"],
+        _ => &[],
+    };
+    if expected.is_empty() {
+        format!("unknown field `{name}`")
+    } else {
+        format!(
+            "unknown field `{name}`, expected one of {}",
+            expected
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// serde_yaml prefixes messages with the path and ends them with the position; both are
+/// reported in their own columns.
+fn clean_message(msg: &str, field: &str) -> String {
+    let msg = strip_location(msg);
+    let prefix = format!("{field}: ");
+    msg.strip_prefix(&prefix).map(str::to_string).unwrap_or(msg)
 }
 
 fn is_syntax_error(e: &serde_yaml::Error) -> bool {
@@ -358,11 +459,13 @@ fn is_syntax_error(e: &serde_yaml::Error) -> bool {
 
 /// serde_path_to_error writes `.` for the root and `?` for unknown positions.
 fn clean_path(p: &str) -> String {
-    if p == "." || p == "?" {
-        String::new()
-    } else {
-        p.to_string()
+    if p == "." {
+        return String::new();
     }
+    p.split('.')
+        .filter(|s| *s != "?")
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The position is reported in its own columns; drop serde_yaml's " at line X column Y".

@@ -15,7 +15,8 @@ use crate::package;
 fn is_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// `^[a-zA-Z0-9_/-]{1,200}$`: Hippo's revision registration rejects `.` even where app creation
@@ -42,7 +43,9 @@ pub(crate) fn is_domain(s: &str) -> bool {
             && l.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     };
-    tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_lowercase()) && rest.iter().all(|l| label_ok(l))
+    tld.len() >= 2
+        && tld.chars().all(|c| c.is_ascii_lowercase())
+        && rest.iter().all(|l| label_ok(l))
 }
 
 fn is_env_key(s: &str) -> bool {
@@ -126,11 +129,17 @@ pub(super) fn validate(
         if raw.api_version != API_VERSION {
             problems.push(doc.diag(
                 "apiVersion",
-                format!("unsupported apiVersion {:?}; expected {API_VERSION:?}", raw.api_version),
+                format!(
+                    "unsupported apiVersion {:?}; expected {API_VERSION:?}",
+                    raw.api_version
+                ),
             ));
         }
         if raw.kind != "App" {
-            problems.push(doc.diag("kind", format!("unknown kind {:?}; expected \"App\"", raw.kind)));
+            problems.push(doc.diag(
+                "kind",
+                format!("unknown kind {:?}; expected \"App\"", raw.kind),
+            ));
         }
         let name = raw.metadata.name.clone();
         let here = |field: &str| Origin {
@@ -437,7 +446,16 @@ mod tests {
         assert!(!is_domain("-a.example.com"));
         assert!(!is_domain("localhost"));
         assert!(!is_domain("a.b.c0"));
-        for ok in ["*", "1.x", "^1.2", "~1.2.3", ">=1.0.0 <2.0.0", "1.2.3 - 2.3.4", "^1 || ^2", "P:^1.0-beta-*"] {
+        for ok in [
+            "*",
+            "1.x",
+            "^1.2",
+            "~1.2.3",
+            ">=1.0.0 <2.0.0",
+            "1.2.3 - 2.3.4",
+            "^1 || ^2",
+            "P:^1.0-beta-*",
+        ] {
             assert!(check_range(ok).is_ok(), "{ok}");
         }
         for bad in ["", ">=1.0.0, <2.0.0", "^^1", "banana", "P:^1.0-beta"] {
