@@ -1,0 +1,206 @@
+//! Test bed: the REAL bindle server in-process and the Hippo EMULATOR, both on loopback port 0.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+
+use bindle::signature::{KeyEntry, SecretKeyEntry, SecretKeyFile, SignatureRole};
+use hippo_gitops::{
+    apply::Context,
+    bindles::{BindleClient, BindleConfig},
+    emulator::{
+        bindle_server::BindleServer,
+        hippo::{HippoEmulator, HippoEmulatorConfig},
+    },
+    hippo::{Credentials, HippoClient, HippoClientConfig},
+    retry::RetryPolicy,
+    secret::Secret,
+    spec::{self, DesiredState, LoadOptions},
+    stats::RequestStats,
+};
+
+pub struct Bed {
+    pub bindle: BindleServer,
+    pub hippo: HippoEmulator,
+    pub key: SecretKeyEntry,
+    pub dir: tempfile::TempDir,
+}
+
+impl Bed {
+    pub async fn start() -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKeyEntry::new("hippo-gitops tests", vec![SignatureRole::Creator]);
+        let bindle = BindleServer::start(
+            &dir.path().join("bindle"),
+            &[KeyEntry::try_from(&key).unwrap()],
+            None,
+        )
+        .await
+        .unwrap();
+        let hippo = HippoEmulator::start(HippoEmulatorConfig {
+            bindle_url: bindle.url(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut file = SecretKeyFile::default();
+        file.key.push(key.clone());
+        std::fs::write(
+            dir.path().join("signing-key.toml"),
+            toml::to_string(&file).unwrap(),
+        )
+        .unwrap();
+        Bed {
+            bindle,
+            hippo,
+            key,
+            dir,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Clients as the binary builds them, with a fresh request counter.
+    pub fn context(&self) -> (Context, RequestStats) {
+        let stats = RequestStats::default();
+        let mut hc = HippoClientConfig::new(
+            self.hippo.url(),
+            Credentials::Login {
+                username: "admin".into(),
+                password: Secret::new("password"),
+            },
+        );
+        hc.retry = fast_retry();
+        let hippo = HippoClient::new(hc, stats.clone()).unwrap();
+        let mut bc = BindleConfig::new(self.bindle.url());
+        bc.retry = fast_retry();
+        let bindle = BindleClient::new(bc, self.key.clone(), stats.clone()).unwrap();
+        (
+            Context {
+                hippo: Arc::new(hippo),
+                bindle: Arc::new(bindle),
+                concurrency: 4,
+            },
+            stats,
+        )
+    }
+
+    /// Environment for running the binary against this bed.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HIPPO_URL", self.hippo.url()),
+            ("HIPPO_USERNAME", "admin".into()),
+            ("HIPPO_PASSWORD", "password".into()),
+            ("BINDLE_SERVER_URL", self.bindle.url()),
+            (
+                "BINDLE_SIGNING_KEY",
+                self.path()
+                    .join("signing-key.toml")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            (
+                "HIPPO_GITOPS_STATE_DIR",
+                self.path().join("state").to_string_lossy().into_owned(),
+            ),
+        ]
+    }
+
+    /// Runs the binary (off the async runtime's threads) and returns (exit code, stdout, stderr).
+    pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let env = self.env();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let cwd = self.path().to_path_buf();
+        tokio::task::spawn_blocking(move || run_binary(&args, &env, &cwd))
+            .await
+            .unwrap()
+    }
+}
+
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(5),
+        max_interval: Duration::from_millis(50),
+        max_elapsed: Duration::from_secs(5),
+    }
+}
+
+pub fn run_binary(args: &[String], env: &[(&str, String)], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hippo-gitops"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("HIPPO_TOKEN")
+        .env("HIPPO_GITOPS_LOG", "warn")
+        .current_dir(cwd)
+        .output()
+        .expect("runs the binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes a Spin app (manifest v1) whose wasm bytes depend on `content`.
+pub fn spin_app(dir: &Path, name: &str, version: &str, content: &str) {
+    std::fs::create_dir_all(dir.join("static")).unwrap();
+    std::fs::write(
+        dir.join("spin.toml"),
+        format!("spin_manifest_version = \"1\"\nname = \"{name}\"\nversion = \"{version}\"\ntrigger = {{ type = \"http\", base = \"/\" }}\n[[component]]\nid = \"{name}\"\nsource = \"app.wasm\"\nfiles = [\"static/**/*\"]\n[component.trigger]\nroute = \"/...\"\n"),
+    )
+    .unwrap();
+    let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+    // A custom section carrying `content`, so different content gives a different digest.
+    wasm.push(0);
+    let payload = [&[4u8][..], b"note", content.as_bytes()].concat();
+    wasm.push(payload.len() as u8);
+    wasm.extend(payload);
+    std::fs::write(dir.join("app.wasm"), wasm).unwrap();
+    std::fs::write(
+        dir.join("static/index.html"),
+        format!("<h1>{name} {version}</h1>"),
+    )
+    .unwrap();
+}
+
+/// An app document. `revisions` are `path:` entries relative to the file; `channels` are raw YAML
+/// list items.
+pub fn app_doc(name: &str, revisions: &[&str], channels: &str, prune: bool) -> String {
+    let revs: String = revisions
+        .iter()
+        .map(|r| format!("    - path: {r}\n"))
+        .collect();
+    format!(
+        "apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: {name}\nspec:\n  prune: {prune}\n  revisions:\n{revs}  channels:\n{channels}"
+    )
+}
+
+pub fn load(paths: &[PathBuf]) -> DesiredState {
+    spec::load(paths, &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"))
+}
+
+/// The repository's own example deploy files, copied so tests may change them.
+pub fn copy_examples(to: &Path) -> PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy-specs");
+    copy_dir(&from, &to.join("deploy-specs"));
+    to.join("deploy-specs")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
