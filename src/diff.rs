@@ -978,7 +978,7 @@ mod tests {
         );
         let json = serde_json::to_string(&plan.changes).unwrap();
         assert!(!json.contains("secret"), "{json}");
-        assert!(!format!("{}", plan.changes[0].describe()).contains("secret"));
+        assert!(!plan.changes[0].describe().contains("secret"));
         // Env alone is a PATCH, not a PUT.
         assert!(matches!(plan.changes[0].op, Op::SetEnv { .. }));
     }

@@ -79,7 +79,7 @@ async fn examples_converge_from_empty_and_a_rerun_changes_nothing() {
 
     // Second run: zero writes to Hippo, zero parcels uploaded, plan exits 0.
     bed.hippo.clear_requests();
-    let desired = load(&[specs.clone()]);
+    let desired = load(&specs);
     let (ctx, stats) = bed.context();
     let report = apply::reconcile(&desired, &ctx).await.unwrap();
     assert!(
@@ -117,7 +117,7 @@ async fn a_changed_range_is_exactly_one_channel_update_and_plan_shows_it_first()
     let specs = copy_examples(bed.path());
     let specs_s = specs.to_string_lossy().into_owned();
     let (ctx, _) = bed.context();
-    apply::reconcile(&load(&[specs.clone()]), &ctx)
+    apply::reconcile(&load(&specs), &ctx)
         .await
         .unwrap();
 
@@ -182,7 +182,7 @@ async fn prune_deletes_unlisted_channels_only_when_asked() {
     };
     std::fs::write(dir.join("shop.yaml"), doc(false)).unwrap();
     let (ctx, _) = bed.context();
-    apply::reconcile(&load(&[dir.clone()]), &ctx).await.unwrap();
+    apply::reconcile(&load(&dir), &ctx).await.unwrap();
     assert_eq!(bed.hippo.snapshot().channels.len(), 2);
 
     // staging leaves the file: kept without prune...
@@ -192,7 +192,7 @@ async fn prune_deletes_unlisted_channels_only_when_asked() {
     )
     .unwrap();
     bed.hippo.clear_requests();
-    let report = apply::reconcile(&load(&[dir.clone()]), &ctx).await.unwrap();
+    let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
     assert!(report.apps[0].converged());
     assert_eq!(writes(&bed), Vec::<String>::new());
     assert_eq!(bed.hippo.snapshot().channels.len(), 2);
@@ -203,7 +203,7 @@ async fn prune_deletes_unlisted_channels_only_when_asked() {
         doc(true).replace("    - name: staging\n      range: \"*\"\n", ""),
     )
     .unwrap();
-    let report = apply::reconcile(&load(&[dir.clone()]), &ctx).await.unwrap();
+    let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
     assert!(report.apps[0].converged(), "{}", status::run_text(&report));
     let w = writes(&bed);
     assert_eq!(w.len(), 1, "{w:?}");
@@ -286,7 +286,7 @@ async fn a_new_revision_is_registered_once_and_moves_the_range_channel() {
     )
     .unwrap();
     let (ctx, _) = bed.context();
-    apply::reconcile(&load(&[dir.clone()]), &ctx).await.unwrap();
+    apply::reconcile(&load(&dir), &ctx).await.unwrap();
 
     spin_app(&dir.join("v2"), "shop", "1.1.0", "two");
     std::fs::write(
@@ -295,7 +295,7 @@ async fn a_new_revision_is_registered_once_and_moves_the_range_channel() {
     )
     .unwrap();
     bed.hippo.clear_requests();
-    let report = apply::reconcile(&load(&[dir.clone()]), &ctx).await.unwrap();
+    let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
     assert!(report.apps[0].converged(), "{}", status::run_text(&report));
     let w = writes(&bed);
     assert_eq!(
@@ -358,14 +358,14 @@ async fn an_interrupted_push_is_resumed_and_nothing_is_duplicated() {
     );
 
     let (ctx, stats) = bed.context();
-    let plan = apply::plan(&load(&[dir.clone()]), &ctx).await.unwrap().0;
+    let plan = apply::plan(&load(&dir), &ctx).await.unwrap().0;
     assert!(plan
         .changes()
         .next()
         .unwrap()
         .describe()
         .contains("resuming an interrupted push"));
-    let report = apply::reconcile(&load(&[dir.clone()]), &ctx).await.unwrap();
+    let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
     assert!(report.apps[0].converged(), "{}", status::run_text(&report));
     assert_eq!(stats.uploaded_parcels() as usize, local.parcels.len());
     let missing = ctx.bindle.missing_parcels(&local.id).await.unwrap();
@@ -389,7 +389,7 @@ async fn no_op_hippo_requests_do_not_grow_with_the_number_of_apps() {
             docs.push(app_doc(&name, &[&name], "    - name: production\n      range: \"*\"\n    - name: canary\n      revision: 1.0.0\n", false));
         }
         std::fs::write(dir.join("apps.yaml"), docs.join("---\n")).unwrap();
-        let desired = load(&[dir.clone()]);
+        let desired = load(&dir);
         let (ctx, _) = bed.context();
         let report = apply::reconcile(&desired, &ctx).await.unwrap();
         assert!(

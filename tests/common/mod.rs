@@ -181,8 +181,8 @@ pub fn app_doc(name: &str, revisions: &[&str], channels: &str, prune: bool) -> S
     )
 }
 
-pub fn load(paths: &[PathBuf]) -> DesiredState {
-    spec::load(paths, &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"))
+pub fn load(path: &Path) -> DesiredState {
+    spec::load(&[path.to_path_buf()], &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"))
 }
 
 /// The repository's own example deploy files, copied so tests may change them.
