@@ -117,9 +117,7 @@ async fn a_changed_range_is_exactly_one_channel_update_and_plan_shows_it_first()
     let specs = copy_examples(bed.path());
     let specs_s = specs.to_string_lossy().into_owned();
     let (ctx, _) = bed.context();
-    apply::reconcile(&load(&specs), &ctx)
-        .await
-        .unwrap();
+    apply::reconcile(&load(&specs), &ctx).await.unwrap();
 
     let file = specs.join("weather.yaml");
     let text = std::fs::read_to_string(&file).unwrap();
