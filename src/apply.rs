@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
+    time::Duration,
 };
 
 use futures::{stream, StreamExt};
@@ -21,12 +22,13 @@ use uuid::Uuid;
 
 use crate::{
     bindles::{BindleClient, BindleError, PushReport},
-    diff::{self, Change, ChannelTarget, Op, Plan, Stage},
+    diff::{self, Change, ChannelHealth, ChannelTarget, Op, Plan, Stage},
     hippo::{
-        types::{CreateChannel, EnvVar, UpdateChannel},
+        types::{CreateChannel, DesiredStatus, EnvVar, UpdateChannel},
         HippoClient, HippoError,
     },
-    observe::{self, ObserveError, Snapshot},
+    nomad::{Blocking, NomadError},
+    observe::{self, NomadObserver, ObserveError, Snapshot},
     spec::{AppSpec, DesiredState, RevisionSource},
 };
 
@@ -35,8 +37,32 @@ use crate::{
 pub struct Context {
     pub hippo: Arc<HippoClient>,
     pub bindle: Arc<BindleClient>,
+    /// `None`: Nomad is not configured and only Hippo and Bindle are checked.
+    pub nomad: Option<Arc<NomadObserver>>,
     /// Apps worked on in parallel within a stage.
     pub concurrency: usize,
+    pub options: ReconcileOptions,
+}
+
+impl Context {
+    pub fn new(hippo: Arc<HippoClient>, bindle: Arc<BindleClient>) -> Self {
+        Context {
+            hippo,
+            bindle,
+            nomad: None,
+            concurrency: 4,
+            options: ReconcileOptions::default(),
+        }
+    }
+}
+
+/// What a reconcile does beyond converging Hippo and Bindle.
+#[derive(Debug, Clone, Default)]
+pub struct ReconcileOptions {
+    /// Delete Nomad jobs named like a Hippo channel that has no channel behind it.
+    pub prune_orphans: bool,
+    /// Wait this long for Nomad to run what Hippo scheduled; `None`: look once, don't wait.
+    pub wait: Option<Duration>,
 }
 
 /// Why an app's change failed.
@@ -50,6 +76,14 @@ pub enum ApplyError {
     },
     #[error(transparent)]
     Bindle(#[from] BindleError),
+    #[error("Nomad: {0}")]
+    Nomad(#[from] NomadError),
+    /// An allocation of a channel's job failed.
+    #[error("channel {channel}: {message}")]
+    AllocationFailed { channel: String, message: String },
+    /// Still rolling out when the wait ended.
+    #[error("not running on Nomad after {waited:?}: {details}")]
+    NotReady { waited: Duration, details: String },
     /// Planned from state that changed under us (a revision id that isn't there yet).
     #[error("{0}")]
     Unresolved(String),
@@ -70,6 +104,9 @@ impl ApplyError {
         match self {
             ApplyError::Hippo { source, .. } => source.is_transient(),
             ApplyError::Bindle(e) => e.is_transient(),
+            ApplyError::Nomad(e) => e.is_transient(),
+            ApplyError::AllocationFailed { .. } => false,
+            ApplyError::NotReady { .. } => true,
             ApplyError::Unresolved(_) => true,
             ApplyError::NotApplied(_) => true,
             ApplyError::Planned { transient, .. } => *transient,
@@ -92,6 +129,9 @@ impl ApplyError {
                 _ if e.is_transient() => "BindleUnavailable",
                 _ => "BindlePushFailed",
             },
+            ApplyError::Nomad(_) => "NomadUnavailable",
+            ApplyError::AllocationFailed { .. } => "AllocationFailed",
+            ApplyError::NotReady { .. } => "Progressing",
             ApplyError::Unresolved(_) => "Unresolved",
             ApplyError::NotApplied(_) => "NotApplied",
             ApplyError::Planned { reason, .. } => reason,
@@ -106,6 +146,8 @@ pub struct AppResult {
     /// Descriptions of the changes made, in order.
     pub applied: Vec<String>,
     pub warnings: Vec<String>,
+    /// Each channel's Nomad job, when Nomad is configured.
+    pub health: Vec<(String, ChannelHealth)>,
     /// `None`: converged.
     pub error: Option<ApplyError>,
 }
@@ -120,6 +162,8 @@ impl AppResult {
 #[derive(Debug)]
 pub struct RunReport {
     pub apps: Vec<AppResult>,
+    /// Orphaned Nomad jobs found, and whether each was deleted (`--prune-orphans`).
+    pub orphans: Vec<(String, Result<bool, String>)>,
     /// The last observation, after all changes.
     pub snapshot: Snapshot,
 }
@@ -145,8 +189,14 @@ const MAX_ROUNDS: usize = 8;
 
 /// Observes, then applies until every app converged or failed.
 pub async fn reconcile(desired: &DesiredState, ctx: &Context) -> Result<RunReport, ReconcileError> {
-    let snapshot =
-        observe::observe(&desired.apps, &ctx.hippo, &ctx.bindle, ctx.concurrency).await?;
+    let snapshot = observe::observe(
+        &desired.apps,
+        &ctx.hippo,
+        &ctx.bindle,
+        ctx.nomad.as_deref(),
+        ctx.concurrency,
+    )
+    .await?;
     reconcile_from(desired, ctx, snapshot).await
 }
 
@@ -262,6 +312,11 @@ pub async fn reconcile_from(
         refresh(&mut snapshot, stage, &pushed, desired, ctx).await?;
     }
 
+    let orphans = handle_orphans(ctx, &snapshot).await;
+    let mut health = BTreeMap::new();
+    if let Some(nomad) = &ctx.nomad {
+        wait_for_nomad(desired, ctx, nomad, &mut snapshot, &mut failed, &mut health).await;
+    }
     let apps = desired
         .apps
         .iter()
@@ -269,10 +324,149 @@ pub async fn reconcile_from(
             app: a.name.clone(),
             applied: applied.remove(&a.name).unwrap_or_default(),
             warnings: warnings.remove(&a.name).unwrap_or_default(),
+            health: health.remove(&a.name).unwrap_or_default(),
             error: failed.remove(&a.name),
         })
         .collect();
-    Ok(RunReport { apps, snapshot })
+    Ok(RunReport {
+        apps,
+        orphans,
+        snapshot,
+    })
+}
+
+/// Reports orphaned Nomad jobs, deleting them (purged) only with `prune_orphans`.
+async fn handle_orphans(ctx: &Context, snapshot: &Snapshot) -> Vec<(String, Result<bool, String>)> {
+    let Some(nomad) = &ctx.nomad else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for id in diff::orphans(snapshot) {
+        if !ctx.options.prune_orphans {
+            tracing::warn!(job = %id, "orphaned Nomad job: no Hippo channel has this id (delete it with --prune-orphans)");
+            out.push((id, Ok(false)));
+            continue;
+        }
+        let result = nomad.client.delete_job(&id, true).await;
+        match &result {
+            Ok(()) => tracing::info!(job = %id, "deleted orphaned Nomad job"),
+            Err(e) => tracing::warn!(job = %id, error = %e, "deleting orphaned Nomad job failed"),
+        }
+        out.push((id, result.map(|()| true).map_err(|e| e.to_string())));
+    }
+    out
+}
+
+/// The longest single blocking query while waiting: short enough to notice a job list change
+/// that moved no allocation.
+const MAX_BLOCK: Duration = Duration::from_secs(30);
+
+/// Checks, and unless told not to waits for, every desired channel to run on Nomad: with
+/// blocking queries on the allocations list, not a poll. A failed allocation fails its app at
+/// once; what is still rolling out at the deadline fails as `NotReady`.
+async fn wait_for_nomad(
+    desired: &DesiredState,
+    ctx: &Context,
+    nomad: &NomadObserver,
+    snapshot: &mut Snapshot,
+    failed: &mut BTreeMap<String, ApplyError>,
+    health: &mut BTreeMap<String, Vec<(String, ChannelHealth)>>,
+) {
+    let started = tokio::time::Instant::now();
+    let deadline = ctx.options.wait.map(|w| started + w);
+    loop {
+        let state = match &snapshot.nomad {
+            Some(Ok(state)) => state,
+            Some(Err(e)) => {
+                for app in &desired.apps {
+                    failed
+                        .entry(app.name.clone())
+                        .or_insert_with(|| ApplyError::NotReady {
+                            waited: started.elapsed(),
+                            details: format!("Nomad could not be read: {}", e.message),
+                        });
+                }
+                return;
+            }
+            None => return,
+        };
+        let mut progressing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let active: Vec<&AppSpec> = desired
+            .apps
+            .iter()
+            .filter(|a| !failed.contains_key(&a.name))
+            .collect();
+        for spec in active {
+            let Some(app) = snapshot.app(&spec.name) else {
+                continue;
+            };
+            let mut channels = Vec::new();
+            for ch in &spec.channels {
+                let Some(current) = snapshot.channels_of(app).find(|c| c.name == ch.name) else {
+                    continue;
+                };
+                let expected = current
+                    .active_revision
+                    .as_ref()
+                    .map(|r| format!("{}/{}", spec.storage_id, r.revision_number))
+                    .unwrap_or_default();
+                let h = diff::channel_health(state, current, &expected);
+                match &h {
+                    ChannelHealth::Failed { message } => {
+                        failed.insert(
+                            spec.name.clone(),
+                            ApplyError::AllocationFailed {
+                                channel: ch.name.clone(),
+                                message: message.clone(),
+                            },
+                        );
+                    }
+                    ChannelHealth::Progressing { message } => progressing
+                        .entry(spec.name.clone())
+                        .or_default()
+                        .push(format!("channel {}: {message}", ch.name)),
+                    _ => {}
+                }
+                channels.push((ch.name.clone(), h));
+            }
+            health.insert(spec.name.clone(), channels);
+        }
+        progressing.retain(|app, _| !failed.contains_key(app));
+        if progressing.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        match deadline {
+            Some(deadline) if now < deadline => {
+                let pending: Vec<String> = progressing.values().flatten().cloned().collect();
+                tracing::info!(pending = %pending.join("; "), "waiting for Nomad");
+                let index = state.allocations_index;
+                let wait = (deadline - now).min(MAX_BLOCK);
+                observe::observe_nomad(
+                    &desired.apps,
+                    nomad,
+                    Some(Blocking { index, wait }),
+                    ctx.concurrency,
+                    snapshot,
+                )
+                .await;
+            }
+            _ => {
+                if ctx.options.wait.is_some() {
+                    for (app, details) in progressing {
+                        failed.insert(
+                            app,
+                            ApplyError::NotReady {
+                                waited: started.elapsed(),
+                                details: details.join("; "),
+                            },
+                        );
+                    }
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// One app's part of a stage: the changes made (with their descriptions), and the error that
@@ -322,6 +516,15 @@ async fn refresh(
         }
         Stage::Channels => {
             snapshot.channels = ctx.hippo.list_channels().await?;
+            // Hippo (re)registers jobs when channels change.
+            if let Some(nomad) = &ctx.nomad {
+                observe::observe_nomad(&desired.apps, nomad, None, ctx.concurrency, snapshot).await;
+            }
+        }
+        Stage::Nomad => {
+            if let Some(nomad) = &ctx.nomad {
+                observe::observe_nomad(&desired.apps, nomad, None, ctx.concurrency, snapshot).await;
+            }
         }
     }
     Ok(())
@@ -486,6 +689,19 @@ async fn apply_change(
                 .map_err(hippo_err(format!("setting env of channel {channel}")))?;
             Ok(change.describe().replacen("update", "updated", 1))
         }
+        Op::ScheduleChannel {
+            channel,
+            channel_id,
+            reason,
+        } => {
+            hippo
+                .set_desired_status(*channel_id, DesiredStatus::Running)
+                .await
+                .map_err(hippo_err(format!("rescheduling channel {channel}")))?;
+            Ok(format!(
+                "rescheduled channel {channel} through Hippo ({reason})"
+            ))
+        }
         Op::DeleteChannel {
             channel,
             channel_id,
@@ -513,7 +729,13 @@ pub async fn plan(
     desired: &DesiredState,
     ctx: &Context,
 ) -> Result<(Plan, Snapshot), ReconcileError> {
-    let snapshot =
-        observe::observe(&desired.apps, &ctx.hippo, &ctx.bindle, ctx.concurrency).await?;
+    let snapshot = observe::observe(
+        &desired.apps,
+        &ctx.hippo,
+        &ctx.bindle,
+        ctx.nomad.as_deref(),
+        ctx.concurrency,
+    )
+    .await?;
     Ok((diff::diff(&desired.apps, &snapshot), snapshot))
 }

@@ -12,6 +12,8 @@ use crate::{
     bindles::{BindleClient, BindleConfig},
     config::{self, HippoSettings},
     hippo::{HippoClient, HippoClientConfig},
+    nomad::{NomadClient, NomadConfig},
+    observe::NomadObserver,
     secret::Secret,
     spec::{self, DesiredState, LoadOptions},
     stats::RequestStats,
@@ -63,6 +65,41 @@ pub enum Command {
         after_help = "Example:\n  hippo-gitops reconcile --once -f deploy-specs/\n\nPrints one line per app. Exit codes: 0 every app converged, 1 otherwise.\nOne app's failure does not stop the others."
     )]
     Reconcile(ReconcileArgs),
+    /// Show each app's and channel's state on Hippo and Nomad, with a condition.
+    #[command(
+        after_help = "Example:\n  hippo-gitops status -f deploy-specs/ --output json\n\nPer channel: the desired revision, Hippo's active revision, the Nomad job's version and\nstatus, healthy/total allocations, and a condition (Ready, Reconciling, Stalled).\nExit codes: 0 all Ready, 2 some not Ready, 1 error."
+    )]
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `90s`, `5m`, `1h`, `500ms`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration {s:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +138,18 @@ pub struct ReconcileArgs {
     /// Apply once and exit (the long-running controller mode is not available yet).
     #[arg(long)]
     pub once: bool,
+    /// Wait until Nomad runs what Hippo scheduled (the default when Nomad is configured).
+    #[arg(long, overrides_with = "no_wait")]
+    pub wait: bool,
+    /// Don't wait for Nomad; check what it runs once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for Nomad (e.g. 90s, 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Delete Nomad jobs named like a Hippo channel GUID that no channel has.
+    #[arg(long)]
+    pub prune_orphans: bool,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -179,6 +228,18 @@ pub struct ConnectionArgs {
     /// Nomad region.
     #[arg(long, env = "NOMAD_REGION", value_name = "REGION")]
     pub nomad_region: Option<String>,
+    /// CA certificate (PEM) to verify Nomad's TLS certificate.
+    #[arg(long, env = "NOMAD_CACERT", value_name = "FILE")]
+    pub nomad_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for Nomad mTLS.
+    #[arg(long, env = "NOMAD_CLIENT_CERT", value_name = "FILE")]
+    pub nomad_client_cert: Option<PathBuf>,
+    /// Client key (PEM) for Nomad mTLS.
+    #[arg(long, env = "NOMAD_CLIENT_KEY", value_name = "FILE")]
+    pub nomad_client_key: Option<PathBuf>,
+    /// Do not verify Nomad's TLS certificate.
+    #[arg(long, env = "NOMAD_SKIP_VERIFY", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub nomad_skip_verify: bool,
     /// Apps worked on in parallel.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub concurrency: usize,
@@ -193,6 +254,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => Ok(validate(&args.files)),
         Command::Plan(args) => plan(args).await,
         Command::Reconcile(args) => reconcile(args).await,
+        Command::Status(args) => status_command(args).await,
     }
 }
 
@@ -274,15 +336,31 @@ pub fn context(conn: &ConnectionArgs, stats: RequestStats) -> anyhow::Result<Con
     )?;
     bindle_config.timeout = timeout.max(Duration::from_secs(60));
     bindle_config.danger_accept_invalid_certs = conn.danger_accept_invalid_certs;
-    let bindle = BindleClient::new(bindle_config, key.key, stats)?;
-    if conn.nomad_addr.is_none() {
-        tracing::info!("NOMAD_ADDR is not set: checking Hippo and Bindle only");
-    }
-    Ok(Context {
-        hippo: Arc::new(hippo),
-        bindle: Arc::new(bindle),
-        concurrency: conn.concurrency.max(1),
-    })
+    let bindle = BindleClient::new(bindle_config, key.key, stats.clone())?;
+    let nomad = match conn.nomad_addr.clone().filter(|a| !a.is_empty()) {
+        None => {
+            tracing::info!(
+                "NOMAD_ADDR is not set: checking Hippo and Bindle only, not what Nomad runs"
+            );
+            None
+        }
+        Some(addr) => {
+            let mut nc = NomadConfig::new(addr);
+            nc.token = conn.nomad_token.clone().map(Secret::new);
+            nc.namespace = conn.nomad_namespace.clone();
+            nc.region = conn.nomad_region.clone();
+            nc.ca_cert = conn.nomad_cacert.clone();
+            nc.client_cert = conn.nomad_client_cert.clone();
+            nc.client_key = conn.nomad_client_key.clone();
+            nc.skip_verify = conn.nomad_skip_verify;
+            nc.timeout = timeout;
+            Some(Arc::new(NomadObserver::new(NomadClient::new(nc, stats)?)))
+        }
+    };
+    let mut ctx = Context::new(Arc::new(hippo), Arc::new(bindle));
+    ctx.nomad = nomad;
+    ctx.concurrency = conn.concurrency.max(1);
+    Ok(ctx)
 }
 
 async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
@@ -319,7 +397,9 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let stats = RequestStats::default();
-    let ctx = context(&args.connection, stats.clone())?;
+    let mut ctx = context(&args.connection, stats.clone())?;
+    ctx.options.prune_orphans = args.prune_orphans;
+    ctx.options.wait = (!args.no_wait).then_some(args.timeout);
     let report = apply::reconcile(&desired, &ctx).await?;
     match args.output {
         OutputFormat::Text => print!("{}", status::run_text(&report)),
@@ -327,6 +407,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(
         hippo_requests = stats.requests("hippo"),
+        nomad_requests = stats.requests("nomad"),
         hippo_writes = stats.writes("hippo"),
         bindle_requests = stats.requests("bindle"),
         uploaded_bytes = stats.uploaded_bytes(),
@@ -337,4 +418,28 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let desired = match load(&args.files) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    let ctx = context(&args.connection, RequestStats::default())?;
+    let (plan, snapshot) = apply::plan(&desired, &ctx).await?;
+    let report = status::app_statuses(&desired, &plan, &snapshot);
+    match args.output {
+        OutputFormat::Text => print!("{}", status::statuses_text(&report)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(
+        if report
+            .iter()
+            .all(|a| a.condition.kind == status::ConditionType::Ready)
+        {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        },
+    )
 }

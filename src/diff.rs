@@ -27,6 +27,8 @@ pub enum Stage {
     CreateApp,
     Register,
     Channels,
+    /// Heal drift between Hippo and Nomad, through Hippo (it owns the job spec).
+    Nomad,
 }
 
 /// A revision by number, with its Hippo id when it exists yet.
@@ -106,6 +108,14 @@ pub enum Op {
     },
     #[serde(rename_all = "camelCase")]
     DeleteChannel { channel: String, channel_id: Uuid },
+    /// `PUT /api/channels/{id}/desired-status` Running: Hippo (re)registers the channel's job.
+    /// Used when Nomad lacks the job, stopped it, or runs a stale bindle.
+    #[serde(rename_all = "camelCase")]
+    ScheduleChannel {
+        channel: String,
+        channel_id: Uuid,
+        reason: String,
+    },
 }
 
 /// One planned change for one app.
@@ -127,9 +137,9 @@ impl Change {
             Op::CreateApp { .. } => ("create", "app", app.to_string()),
             Op::RegisterRevision { version, .. } => ("register", "revision", version.clone()),
             Op::CreateChannel { channel, .. } => ("create", "channel", channel.clone()),
-            Op::UpdateChannel { channel, .. } | Op::SetEnv { channel, .. } => {
-                ("update", "channel", channel.clone())
-            }
+            Op::UpdateChannel { channel, .. }
+            | Op::SetEnv { channel, .. }
+            | Op::ScheduleChannel { channel, .. } => ("update", "channel", channel.clone()),
             Op::DeleteChannel { channel, .. } => ("delete", "channel", channel.clone()),
         };
         Change {
@@ -202,6 +212,9 @@ impl Change {
             Op::DeleteChannel { channel, .. } => {
                 format!("delete channel {channel} (not in the deploy file; prune is on)")
             }
+            Op::ScheduleChannel {
+                channel, reason, ..
+            } => format!("reschedule channel {channel} through Hippo ({reason})"),
         }
     }
 }
@@ -246,6 +259,8 @@ pub struct AppPlan {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub apps: Vec<AppPlan>,
+    /// Nomad jobs named like a Hippo channel GUID with no channel behind them.
+    pub orphans: Vec<String>,
 }
 
 impl Plan {
@@ -266,7 +281,23 @@ impl Plan {
 pub fn diff(apps: &[AppSpec], snapshot: &Snapshot) -> Plan {
     Plan {
         apps: apps.iter().map(|a| diff_app(a, snapshot)).collect(),
+        orphans: orphans(snapshot),
     }
+}
+
+/// Running Nomad jobs whose id is a GUID that no Hippo channel has (of any app: channels of
+/// apps not in the deploy files are not orphans).
+pub fn orphans(snapshot: &Snapshot) -> Vec<String> {
+    let Some(Ok(nomad)) = &snapshot.nomad else {
+        return Vec::new();
+    };
+    let channels: BTreeSet<String> = snapshot.channels.iter().map(|c| c.id.to_string()).collect();
+    nomad
+        .jobs
+        .values()
+        .filter(|j| !j.stop && Uuid::parse_str(&j.id).is_ok() && !channels.contains(&j.id))
+        .map(|j| j.id.clone())
+        .collect()
 }
 
 fn problem(reason: &'static str, transient: bool, message: impl Into<String>) -> Problem {
@@ -504,6 +535,7 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             }
         }
     }
+    nomad_checks(spec, &hippo_channels, snapshot, &mut plan);
     if spec.prune {
         let wanted: BTreeSet<&str> = spec.channels.iter().map(|c| c.name.as_str()).collect();
         for c in hippo_channels {
@@ -520,6 +552,158 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         }
     }
     plan
+}
+
+/// Drift between what Hippo says a channel runs and what Nomad runs. Channels with a Hippo
+/// change still planned are left for the next round.
+fn nomad_checks(
+    spec: &AppSpec,
+    hippo_channels: &[&Channel],
+    snapshot: &Snapshot,
+    plan: &mut AppPlan,
+) {
+    let Some(Ok(nomad)) = &snapshot.nomad else {
+        return;
+    };
+    let pending: BTreeSet<String> = plan.changes.iter().map(|c| c.name.clone()).collect();
+    for ch in &spec.channels {
+        let Some(current) = hippo_channels.iter().find(|c| c.name == ch.name) else {
+            continue;
+        };
+        if pending.contains(&ch.name) {
+            continue;
+        }
+        let Some(active) = &current.active_revision else {
+            continue;
+        };
+        let id = current.id.to_string();
+        let expected = format!("{}/{}", spec.storage_id, active.revision_number);
+        let reason = match (nomad.jobs.get(&id), nomad.details.get(&id)) {
+            (None, _) => Some("its Nomad job is missing".to_string()),
+            (Some(stub), _) if stub.stop => Some("its Nomad job is stopped".to_string()),
+            (Some(_), Some(job)) => match job.bindle_arg() {
+                Some(running) if running != expected => Some(format!(
+                    "its Nomad job runs {running}, Hippo's active revision is {expected}"
+                )),
+                _ => None,
+            },
+            (Some(_), None) => None,
+        };
+        if let Some(reason) = reason {
+            plan.changes.push(Change::new(
+                &spec.name,
+                Stage::Nomad,
+                Op::ScheduleChannel {
+                    channel: ch.name.clone(),
+                    channel_id: current.id,
+                    reason,
+                },
+            ));
+            continue;
+        }
+        if let Some(task_env) = nomad
+            .details
+            .get(&id)
+            .and_then(|j| j.spin_task())
+            .map(|t| t.env.clone().unwrap_or_default())
+        {
+            let absent: Vec<&str> = ch
+                .env
+                .keys()
+                .filter(|k| !task_env.contains_key(*k))
+                .map(String::as_str)
+                .collect();
+            if !absent.is_empty() {
+                plan.warnings.push(format!(
+                    "channel {}: environment variable(s) {} are set in Hippo but absent from the Nomad task's Env: Hippo v0.9–v0.20 does not pass channel environment variables to Nomad (not something hippo-gitops can fix)",
+                    ch.name,
+                    absent.join(", ")
+                ));
+            }
+        }
+    }
+}
+
+/// How a channel's Nomad job is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum ChannelHealth {
+    /// Every allocation of the job's current version is running and healthy.
+    Ready {
+        healthy: u32,
+        total: u32,
+        version: u64,
+    },
+    /// Still rolling out, or not scheduled yet.
+    Progressing { message: String },
+    /// An allocation of the current version failed.
+    Failed { message: String },
+    /// Hippo has no active revision for the channel: nothing should run.
+    Idle,
+}
+
+/// The health of `channel` on Nomad, given what it should run (`<storageId>/<revision>`).
+pub fn channel_health(
+    nomad: &crate::observe::NomadState,
+    channel: &Channel,
+    expected: &str,
+) -> ChannelHealth {
+    if channel.active_revision.is_none() {
+        return ChannelHealth::Idle;
+    }
+    let id = channel.id.to_string();
+    let progressing = |message: String| ChannelHealth::Progressing { message };
+    let Some(stub) = nomad.jobs.get(&id) else {
+        return progressing("no Nomad job yet".into());
+    };
+    if stub.stop {
+        return progressing("the Nomad job is stopped".into());
+    }
+    let Some(job) = nomad.details.get(&id) else {
+        return progressing("the Nomad job was not read yet".into());
+    };
+    match job.bindle_arg() {
+        Some(b) if b == expected => {}
+        other => {
+            return progressing(format!(
+                "the Nomad job runs {}, waiting for {expected}",
+                other.unwrap_or_else(|| "no bindle".into())
+            ))
+        }
+    }
+    let current: Vec<&crate::nomad::Allocation> = nomad
+        .allocations_of(&id)
+        .filter(|a| a.job_version == job.version && a.desired_status == "run")
+        .collect();
+    if let Some(failed) = current.iter().find(|a| a.is_failed()) {
+        let short = failed.id.get(..8).unwrap_or(&failed.id);
+        return ChannelHealth::Failed {
+            message: format!(
+                "allocation {short} of job version {} failed: {}",
+                job.version,
+                failed.last_events(3).join("; ")
+            ),
+        };
+    }
+    let total = job.desired_count();
+    let healthy = current.iter().filter(|a| a.is_healthy()).count() as u32;
+    if healthy >= total && total > 0 {
+        ChannelHealth::Ready {
+            healthy,
+            total,
+            version: job.version,
+        }
+    } else {
+        let states: Vec<&str> = current.iter().map(|a| a.client_status.as_str()).collect();
+        progressing(format!(
+            "{healthy}/{total} allocation(s) healthy{}",
+            if states.is_empty() {
+                " (none placed yet)".to_string()
+            } else {
+                format!(" ({})", states.join(", "))
+            }
+        ))
+    }
 }
 
 fn create_channel(
@@ -841,6 +1025,7 @@ mod tests {
             )]
             .into(),
             missing: BTreeMap::new(),
+            nomad: None,
         };
         (spec, snapshot)
     }
@@ -1136,6 +1321,201 @@ mod tests {
         let p = &diff_app(&spec, &snapshot).problems[0];
         assert_eq!(p.reason, "BindleUnavailable");
         assert!(p.transient);
+    }
+
+    fn nomad_job(id: u128, bindle: &str, env: &[&str], version: u64) -> crate::nomad::Job {
+        serde_json::from_value(serde_json::json!({
+            "ID": uuid(id).to_string(), "Status": "running", "Stop": false, "Version": version,
+            "JobModifyIndex": 7,
+            "TaskGroups": [{"Name": uuid(id).to_string(), "Count": 1, "Tasks": [{
+                "Name": "spin", "Driver": "exec",
+                "Config": {"command": "spin", "args": ["up", "--listen", "${NOMAD_ADDR_http}", "--bindle", bindle]},
+                "Env": env.iter().map(|k| (k.to_string(), "x".to_string())).collect::<BTreeMap<_, _>>()
+            }]}]
+        }))
+        .unwrap()
+    }
+
+    fn alloc(
+        job: u128,
+        version: u64,
+        client: &str,
+        healthy: Option<bool>,
+    ) -> crate::nomad::Allocation {
+        serde_json::from_value(serde_json::json!({
+            "ID": format!("{:08x}-alloc", job), "JobID": uuid(job).to_string(), "JobVersion": version,
+            "DesiredStatus": "run", "ClientStatus": client,
+            "DeploymentStatus": healthy.map(|h| serde_json::json!({"Healthy": h})),
+            "TaskStates": {"spin": {"State": "dead", "Failed": client == "failed", "Events": [
+                {"Type": "Received", "DisplayMessage": "Task received by client", "Time": 1},
+                {"Type": "Driver Failure", "DisplayMessage": "failed to launch command with executor: spin: not found", "Time": 2}
+            ]}}
+        }))
+        .unwrap()
+    }
+
+    /// Nomad running exactly what Hippo says for both channels of `converged()`.
+    fn with_nomad(snapshot: &mut Snapshot) {
+        let mut state = crate::observe::NomadState::default();
+        for (id, bindle) in [(20u128, "weather/1.1.0"), (21, "weather/1.0.0")] {
+            let job = nomad_job(id, bindle, &["RUST_LOG", "BINDLE_URL", "SPIN_LOG_DIR"], 2);
+            state.jobs.insert(
+                job.id.clone(),
+                serde_json::from_value(serde_json::json!({"ID": job.id, "Status": "running", "Stop": false, "JobModifyIndex": 7})).unwrap(),
+            );
+            state.details.insert(job.id.clone(), job);
+            state.allocations.push(alloc(id, 2, "running", Some(true)));
+        }
+        snapshot.nomad = Some(Ok(state));
+    }
+
+    fn nomad_mut(snapshot: &mut Snapshot) -> &mut crate::observe::NomadState {
+        match snapshot.nomad.as_mut() {
+            Some(Ok(n)) => n,
+            _ => panic!("no nomad state"),
+        }
+    }
+
+    #[test]
+    fn nomad_running_what_hippo_says_plans_nothing_and_is_ready() {
+        let (spec, mut snapshot) = converged();
+        with_nomad(&mut snapshot);
+        let plan = diff(std::slice::from_ref(&spec), &snapshot);
+        assert_eq!(plan.apps[0].changes, vec![]);
+        assert!(plan.orphans.is_empty());
+        let nomad = nomad_mut(&mut snapshot).clone();
+        assert_eq!(
+            channel_health(&nomad, &snapshot.channels[0], "weather/1.1.0"),
+            ChannelHealth::Ready {
+                healthy: 1,
+                total: 1,
+                version: 2
+            }
+        );
+    }
+
+    #[test]
+    fn lost_stopped_and_stale_jobs_are_rescheduled_through_hippo() {
+        let (spec, mut snapshot) = converged();
+        with_nomad(&mut snapshot);
+        let prod = uuid(20).to_string();
+        let canary = uuid(21).to_string();
+        nomad_mut(&mut snapshot).jobs.remove(&prod);
+        nomad_mut(&mut snapshot)
+            .details
+            .insert(canary.clone(), nomad_job(21, "weather/0.9.0", &[], 3));
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(
+            ops(&plan),
+            vec![
+                "reschedule channel production through Hippo (its Nomad job is missing)",
+                "reschedule channel canary through Hippo (its Nomad job runs weather/0.9.0, Hippo's active revision is weather/1.0.0)",
+            ]
+        );
+        assert!(plan.changes.iter().all(|c| c.stage == Stage::Nomad));
+        nomad_mut(&mut snapshot).jobs.insert(
+            prod.clone(),
+            serde_json::from_value(serde_json::json!({"ID": prod, "Status": "dead", "Stop": true}))
+                .unwrap(),
+        );
+        assert!(ops(&diff_app(&spec, &snapshot))[0].contains("its Nomad job is stopped"));
+    }
+
+    #[test]
+    fn a_channel_with_a_pending_hippo_change_is_not_judged_on_nomad_yet() {
+        let (mut spec, mut snapshot) = converged();
+        with_nomad(&mut snapshot);
+        nomad_mut(&mut snapshot).jobs.clear();
+        spec.channels[0] = range_channel("production", "~1.0.0");
+        let plan = diff_app(&spec, &snapshot);
+        let names: Vec<(&str, &str)> = plan
+            .changes
+            .iter()
+            .map(|c| (c.name.as_str(), c.action))
+            .collect();
+        assert_eq!(names, vec![("production", "update"), ("canary", "update")]);
+        assert!(matches!(plan.changes[0].op, Op::UpdateChannel { .. }));
+        assert!(matches!(plan.changes[1].op, Op::ScheduleChannel { .. }));
+    }
+
+    #[test]
+    fn env_missing_from_the_task_is_a_warning_not_a_change() {
+        let (mut spec, mut snapshot) = converged();
+        with_nomad(&mut snapshot);
+        spec.channels[0].env = [("API_URL".to_string(), "https://x".to_string())].into();
+        snapshot.channels[0].environment_variables = vec![EnvVar {
+            key: "API_URL".into(),
+            value: "https://x".into(),
+        }];
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert_eq!(plan.warnings.len(), 1);
+        assert!(
+            plan.warnings[0].contains("API_URL")
+                && plan.warnings[0].contains("does not pass channel environment variables")
+        );
+        assert!(
+            !plan.warnings[0].contains("https://x"),
+            "values never shown"
+        );
+    }
+
+    #[test]
+    fn orphans_are_guid_jobs_without_a_channel_that_still_run() {
+        let (_, mut snapshot) = converged();
+        with_nomad(&mut snapshot);
+        let orphan = uuid(99).to_string();
+        let stub = |id: &str, stop: bool| -> crate::nomad::JobStub {
+            serde_json::from_value(serde_json::json!({"ID": id, "Status": "running", "Stop": stop}))
+                .unwrap()
+        };
+        let n = nomad_mut(&mut snapshot);
+        n.jobs.insert(orphan.clone(), stub(&orphan, false));
+        n.jobs
+            .insert(uuid(98).to_string(), stub(&uuid(98).to_string(), true));
+        n.jobs.insert("traefik".into(), stub("traefik", false));
+        assert_eq!(orphans(&snapshot), vec![orphan]);
+    }
+
+    #[test]
+    fn health_follows_the_current_versions_allocations() {
+        let (_, mut snapshot) = converged();
+        with_nomad(&mut snapshot);
+        let ch = snapshot.channels[0].clone();
+        let n = nomad_mut(&mut snapshot);
+        n.allocations = vec![
+            alloc(20, 1, "running", Some(true)),
+            alloc(20, 2, "pending", None),
+        ];
+        let h = channel_health(n, &ch, "weather/1.1.0");
+        assert_eq!(
+            h,
+            ChannelHealth::Progressing {
+                message: "0/1 allocation(s) healthy (pending)".into()
+            }
+        );
+        n.allocations = vec![alloc(20, 2, "failed", None)];
+        let ChannelHealth::Failed { message } = channel_health(n, &ch, "weather/1.1.0") else {
+            panic!()
+        };
+        assert!(
+            message.contains(
+                "Driver Failure: failed to launch command with executor: spin: not found"
+            ),
+            "{message}"
+        );
+        n.allocations = vec![alloc(20, 2, "running", None)];
+        assert!(matches!(
+            channel_health(n, &ch, "weather/1.1.0"),
+            ChannelHealth::Ready { .. }
+        ));
+        assert!(matches!(
+            channel_health(n, &ch, "weather/2.0.0"),
+            ChannelHealth::Progressing { .. }
+        ));
+        let mut idle = ch.clone();
+        idle.active_revision = None;
+        assert_eq!(channel_health(n, &idle, ""), ChannelHealth::Idle);
     }
 
     #[test]

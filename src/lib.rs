@@ -13,6 +13,7 @@ pub mod config;
 pub mod diff;
 pub mod emulator;
 pub mod hippo;
+pub mod nomad;
 pub mod observe;
 pub mod package;
 pub mod retry;

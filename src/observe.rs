@@ -15,6 +15,7 @@ use crate::{
         types::{App, Channel, Revision},
         HippoClient, HippoError,
     },
+    nomad::{Allocation, Blocking, Job, JobStub, NomadClient, NomadError},
     spec::{AppSpec, RevisionSource},
 };
 
@@ -60,6 +61,147 @@ pub struct Snapshot {
     /// `name/version` → parcels the server lacks. Only checked for bindles not yet registered
     /// in Hippo: a registered revision was complete when registered (bindles are immutable).
     pub missing: BTreeMap<String, Result<usize, PartialFailure>>,
+    /// `None` when Nomad is not configured (Hippo is then the only judge).
+    pub nomad: Option<Result<NomadState, PartialFailure>>,
+}
+
+/// What Nomad runs.
+#[derive(Debug, Clone, Default)]
+pub struct NomadState {
+    /// Every job, by id.
+    pub jobs: BTreeMap<String, JobStub>,
+    /// Full jobs, read only for the channels the deploy files manage.
+    pub details: BTreeMap<String, Job>,
+    /// Every allocation (one list call).
+    pub allocations: Vec<Allocation>,
+    /// `X-Nomad-Index` of the allocations list, for a blocking query on it.
+    pub allocations_index: u64,
+}
+
+impl NomadState {
+    pub fn allocations_of<'a>(&'a self, job_id: &'a str) -> impl Iterator<Item = &'a Allocation> {
+        self.allocations.iter().filter(move |a| a.job_id == job_id)
+    }
+}
+
+impl From<&NomadError> for PartialFailure {
+    fn from(e: &NomadError) -> Self {
+        PartialFailure {
+            message: e.to_string(),
+            transient: e.is_transient(),
+        }
+    }
+}
+
+/// Reads Nomad for the controller, keeping full jobs keyed by `JobModifyIndex` so that a
+/// long-running controller re-reads a job only after it changed.
+pub struct NomadObserver {
+    pub client: NomadClient,
+    cache: std::sync::Mutex<BTreeMap<String, Job>>,
+}
+
+impl NomadObserver {
+    pub fn new(client: NomadClient) -> Self {
+        NomadObserver {
+            client,
+            cache: Default::default(),
+        }
+    }
+
+    /// One jobs list, one allocations list (optionally a blocking query), and a job read for
+    /// each of `wanted` whose `JobModifyIndex` moved since it was last read.
+    pub async fn observe(
+        &self,
+        wanted: &BTreeSet<String>,
+        blocking: Option<Blocking>,
+        concurrency: usize,
+    ) -> Result<NomadState, NomadError> {
+        let (allocations, jobs) = match blocking {
+            // Block on the allocations first: that is what moves while a deployment rolls out.
+            Some(_) => {
+                let a = self.client.list_allocations(None, blocking).await?;
+                (a, self.client.list_jobs(None).await?)
+            }
+            None => tokio::try_join!(
+                self.client.list_allocations(None, None),
+                self.client.list_jobs(None)
+            )?,
+        };
+        let jobs: BTreeMap<String, JobStub> =
+            jobs.value.into_iter().map(|j| (j.id.clone(), j)).collect();
+        let stale: Vec<String> = {
+            let cache = self.cache.lock().expect("nomad cache");
+            wanted
+                .iter()
+                .filter(|id| match (jobs.get(*id), cache.get(*id)) {
+                    (Some(stub), Some(job)) => stub.job_modify_index != job.job_modify_index,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                })
+                .cloned()
+                .collect()
+        };
+        let read: Vec<(String, Option<Job>)> = stream::iter(stale)
+            .map(|id| async move {
+                let job = self.client.read_job(&id).await?;
+                Ok::<_, NomadError>((id, job))
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let mut cache = self.cache.lock().expect("nomad cache");
+        for (id, job) in read {
+            match job {
+                Some(j) => {
+                    cache.insert(id, j);
+                }
+                None => {
+                    cache.remove(&id);
+                }
+            }
+        }
+        cache.retain(|id, _| jobs.contains_key(id));
+        let details = wanted
+            .iter()
+            .filter_map(|id| cache.get(id).map(|j| (id.clone(), j.clone())))
+            .collect();
+        Ok(NomadState {
+            jobs,
+            details,
+            allocations: allocations.value,
+            allocations_index: allocations.index,
+        })
+    }
+}
+
+/// The Nomad jobs the deploy files' channels should have: Hippo names each job after its
+/// channel's GUID, and schedules one only for a channel with an active revision.
+pub fn wanted_jobs(apps: &[AppSpec], snapshot: &Snapshot) -> BTreeSet<String> {
+    apps.iter()
+        .filter_map(|spec| snapshot.app(&spec.name))
+        .flat_map(|app| snapshot.channels_of(app))
+        .filter(|c| c.active_revision.is_some())
+        .map(|c| c.id.to_string())
+        .collect()
+}
+
+/// Observes Nomad into `snapshot` (which must hold Hippo's state already).
+pub async fn observe_nomad(
+    apps: &[AppSpec],
+    nomad: &NomadObserver,
+    blocking: Option<Blocking>,
+    concurrency: usize,
+    snapshot: &mut Snapshot,
+) {
+    let wanted = wanted_jobs(apps, snapshot);
+    snapshot.nomad = Some(
+        nomad
+            .observe(&wanted, blocking, concurrency)
+            .await
+            .map_err(|e| (&e).into()),
+    );
 }
 
 impl Snapshot {
@@ -105,6 +247,7 @@ pub async fn observe(
     apps: &[AppSpec],
     hippo: &HippoClient,
     bindle: &BindleClient,
+    nomad: Option<&NomadObserver>,
     concurrency: usize,
 ) -> Result<Snapshot, ObserveError> {
     let (hippo_apps, channels, revisions) = observe_hippo(hippo).await?;
@@ -115,6 +258,9 @@ pub async fn observe(
         ..Default::default()
     };
     observe_bindles(apps, bindle, concurrency, &mut snapshot).await;
+    if let Some(nomad) = nomad {
+        observe_nomad(apps, nomad, None, concurrency, &mut snapshot).await;
+    }
     Ok(snapshot)
 }
 

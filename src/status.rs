@@ -187,10 +187,36 @@ pub fn run_text(report: &RunReport) -> String {
             }
         };
         out.push_str(&line);
+        if !app.health.is_empty() && app.error.is_none() {
+            let channels: Vec<String> = app
+                .health
+                .iter()
+                .map(|(ch, h)| match h {
+                    crate::diff::ChannelHealth::Ready { healthy, total, .. } => {
+                        format!("{ch} {healthy}/{total} healthy")
+                    }
+                    crate::diff::ChannelHealth::Progressing { message } => {
+                        format!("{ch} {message}")
+                    }
+                    crate::diff::ChannelHealth::Failed { message } => {
+                        format!("{ch} failed: {message}")
+                    }
+                    crate::diff::ChannelHealth::Idle => format!("{ch} idle"),
+                })
+                .collect();
+            out.push_str(&format!(" (Nomad: {})", channels.join(", ")));
+        }
         out.push('\n');
         for w in &app.warnings {
             out.push_str(&format!("{}: warning: {w}\n", app.app));
         }
+    }
+    for (id, result) in &report.orphans {
+        out.push_str(&match result {
+            Ok(true) => format!("orphaned Nomad job {id}: deleted (--prune-orphans)\n"),
+            Ok(false) => format!("orphaned Nomad job {id}: no Hippo channel has this id; delete it with --prune-orphans\n"),
+            Err(e) => format!("orphaned Nomad job {id}: deleting it failed: {e}\n"),
+        });
     }
     out
 }
@@ -225,4 +251,246 @@ pub fn run_json(report: &RunReport) -> String {
             .collect(),
     };
     serde_json::to_string_pretty(&body).expect("report serialises")
+}
+
+/// The Nomad side of a channel in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum NomadJobStatus {
+    /// Nomad is not configured: nothing is known, and nothing is claimed healthy.
+    Unknown,
+    /// No job (or it could not be read).
+    Missing,
+    Job {
+        version: u64,
+        status: String,
+        healthy: u32,
+        total: u32,
+    },
+}
+
+/// One channel in `status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatus {
+    pub channel: String,
+    /// What the deploy file asks for (a range resolved against Hippo's revisions).
+    pub desired_revision: Option<String>,
+    /// What Hippo's channel points at.
+    pub hippo_revision: Option<String>,
+    pub nomad: NomadJobStatus,
+    pub condition: Condition,
+}
+
+/// One app in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppStatus {
+    pub app: String,
+    pub condition: Condition,
+    pub channels: Vec<ChannelStatus>,
+}
+
+fn cond(kind: ConditionType, reason: &str, message: impl Into<String>) -> Condition {
+    Condition {
+        kind,
+        status: true,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+/// Builds `status` from a plan and the snapshot it was made from. Pure.
+pub fn app_statuses(
+    desired: &crate::spec::DesiredState,
+    plan: &Plan,
+    snapshot: &crate::observe::Snapshot,
+) -> Vec<AppStatus> {
+    use crate::{diff, spec::Selector};
+    desired
+        .apps
+        .iter()
+        .zip(&plan.apps)
+        .map(|(spec, app_plan)| {
+            let hippo_app = snapshot.app(&spec.name);
+            let numbers: Vec<&str> = hippo_app
+                .map(|a| {
+                    snapshot
+                        .revisions_of(a)
+                        .map(|r| r.revision_number.as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let channels: Vec<ChannelStatus> = spec
+                .channels
+                .iter()
+                .map(|ch| {
+                    let desired_revision = match &ch.selector {
+                        Selector::Revision(v) => Some(v.clone()),
+                        Selector::Range(r) => diff::max_satisfying(r, &numbers).map(String::from),
+                    };
+                    let current = hippo_app
+                        .and_then(|a| snapshot.channels_of(a).find(|c| c.name == ch.name));
+                    let hippo_revision = current
+                        .and_then(|c| c.active_revision.as_ref())
+                        .map(|r| r.revision_number.clone());
+                    let pending: Vec<String> = app_plan
+                        .changes
+                        .iter()
+                        .filter(|c| c.kind == "channel" && c.name == ch.name)
+                        .map(|c| c.describe())
+                        .collect();
+                    let (nomad, health) = match (&snapshot.nomad, current) {
+                        (None, _) => (NomadJobStatus::Unknown, None),
+                        (Some(Err(e)), _) => (
+                            NomadJobStatus::Unknown,
+                            Some(cond(ConditionType::Reconciling, "NomadUnavailable", e.message.clone())),
+                        ),
+                        (Some(Ok(_)), None) => (NomadJobStatus::Missing, None),
+                        (Some(Ok(state)), Some(c)) => {
+                            let id = c.id.to_string();
+                            let job = match (state.jobs.get(&id), state.details.get(&id)) {
+                                (Some(stub), Some(job)) => NomadJobStatus::Job {
+                                    version: job.version,
+                                    status: if stub.stop { "stopped".into() } else { stub.status.clone() },
+                                    healthy: state
+                                        .allocations_of(&id)
+                                        .filter(|a| a.job_version == job.version && a.is_healthy())
+                                        .count() as u32,
+                                    total: job.desired_count(),
+                                },
+                                _ => NomadJobStatus::Missing,
+                            };
+                            let expected = hippo_revision
+                                .as_ref()
+                                .map(|r| format!("{}/{r}", spec.storage_id))
+                                .unwrap_or_default();
+                            let h = match diff::channel_health(state, c, &expected) {
+                                diff::ChannelHealth::Ready { healthy, total, .. } => cond(
+                                    ConditionType::Ready,
+                                    "Running",
+                                    format!("{healthy}/{total} allocation(s) healthy"),
+                                ),
+                                diff::ChannelHealth::Progressing { message } => {
+                                    cond(ConditionType::Reconciling, "Progressing", message)
+                                }
+                                diff::ChannelHealth::Failed { message } => {
+                                    cond(ConditionType::Stalled, "AllocationFailed", message)
+                                }
+                                diff::ChannelHealth::Idle => {
+                                    cond(ConditionType::Ready, "NoActiveRevision", "Hippo has no active revision for this channel: nothing runs")
+                                }
+                            };
+                            (job, Some(h))
+                        }
+                    };
+                    let condition = if let Some(p) = app_plan.problems.first() {
+                        cond(
+                            if p.transient { ConditionType::Reconciling } else { ConditionType::Stalled },
+                            p.reason,
+                            p.message.clone(),
+                        )
+                    } else if current.is_none() {
+                        cond(ConditionType::Reconciling, "ChangesPending", "the channel does not exist in Hippo yet")
+                    } else if !pending.is_empty() {
+                        cond(ConditionType::Reconciling, "ChangesPending", pending.join("; "))
+                    } else {
+                        health.unwrap_or_else(|| {
+                            cond(ConditionType::Ready, "HippoConverged", "Hippo matches the deploy file; Nomad is not configured, so what runs is unknown")
+                        })
+                    };
+                    ChannelStatus {
+                        channel: ch.name.clone(),
+                        desired_revision,
+                        hippo_revision,
+                        nomad,
+                        condition,
+                    }
+                })
+                .collect();
+            let condition = if let Some(p) = app_plan.problems.first() {
+                cond(
+                    if p.transient { ConditionType::Reconciling } else { ConditionType::Stalled },
+                    p.reason,
+                    p.message.clone(),
+                )
+            } else if let Some(worst) = channels
+                .iter()
+                .map(|c| &c.condition)
+                .find(|c| c.kind == ConditionType::Stalled)
+                .or_else(|| channels.iter().map(|c| &c.condition).find(|c| c.kind != ConditionType::Ready))
+            {
+                worst.clone()
+            } else if app_plan.changes.iter().any(|c| c.kind != "channel") || hippo_app.is_none() {
+                cond(
+                    ConditionType::Reconciling,
+                    "ChangesPending",
+                    app_plan.changes.iter().map(|c| c.describe()).collect::<Vec<_>>().join("; "),
+                )
+            } else {
+                cond(ConditionType::Ready, "UpToDate", "matches the deploy file")
+            };
+            AppStatus {
+                app: spec.name.clone(),
+                condition,
+                channels,
+            }
+        })
+        .collect()
+}
+
+/// `status --output text`: a table, then one line per app that is not Ready.
+pub fn statuses_text(apps: &[AppStatus]) -> String {
+    let mut rows = vec![[
+        "APP".to_string(),
+        "CHANNEL".into(),
+        "DESIRED".into(),
+        "HIPPO".into(),
+        "NOMAD JOB".into(),
+        "ALLOCS".into(),
+        "CONDITION".into(),
+    ]];
+    let dash = || "-".to_string();
+    for app in apps {
+        for ch in &app.channels {
+            let (job, allocs) = match &ch.nomad {
+                NomadJobStatus::Unknown => ("unknown".to_string(), "?".to_string()),
+                NomadJobStatus::Missing => ("missing".to_string(), "0/0".to_string()),
+                NomadJobStatus::Job {
+                    version,
+                    status,
+                    healthy,
+                    total,
+                } => (format!("v{version} {status}"), format!("{healthy}/{total}")),
+            };
+            rows.push([
+                app.app.clone(),
+                ch.channel.clone(),
+                ch.desired_revision.clone().unwrap_or_else(dash),
+                ch.hippo_revision.clone().unwrap_or_else(dash),
+                job,
+                allocs,
+                format!("{:?} ({})", ch.condition.kind, ch.condition.reason),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for app in apps {
+        out.push_str(&format!(
+            "{}: {:?} ({}): {}\n",
+            app.app, app.condition.kind, app.condition.reason, app.condition.message
+        ));
+    }
+    out
 }

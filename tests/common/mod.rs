@@ -81,14 +81,7 @@ impl Bed {
         let mut bc = BindleConfig::new(self.bindle.url());
         bc.retry = fast_retry();
         let bindle = BindleClient::new(bc, self.key.clone(), stats.clone()).unwrap();
-        (
-            Context {
-                hippo: Arc::new(hippo),
-                bindle: Arc::new(bindle),
-                concurrency: 4,
-            },
-            stats,
-        )
+        (Context::new(Arc::new(hippo), Arc::new(bindle)), stats)
     }
 
     /// Environment for running the binary against this bed.

@@ -1,0 +1,630 @@
+//! A thin Nomad HTTP client for what the controller reads and writes: jobs, allocations, and
+//! (for leader election) variable locks.
+//!
+//! Why not `nomad-client-rs` (0.10.3), whose models cover jobs and allocations: every read here
+//! needs what it discards or lacks — the `X-Nomad-Index` header and `index`/`wait` blocking
+//! queries (its `send()` returns only the body), per-request timeouts (it sets none, so a hung
+//! agent blocks forever), and `JobVersion` on a job's allocations (its `list_job_allocations`
+//! drops it). Using it for models alone would still build its own reqwest 0.13 + rustls/aws-lc
+//! stack (147 crates, 3 min 15 s cold release build on 2 cores, NOMAD-API.md §3.1) for six
+//! structs; these are defined here with only the fields used, checked against Nomad's samples.
+//!
+//! Conventions handled (NOMAD-API.md §1.1): errors are `text/plain` bodies; a job's
+//! allocations for an unknown job are `200 []`; the token goes in `X-Nomad-Token`; namespace and
+//! region are query parameters.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use reqwest::{Method, StatusCode};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::{
+    retry::{retry, Attempt, RetryPolicy},
+    secret::Secret,
+    stats::RequestStats,
+};
+
+/// A job as listed by `GET /v1/jobs` (no `Version`, no task groups).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobStub {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub stop: bool,
+    #[serde(default)]
+    pub job_modify_index: u64,
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+/// A full job (`GET /v1/job/:id`), only the fields read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Job {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub stop: bool,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub job_modify_index: u64,
+    #[serde(default)]
+    pub task_groups: Vec<TaskGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskGroup {
+    pub name: String,
+    #[serde(default)]
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Task {
+    pub name: String,
+    #[serde(default)]
+    pub driver: String,
+    #[serde(default)]
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+impl Job {
+    /// The task Hippo runs its app in (`spin`), or the first task.
+    pub fn spin_task(&self) -> Option<&Task> {
+        let tasks = || self.task_groups.iter().flat_map(|g| g.tasks.iter());
+        tasks()
+            .find(|t| t.name == "spin")
+            .or_else(|| tasks().next())
+    }
+
+    /// The value after `--bindle` in the spin task's args: what the job runs.
+    pub fn bindle_arg(&self) -> Option<String> {
+        let args = self.spin_task()?.config.as_ref()?.get("args")?.as_array()?;
+        let i = args.iter().position(|a| a.as_str() == Some("--bindle"))?;
+        args.get(i + 1)?.as_str().map(String::from)
+    }
+
+    /// Allocations the job wants in all.
+    pub fn desired_count(&self) -> u32 {
+        self.task_groups.iter().map(|g| g.count.unwrap_or(1)).sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllocDeploymentStatus {
+    /// `null` until the deployment decided.
+    #[serde(default)]
+    pub healthy: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskEvent {
+    #[serde(rename = "Type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub display_message: String,
+    #[serde(default)]
+    pub time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskState {
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub failed: bool,
+    #[serde(default)]
+    pub events: Option<Vec<TaskEvent>>,
+}
+
+/// An allocation as listed (`GET /v1/allocations`), only the fields read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Allocation {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "JobID")]
+    pub job_id: String,
+    #[serde(default)]
+    pub job_version: u64,
+    #[serde(default)]
+    pub desired_status: String,
+    #[serde(default)]
+    pub client_status: String,
+    #[serde(default)]
+    pub client_description: String,
+    #[serde(default)]
+    pub deployment_status: Option<AllocDeploymentStatus>,
+    #[serde(default)]
+    pub task_states: Option<BTreeMap<String, TaskState>>,
+    #[serde(default)]
+    pub create_index: u64,
+}
+
+impl Allocation {
+    /// Running and, when a deployment decided, healthy (`DeploymentStatus.Healthy`, else
+    /// `ClientStatus == running`).
+    pub fn is_healthy(&self) -> bool {
+        self.desired_status == "run"
+            && match self.deployment_status.as_ref().and_then(|d| d.healthy) {
+                Some(h) => h,
+                None => self.client_status == "running",
+            }
+    }
+
+    /// Failed for good: the client gave up, or a deployment marked it unhealthy.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.client_status.as_str(), "failed" | "lost")
+            || self.deployment_status.as_ref().and_then(|d| d.healthy) == Some(false)
+            || self
+                .task_states
+                .iter()
+                .flat_map(|t| t.values())
+                .any(|t| t.failed)
+    }
+
+    /// The task's last events, newest last, as Nomad displays them (why it failed).
+    pub fn last_events(&self, n: usize) -> Vec<String> {
+        let mut events: Vec<&TaskEvent> = self
+            .task_states
+            .iter()
+            .flat_map(|t| t.values())
+            .flat_map(|s| s.events.iter().flatten())
+            .collect();
+        events.sort_by_key(|e| e.time);
+        events
+            .iter()
+            .rev()
+            .take(n)
+            .rev()
+            .map(|e| {
+                if e.display_message.is_empty() {
+                    e.kind.clone()
+                } else {
+                    format!("{}: {}", e.kind, e.display_message)
+                }
+            })
+            .collect()
+    }
+}
+
+/// A response with the index Nomad reported for it (`X-Nomad-Index`).
+#[derive(Debug, Clone)]
+pub struct Indexed<T> {
+    pub value: T,
+    pub index: u64,
+}
+
+/// `index`/`wait` of a blocking query.
+#[derive(Debug, Clone, Copy)]
+pub struct Blocking {
+    pub index: u64,
+    pub wait: Duration,
+}
+
+/// Errors from Nomad.
+#[derive(Debug, thiserror::Error)]
+pub enum NomadError {
+    #[error("Nomad {method} {path}: {source}")]
+    Transport {
+        method: Method,
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("Nomad {method} {path}: HTTP {status}: {body}")]
+    Status {
+        method: Method,
+        path: String,
+        status: u16,
+        body: String,
+    },
+    #[error("Nomad {method} {path}: unexpected response: {message}")]
+    Decode {
+        method: Method,
+        path: String,
+        message: String,
+    },
+    #[error("Nomad client setup: {0}")]
+    Setup(String),
+}
+
+impl NomadError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NomadError::Transport { .. } => true,
+            NomadError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// Nomad connection settings (`NOMAD_*` environment variables).
+#[derive(Debug, Clone)]
+pub struct NomadConfig {
+    /// `NOMAD_ADDR`, e.g. `http://127.0.0.1:4646` (a trailing `/v1` is accepted).
+    pub addr: String,
+    pub token: Option<Secret>,
+    pub namespace: Option<String>,
+    pub region: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub skip_verify: bool,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl NomadConfig {
+    pub fn new(addr: impl Into<String>) -> Self {
+        NomadConfig {
+            addr: addr.into(),
+            token: None,
+            namespace: None,
+            region: None,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            skip_verify: false,
+            timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The Nomad client.
+pub struct NomadClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Secret>,
+    namespace: Option<String>,
+    region: Option<String>,
+    timeout: Duration,
+    retry: RetryPolicy,
+    stats: RequestStats,
+}
+
+impl NomadClient {
+    pub fn new(config: NomadConfig, stats: RequestStats) -> Result<Self, NomadError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .danger_accept_invalid_certs(config.skip_verify)
+            .user_agent(concat!("hippo-gitops/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_cert {
+            let pem = std::fs::read(ca).map_err(|e| {
+                NomadError::Setup(format!("reading NOMAD_CACERT {}: {e}", ca.display()))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| NomadError::Setup(format!("NOMAD_CACERT {}: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = std::fs::read(cert).map_err(|e| {
+                    NomadError::Setup(format!("reading NOMAD_CLIENT_CERT {}: {e}", cert.display()))
+                })?;
+                pem.extend(std::fs::read(key).map_err(|e| {
+                    NomadError::Setup(format!("reading NOMAD_CLIENT_KEY {}: {e}", key.display()))
+                })?);
+                let identity = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| NomadError::Setup(format!("client certificate: {e}")))?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(NomadError::Setup(
+                    "NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY go together".into(),
+                ))
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| NomadError::Setup(e.to_string()))?;
+        let addr = config.addr.trim_end_matches('/');
+        let addr = addr.strip_suffix("/v1").unwrap_or(addr);
+        Ok(NomadClient {
+            http,
+            base: format!("{addr}/v1"),
+            token: config.token,
+            namespace: config.namespace,
+            region: config.region,
+            timeout: config.timeout,
+            retry: config.retry,
+            stats,
+        })
+    }
+
+    /// `GET /v1/jobs`
+    pub async fn list_jobs(
+        &self,
+        blocking: Option<Blocking>,
+    ) -> Result<Indexed<Vec<JobStub>>, NomadError> {
+        self.get("/jobs", &[], blocking).await
+    }
+
+    /// `GET /v1/job/:id`; `None` when Nomad has no such job.
+    pub async fn read_job(&self, id: &str) -> Result<Option<Job>, NomadError> {
+        match self.get::<Job>(&format!("/job/{id}"), &[], None).await {
+            Ok(j) => Ok(Some(j.value)),
+            Err(NomadError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/allocations`, optionally filtered (go-bexpr, e.g. `JobID == "…"`). One list for
+    /// every job, not a request per job or per allocation.
+    pub async fn list_allocations(
+        &self,
+        filter: Option<&str>,
+        blocking: Option<Blocking>,
+    ) -> Result<Indexed<Vec<Allocation>>, NomadError> {
+        let query: Vec<(&str, String)> = filter
+            .map(|f| ("filter", f.to_string()))
+            .into_iter()
+            .collect();
+        self.get("/allocations", &query, blocking).await
+    }
+
+    /// `DELETE /v1/job/:id` (stop; with `purge`, remove).
+    pub async fn delete_job(&self, id: &str, purge: bool) -> Result<(), NomadError> {
+        let query: Vec<(&str, String)> = if purge {
+            vec![("purge", "true".into())]
+        } else {
+            vec![]
+        };
+        self.send(Method::DELETE, &format!("/job/{id}"), &query, None, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// A raw request for the variable API (leader election).
+    pub async fn put_json(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: &serde_json::Value,
+    ) -> Result<(u16, Vec<u8>), NomadError> {
+        match self
+            .send(
+                Method::PUT,
+                path,
+                query,
+                Some(serde_json::to_vec(body).unwrap_or_default()),
+                None,
+            )
+            .await
+        {
+            Ok((bytes, _)) => Ok((200, bytes)),
+            Err(NomadError::Status {
+                status: 409, body, ..
+            }) => Ok((409, body.into_bytes())),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        blocking: Option<Blocking>,
+    ) -> Result<Indexed<T>, NomadError> {
+        let (bytes, index) = self.send(Method::GET, path, query, None, blocking).await?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| NomadError::Decode {
+            method: Method::GET,
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Indexed { value, index })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        blocking: Option<Blocking>,
+    ) -> Result<(Vec<u8>, u64), NomadError> {
+        let mut params: Vec<(&str, String)> = query.to_vec();
+        if let Some(ns) = &self.namespace {
+            params.push(("namespace", ns.clone()));
+        }
+        if let Some(region) = &self.region {
+            params.push(("region", region.clone()));
+        }
+        // A blocking query may be held for `wait` plus Nomad's jitter (up to wait/16).
+        let timeout = match blocking {
+            Some(b) => {
+                params.push(("index", b.index.to_string()));
+                params.push(("wait", format!("{}ms", b.wait.as_millis())));
+                self.timeout + b.wait + b.wait / 16
+            }
+            None => self.timeout,
+        };
+        let idempotent = method != Method::POST;
+        retry(
+            self.retry,
+            || {
+                let method = method.clone();
+                let body = body.clone();
+                let params = &params;
+                async move {
+                    let mut req = self
+                        .http
+                        .request(method.clone(), format!("{}{path}", self.base))
+                        .timeout(timeout)
+                        .query(params);
+                    if let Some(t) = &self.token {
+                        req = req.header("X-Nomad-Token", t.expose());
+                    }
+                    if let Some(b) = body {
+                        req = req.header("Content-Type", "application/json").body(b);
+                    }
+                    let resp = match req.send().await {
+                        Ok(r) => r,
+                        Err(source) => {
+                            self.stats.record("nomad", method.as_str(), 0);
+                            let connect = source.is_connect();
+                            let e = NomadError::Transport {
+                                method,
+                                path: path.to_string(),
+                                source,
+                            };
+                            return Err(if idempotent || connect {
+                                Attempt::Retry(e, None)
+                            } else {
+                                Attempt::Fail(e)
+                            });
+                        }
+                    };
+                    let status = resp.status();
+                    self.stats.record("nomad", method.as_str(), status.as_u16());
+                    let index = resp
+                        .headers()
+                        .get("X-Nomad-Index")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let bytes = resp.bytes().await.map_err(|source| {
+                        Attempt::Retry(
+                            NomadError::Transport {
+                                method: method.clone(),
+                                path: path.to_string(),
+                                source,
+                            },
+                            None,
+                        )
+                    })?;
+                    if status.is_success() {
+                        return Ok((bytes.to_vec(), index));
+                    }
+                    let e = NomadError::Status {
+                        method,
+                        path: path.to_string(),
+                        status: status.as_u16(),
+                        body: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect(),
+                    };
+                    let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    Err(if transient && idempotent {
+                        Attempt::Retry(e, None)
+                    } else {
+                        Attempt::Fail(e)
+                    })
+                }
+            },
+            |e, delay| tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Nomad request failed; retrying"),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> String {
+        let path = format!("{}/tests/fixtures/nomad/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn hippo_shaped_job_and_allocations_parse() {
+        let job: Job = serde_json::from_str(&sample("hippo_job_read.json")).unwrap();
+        assert_eq!(job.id, "3fa85f64-5717-4562-b3fc-2c963f66afa6");
+        assert!(
+            job.bindle_arg().is_some_and(|b| b.contains('/')),
+            "{:?}",
+            job.bindle_arg()
+        );
+        assert_eq!(job.spin_task().unwrap().name, "spin");
+        let env = job.spin_task().unwrap().env.clone().unwrap();
+        assert!(env.contains_key("BINDLE_URL"));
+        let allocs: Vec<Allocation> =
+            serde_json::from_str(&sample("hippo_job_allocations.json")).unwrap();
+        assert_eq!(allocs[0].job_version, 3);
+        assert!(allocs[0].is_healthy());
+        assert!(!allocs[0].is_failed());
+        let stubs: Vec<JobStub> = serde_json::from_str(&sample("hippo_jobs_list.json")).unwrap();
+        assert!(!stubs.is_empty());
+    }
+
+    #[test]
+    fn nomad_doc_samples_parse() {
+        let allocs: Vec<Allocation> =
+            serde_json::from_str(&sample("allocations_list.docs.json")).unwrap();
+        assert!(!allocs.is_empty());
+        let _: Vec<JobStub> = serde_json::from_str(&sample("jobs_list_full.docs.json")).unwrap();
+        let _: Job = serde_json::from_str(&sample("job_read.docs.json")).unwrap();
+    }
+
+    #[test]
+    fn health_and_failure_rules() {
+        let mut a: Allocation = serde_json::from_value(serde_json::json!({
+            "ID": "a", "JobID": "j", "JobVersion": 1, "DesiredStatus": "run",
+            "ClientStatus": "running", "DeploymentStatus": null
+        }))
+        .unwrap();
+        assert!(
+            a.is_healthy(),
+            "running with no deployment verdict counts as healthy"
+        );
+        a.deployment_status = Some(AllocDeploymentStatus {
+            healthy: Some(false),
+        });
+        assert!(!a.is_healthy() && a.is_failed());
+        a.deployment_status = None;
+        a.client_status = "pending".into();
+        assert!(!a.is_healthy() && !a.is_failed());
+        a.client_status = "failed".into();
+        a.task_states = Some(
+            [(
+                "spin".to_string(),
+                TaskState {
+                    state: "dead".into(),
+                    failed: true,
+                    events: Some(vec![
+                        TaskEvent {
+                            kind: "Received".into(),
+                            display_message: "Task received by client".into(),
+                            time: 1,
+                        },
+                        TaskEvent {
+                            kind: "Driver Failure".into(),
+                            display_message: "failed to launch command: spin not found".into(),
+                            time: 3,
+                        },
+                        TaskEvent {
+                            kind: "Task Setup".into(),
+                            display_message: "Building Task Directory".into(),
+                            time: 2,
+                        },
+                    ]),
+                },
+            )]
+            .into(),
+        );
+        assert!(a.is_failed());
+        assert_eq!(
+            a.last_events(2),
+            vec![
+                "Task Setup: Building Task Directory".to_string(),
+                "Driver Failure: failed to launch command: spin not found".to_string()
+            ]
+        );
+    }
+}
