@@ -189,15 +189,20 @@ const MAX_ROUNDS: usize = 8;
 
 /// Observes, then applies until every app converged or failed.
 pub async fn reconcile(desired: &DesiredState, ctx: &Context) -> Result<RunReport, ReconcileError> {
-    let snapshot = observe::observe(
+    let snapshot = observe_all(desired, ctx).await?;
+    reconcile_from(desired, ctx, snapshot).await
+}
+
+/// One full observation of Hippo, Bindle and (when configured) Nomad for `desired`.
+pub async fn observe_all(desired: &DesiredState, ctx: &Context) -> Result<Snapshot, ObserveError> {
+    observe::observe(
         &desired.apps,
         &ctx.hippo,
         &ctx.bindle,
         ctx.nomad.as_deref(),
         ctx.concurrency,
     )
-    .await?;
-    reconcile_from(desired, ctx, snapshot).await
+    .await
 }
 
 /// As [`reconcile`], from a snapshot already taken.
@@ -729,13 +734,6 @@ pub async fn plan(
     desired: &DesiredState,
     ctx: &Context,
 ) -> Result<(Plan, Snapshot), ReconcileError> {
-    let snapshot = observe::observe(
-        &desired.apps,
-        &ctx.hippo,
-        &ctx.bindle,
-        ctx.nomad.as_deref(),
-        ctx.concurrency,
-    )
-    .await?;
+    let snapshot = observe_all(desired, ctx).await?;
     Ok((diff::diff(&desired.apps, &snapshot), snapshot))
 }

@@ -607,15 +607,16 @@ fn nomad_checks(
             .and_then(|j| j.spin_task())
             .map(|t| t.env.clone().unwrap_or_default())
         {
+            // Hippo sets RUST_LOG itself, so a key can be there with Hippo's value, not ours.
             let absent: Vec<&str> = ch
                 .env
-                .keys()
-                .filter(|k| !task_env.contains_key(*k))
-                .map(String::as_str)
+                .iter()
+                .filter(|(k, v)| task_env.get(*k) != Some(*v))
+                .map(|(k, _)| k.as_str())
                 .collect();
             if !absent.is_empty() {
                 plan.warnings.push(format!(
-                    "channel {}: environment variable(s) {} are set in Hippo but absent from the Nomad task's Env: Hippo v0.9–v0.20 does not pass channel environment variables to Nomad (not something hippo-gitops can fix)",
+                    "channel {}: environment variable(s) {} are set in Hippo but not in the Nomad task's Env with that value: Hippo v0.9–v0.20 does not pass channel environment variables to Nomad (not something hippo-gitops can fix)",
                     ch.name,
                     absent.join(", ")
                 ));
