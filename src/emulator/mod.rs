@@ -3,4 +3,5 @@
 //! The Bindle server is the REAL bindle crate server. Hippo is an *emulator* that follows
 //! `shared/reference/hippo/HIPPO-API.md`; it is not Hippo.
 pub mod bindle_server;
+pub mod faults;
 pub mod hippo;
