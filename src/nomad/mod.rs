@@ -232,7 +232,10 @@ pub enum NomadError {
         method: Method,
         path: String,
         status: u16,
+        /// For messages: trimmed and cut short.
         body: String,
+        /// The body as sent (a 409 on the variable API carries the conflicting variable).
+        raw: Vec<u8>,
     },
     #[error("Nomad {method} {path}: unexpected response: {message}")]
     Decode {
@@ -387,32 +390,41 @@ impl NomadClient {
         } else {
             vec![]
         };
-        self.send(Method::DELETE, &format!("/job/{id}"), &query, None, None)
-            .await
-            .map(|_| ())
+        self.send(
+            Method::DELETE,
+            &format!("/job/{id}"),
+            &query,
+            None,
+            None,
+            true,
+        )
+        .await
+        .map(|_| ())
     }
 
-    /// A raw request for the variable API (leader election).
+    /// A PUT on the variable API (leader election). Answers `(status, body)` for 2xx and 409,
+    /// the body as Nomad sent it. Not retried once it may have arrived: a lock acquire that
+    /// succeeded but whose answer was lost would otherwise look like a conflict until the TTL
+    /// runs out.
     pub async fn put_json(
         &self,
         path: &str,
         query: &[(&str, String)],
         body: &serde_json::Value,
     ) -> Result<(u16, Vec<u8>), NomadError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| NomadError::Decode {
+            method: Method::PUT,
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
         match self
-            .send(
-                Method::PUT,
-                path,
-                query,
-                Some(serde_json::to_vec(body).unwrap_or_default()),
-                None,
-            )
+            .send(Method::PUT, path, query, Some(bytes), None, false)
             .await
         {
             Ok((bytes, _)) => Ok((200, bytes)),
             Err(NomadError::Status {
-                status: 409, body, ..
-            }) => Ok((409, body.into_bytes())),
+                status: 409, raw, ..
+            }) => Ok((409, raw)),
             Err(e) => Err(e),
         }
     }
@@ -423,7 +435,9 @@ impl NomadClient {
         query: &[(&str, String)],
         blocking: Option<Blocking>,
     ) -> Result<Indexed<T>, NomadError> {
-        let (bytes, index) = self.send(Method::GET, path, query, None, blocking).await?;
+        let (bytes, index) = self
+            .send(Method::GET, path, query, None, blocking, true)
+            .await?;
         let value = serde_json::from_slice(&bytes).map_err(|e| NomadError::Decode {
             method: Method::GET,
             path: path.to_string(),
@@ -439,6 +453,7 @@ impl NomadClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
         blocking: Option<Blocking>,
+        idempotent: bool,
     ) -> Result<(Vec<u8>, u64), NomadError> {
         let mut params: Vec<(&str, String)> = query.to_vec();
         if let Some(ns) = &self.namespace {
@@ -456,7 +471,6 @@ impl NomadClient {
             }
             None => self.timeout,
         };
-        let idempotent = method != Method::POST;
         retry(
             self.retry,
             || {
@@ -518,6 +532,7 @@ impl NomadClient {
                         path: path.to_string(),
                         status: status.as_u16(),
                         body: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect(),
+                        raw: bytes.to_vec(),
                     };
                     let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                     Err(if transient && idempotent {
