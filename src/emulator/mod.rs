@@ -5,3 +5,4 @@
 pub mod bindle_server;
 pub mod faults;
 pub mod hippo;
+pub mod nomad;
