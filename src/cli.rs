@@ -14,6 +14,7 @@ use crate::{
     hippo::{HippoClient, HippoClientConfig},
     nomad::{NomadClient, NomadConfig},
     observe::NomadObserver,
+    sandbox::{self, Sandbox, SandboxConfig, SandboxFaults},
     secret::Secret,
     spec::{self, DesiredState, LoadOptions},
     stats::RequestStats,
@@ -70,6 +71,24 @@ pub enum Command {
         after_help = "Example:\n  hippo-gitops status -f deploy-specs/ --output json\n\nPer channel: the desired revision, Hippo's active revision, the Nomad job's version and\nstatus, healthy/total allocations, and a condition (Ready, Reconciling, Stalled).\nExit codes: 0 all Ready, 2 some not Ready, 1 error."
     )]
     Status(StatusArgs),
+    /// Run a local Bindle + Hippo + Nomad in the foreground for other tools to use.
+    #[command(
+        after_help = "Example:\n  hippo-gitops sandbox --sandbox-dir .hippo-gitops/sandbox\n\nThe Bindle server is the real bindle crate's server; Hippo and Nomad are emulators of\ntheir APIs. Prints the environment to use it (HIPPO_URL, HIPPO_USERNAME, HIPPO_PASSWORD,\nBINDLE_SERVER_URL, BINDLE_SIGNING_KEY, NOMAD_ADDR). Ctrl-C stops it; state survives a restart."
+    )]
+    Sandbox(SandboxCommandArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxCommandArgs {
+    /// Where the sandbox keeps its state.
+    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_DIR", default_value = sandbox::DEFAULT_DIR, value_name = "DIR")]
+    pub sandbox_dir: PathBuf,
+    /// Address of Hippo; Bindle and Nomad take the next two ports (port 0: any free ports).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub listen_base: std::net::SocketAddr,
+    /// Faults to inject (see `reconcile --help`).
+    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_FAULTS", value_name = "SPEC")]
+    pub sandbox_faults: Option<SandboxFaults>,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +97,8 @@ pub struct StatusArgs {
     pub files: FileArgs,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -118,12 +139,68 @@ pub struct ValidateArgs {
     pub files: FileArgs,
 }
 
+/// `--sandbox`: run against a local stack started for the command.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Start a local sandbox for this run (the real Bindle server; Hippo and Nomad emulators) and
+    /// point every connection at it, instead of HIPPO_URL/BINDLE_SERVER_URL/NOMAD_ADDR.
+    #[arg(long)]
+    pub sandbox: bool,
+    /// Where the sandbox keeps its state (kept across runs).
+    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_DIR", default_value = sandbox::DEFAULT_DIR, value_name = "DIR")]
+    pub sandbox_dir: PathBuf,
+    /// Faults to inject, per service: `hippo:error=0.2,latency=50ms;bindle:drop=0.05;nomad:...`,
+    /// or one spec for all (`error=0.2,latency=50ms`).
+    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_FAULTS", value_name = "SPEC")]
+    pub sandbox_faults: Option<SandboxFaults>,
+}
+
+impl SandboxArgs {
+    async fn start(&self) -> anyhow::Result<Option<Sandbox>> {
+        if !self.sandbox {
+            return Ok(None);
+        }
+        let mut config = SandboxConfig::new(&self.sandbox_dir);
+        config.faults = self.sandbox_faults.unwrap_or_default();
+        let sandbox = Sandbox::start(config).await?;
+        eprintln!(
+            "sandbox: started in {} (Bindle: the real bindle server; Hippo and Nomad: emulators)",
+            self.sandbox_dir.display()
+        );
+        Ok(Some(sandbox))
+    }
+}
+
+impl ConnectionArgs {
+    /// Points every connection at the sandbox.
+    fn use_sandbox(&mut self, sandbox: &Sandbox) {
+        self.hippo_url = Some(sandbox.hippo_url().to_string());
+        self.hippo_token = None;
+        self.hippo_username = Some(sandbox::ADMIN_USER.to_string());
+        self.hippo_password = Some(sandbox.password().to_string());
+        self.bindle_server = Some(sandbox.bindle_url().to_string());
+        self.bindle_username = None;
+        self.bindle_password = None;
+        self.bindle_token = None;
+        self.bindle_signing_key = Some(sandbox.signing_key_path().to_path_buf());
+        self.nomad_addr = Some(sandbox.nomad_url().to_string());
+        self.nomad_token = None;
+        self.nomad_namespace = None;
+        self.nomad_region = None;
+        self.nomad_cacert = None;
+        self.nomad_client_cert = None;
+        self.nomad_client_key = None;
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub files: FileArgs,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -135,6 +212,8 @@ pub struct ReconcileArgs {
     pub files: FileArgs,
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Apply once and exit (the long-running controller mode is not available yet).
     #[arg(long)]
     pub once: bool,
@@ -255,6 +334,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan(args).await,
         Command::Reconcile(args) => reconcile(args).await,
         Command::Status(args) => status_command(args).await,
+        Command::Sandbox(args) => sandbox_command(args).await,
     }
 }
 
@@ -363,13 +443,21 @@ pub fn context(conn: &ConnectionArgs, stats: RequestStats) -> anyhow::Result<Con
     Ok(ctx)
 }
 
-async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+async fn plan(mut args: PlanArgs) -> anyhow::Result<ExitCode> {
     let desired = match load(&args.files) {
         Ok(d) => d,
         Err(code) => return Ok(code),
     };
+    let sandbox = args.sandbox.start().await?;
+    if let Some(s) = &sandbox {
+        args.connection.use_sandbox(s);
+    }
     let ctx = context(&args.connection, RequestStats::default())?;
-    let (plan, _) = apply::plan(&desired, &ctx).await?;
+    let result = apply::plan(&desired, &ctx).await;
+    if let Some(s) = sandbox {
+        s.stop().await;
+    }
+    let (plan, _) = result?;
     match args.output {
         OutputFormat::Text => print!("{}", status::plan_text(&plan)),
         OutputFormat::Json => println!("{}", status::plan_json(&plan)),
@@ -386,7 +474,7 @@ async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     if !args.once {
         anyhow::bail!(
             "the long-running controller is not available in this release; use `reconcile --once`"
@@ -396,11 +484,19 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         Ok(d) => d,
         Err(code) => return Ok(code),
     };
+    let sandbox = args.sandbox.start().await?;
+    if let Some(s) = &sandbox {
+        args.connection.use_sandbox(s);
+    }
     let stats = RequestStats::default();
     let mut ctx = context(&args.connection, stats.clone())?;
     ctx.options.prune_orphans = args.prune_orphans;
     ctx.options.wait = (!args.no_wait).then_some(args.timeout);
-    let report = apply::reconcile(&desired, &ctx).await?;
+    let result = apply::reconcile(&desired, &ctx).await;
+    if let Some(s) = sandbox {
+        s.stop().await;
+    }
+    let report = result?;
     match args.output {
         OutputFormat::Text => print!("{}", status::run_text(&report)),
         OutputFormat::Json => println!("{}", status::run_json(&report)),
@@ -420,13 +516,21 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
+async fn status_command(mut args: StatusArgs) -> anyhow::Result<ExitCode> {
     let desired = match load(&args.files) {
         Ok(d) => d,
         Err(code) => return Ok(code),
     };
+    let sandbox = args.sandbox.start().await?;
+    if let Some(s) = &sandbox {
+        args.connection.use_sandbox(s);
+    }
     let ctx = context(&args.connection, RequestStats::default())?;
-    let (plan, snapshot) = apply::plan(&desired, &ctx).await?;
+    let result = apply::plan(&desired, &ctx).await;
+    if let Some(s) = sandbox {
+        s.stop().await;
+    }
+    let (plan, snapshot) = result?;
     let report = status::app_statuses(&desired, &plan, &snapshot);
     match args.output {
         OutputFormat::Text => print!("{}", status::statuses_text(&report)),
@@ -442,4 +546,46 @@ async fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(2)
         },
     )
+}
+
+async fn sandbox_command(args: SandboxCommandArgs) -> anyhow::Result<ExitCode> {
+    let mut config = SandboxConfig::new(&args.sandbox_dir);
+    config.listen_base = args.listen_base;
+    config.faults = args.sandbox_faults.unwrap_or_default();
+    let sandbox = Sandbox::start(config).await?;
+    eprintln!(
+        "hippo-gitops sandbox is running, state in {}.\nBindle is the real bindle server; Hippo and Nomad are emulators of their APIs.\nUse it with:\n",
+        args.sandbox_dir.display()
+    );
+    for (k, v) in sandbox.env() {
+        println!("export {k}={v}");
+    }
+    eprintln!("\nPress Ctrl-C to stop.");
+    shutdown_signal().await;
+    eprintln!("stopping the sandbox");
+    sandbox.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

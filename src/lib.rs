@@ -17,6 +17,7 @@ pub mod nomad;
 pub mod observe;
 pub mod package;
 pub mod retry;
+pub mod sandbox;
 pub mod secret;
 pub mod spec;
 pub mod stats;
