@@ -30,7 +30,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log filter (tracing's env-filter syntax, e.g. `info`, `hippo_gitops=debug`).
-    #[arg(long, global = true, env = "HIPPO_GITOPS_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "HIPPO_GITOPS_LOG",
+        // The embedded bindle server logs every request at info.
+        default_value = "info,bindle=warn,warp=warn,sled=warn"
+    )]
     pub log_level: String,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -452,8 +458,13 @@ async fn plan(mut args: PlanArgs) -> anyhow::Result<ExitCode> {
     if let Some(s) = &sandbox {
         args.connection.use_sandbox(s);
     }
-    let ctx = context(&args.connection, RequestStats::default())?;
-    let result = apply::plan(&desired, &ctx).await;
+    let result = async {
+        let ctx = context(&args.connection, RequestStats::default())?;
+        anyhow::Ok(apply::plan(&desired, &ctx).await?)
+        // The clients are dropped here: the sandbox's servers shut down gracefully and would
+        // wait for their idle keep-alive connections.
+    }
+    .await;
     if let Some(s) = sandbox {
         s.stop().await;
     }
@@ -489,10 +500,13 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         args.connection.use_sandbox(s);
     }
     let stats = RequestStats::default();
-    let mut ctx = context(&args.connection, stats.clone())?;
-    ctx.options.prune_orphans = args.prune_orphans;
-    ctx.options.wait = (!args.no_wait).then_some(args.timeout);
-    let result = apply::reconcile(&desired, &ctx).await;
+    let result = async {
+        let mut ctx = context(&args.connection, stats.clone())?;
+        ctx.options.prune_orphans = args.prune_orphans;
+        ctx.options.wait = (!args.no_wait).then_some(args.timeout);
+        anyhow::Ok(apply::reconcile(&desired, &ctx).await?)
+    }
+    .await;
     if let Some(s) = sandbox {
         s.stop().await;
     }
@@ -525,8 +539,11 @@ async fn status_command(mut args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(s) = &sandbox {
         args.connection.use_sandbox(s);
     }
-    let ctx = context(&args.connection, RequestStats::default())?;
-    let result = apply::plan(&desired, &ctx).await;
+    let result = async {
+        let ctx = context(&args.connection, RequestStats::default())?;
+        anyhow::Ok(apply::plan(&desired, &ctx).await?)
+    }
+    .await;
     if let Some(s) = sandbox {
         s.stop().await;
     }
