@@ -353,6 +353,10 @@ impl NomadEmulator {
         shared.mutate(|_, _| ());
 
         let app = Router::new()
+            .route(
+                "/_emulator/jobs/:job_id/:action",
+                axum::routing::post(emulator_control),
+            )
             .fallback(http::dispatch)
             .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
             .with_state(shared.clone());
@@ -528,4 +532,36 @@ async fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_file_name(tmp_name);
     tokio::fs::write(&tmp, bytes).await?;
     tokio::fs::rename(&tmp, path).await
+}
+
+/// Emulator-only control for demos and black-box tests (not part of Nomad's API, hence outside
+/// `/v1`): `POST /_emulator/jobs/<id>/fail-allocations` (body: the reason),
+/// `.../heal-allocations`, `.../lose`. The same as [`NomadEmulator::fail_allocations`],
+/// [`NomadEmulator::heal_allocations`] and [`NomadEmulator::lose_job`].
+async fn emulator_control(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    axum::extract::Path((job_id, action)): axum::extract::Path<(String, String)>,
+    body: String,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let reason = if body.trim().is_empty() {
+        "the emulator was told to fail this allocation".to_string()
+    } else {
+        body.trim().to_string()
+    };
+    match action.as_str() {
+        "fail-allocations" => shared.mutate(|st, _| sched::fail(st, &job_id, &reason)),
+        "heal-allocations" => shared.mutate(|st, _| sched::heal(st, &job_id)),
+        "lose" => shared.mutate(|st, _| sched::lose(st, &job_id)),
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "unknown emulator action {other:?} (fail-allocations, heal-allocations, lose)"
+                ),
+            )
+        }
+    }
+    shared.persist_soon();
+    (StatusCode::NO_CONTENT, String::new())
 }
