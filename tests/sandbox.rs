@@ -222,10 +222,18 @@ async fn a_failed_allocation_fails_once_fast_with_its_reason() {
         .iter()
         .find(|c| c.app_id == invoices.id)
         .unwrap();
-    sandbox.nomad.fail_allocations(
-        &channel.id.to_string(),
-        "failed to launch command with executor: exec: \"spin\": not found",
-    );
+    // Through the emulator's control route, as a demo would do it (curl works the same).
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/_emulator/jobs/{}/fail-allocations",
+            sandbox.nomad_url(),
+            channel.id
+        ))
+        .body("failed to launch command with executor: exec: \"spin\": not found")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
     let started = Instant::now();
     let (code, stdout, _) = tokio::task::spawn_blocking(move || run_binary(&args, &env, &dir))
         .await
