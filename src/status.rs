@@ -90,6 +90,11 @@ pub fn plan_text(plan: &Plan) -> String {
             n_changes += app.changes.len();
         }
     }
+    for id in &plan.orphans {
+        out.push_str(&format!(
+            "orphaned Nomad job {id}: no Hippo channel has this id (reconcile --prune-orphans deletes it)\n"
+        ));
+    }
     let unchanged = plan
         .apps
         .iter()
@@ -118,6 +123,8 @@ struct PlanJson<'a> {
     changes: Vec<&'a crate::diff::Change>,
     problems: Vec<AppProblemJson<'a>>,
     warnings: Vec<AppWarningJson<'a>>,
+    /// Nomad jobs named like a Hippo channel GUID that no channel has.
+    orphans: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -160,6 +167,7 @@ pub fn plan_json(plan: &Plan) -> String {
                 })
             })
             .collect(),
+        orphans: &plan.orphans,
     };
     serde_json::to_string_pretty(&body).expect("plan serialises")
 }

@@ -292,6 +292,11 @@ async fn orphans_are_reported_and_removed_only_when_asked() {
         .unwrap();
     assert!(resp.status().is_success(), "{:?}", resp.text().await);
 
+    let (code, stdout, _) = nb.run(&["plan", "-f", &specs_s, "--output", "json"]).await;
+    assert_eq!(code, 2, "{stdout}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["orphans"], serde_json::json!([orphan]));
+
     let (code, stdout, _) = nb.run(&["reconcile", "--once", "-f", &specs_s]).await;
     assert_eq!(code, 0, "an orphan does not fail the run: {stdout}");
     assert!(stdout.contains(&format!("orphaned Nomad job {orphan}: no Hippo channel has this id; delete it with --prune-orphans")), "{stdout}");
