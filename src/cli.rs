@@ -360,6 +360,32 @@ fn load(files: &FileArgs) -> Result<DesiredState, ExitCode> {
     })
 }
 
+/// Loads the deploy files (a bad one ends the command with exit 1 before anything starts) and,
+/// with `--sandbox`, starts the sandbox and points every connection at it.
+async fn prepare(
+    files: &FileArgs,
+    connection: &mut ConnectionArgs,
+    sandbox: &SandboxArgs,
+) -> anyhow::Result<Result<(DesiredState, Option<Sandbox>), ExitCode>> {
+    let desired = match load(files) {
+        Ok(d) => d,
+        Err(code) => return Ok(Err(code)),
+    };
+    let sandbox = sandbox.start().await?;
+    if let Some(s) = &sandbox {
+        connection.use_sandbox(s);
+    }
+    Ok(Ok((desired, sandbox)))
+}
+
+/// Stops the sandbox, if one was started. Call after the clients are dropped: its servers shut
+/// down gracefully and would wait for idle keep-alive connections.
+async fn stop_sandbox(sandbox: Option<Sandbox>) {
+    if let Some(s) = sandbox {
+        s.stop().await;
+    }
+}
+
 fn validate(files: &FileArgs) -> ExitCode {
     match load(files) {
         Ok(state) => {
@@ -450,14 +476,11 @@ pub fn context(conn: &ConnectionArgs, stats: RequestStats) -> anyhow::Result<Con
 }
 
 async fn plan(mut args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let desired = match load(&args.files) {
-        Ok(d) => d,
+    let (desired, sandbox) = match prepare(&args.files, &mut args.connection, &args.sandbox).await?
+    {
+        Ok(ready) => ready,
         Err(code) => return Ok(code),
     };
-    let sandbox = args.sandbox.start().await?;
-    if let Some(s) = &sandbox {
-        args.connection.use_sandbox(s);
-    }
     let result = async {
         let ctx = context(&args.connection, RequestStats::default())?;
         anyhow::Ok(apply::plan(&desired, &ctx).await?)
@@ -465,9 +488,7 @@ async fn plan(mut args: PlanArgs) -> anyhow::Result<ExitCode> {
         // wait for their idle keep-alive connections.
     }
     .await;
-    if let Some(s) = sandbox {
-        s.stop().await;
-    }
+    stop_sandbox(sandbox).await;
     let (plan, _) = result?;
     match args.output {
         OutputFormat::Text => print!("{}", status::plan_text(&plan)),
@@ -491,14 +512,11 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
             "the long-running controller is not available in this release; use `reconcile --once`"
         );
     }
-    let desired = match load(&args.files) {
-        Ok(d) => d,
+    let (desired, sandbox) = match prepare(&args.files, &mut args.connection, &args.sandbox).await?
+    {
+        Ok(ready) => ready,
         Err(code) => return Ok(code),
     };
-    let sandbox = args.sandbox.start().await?;
-    if let Some(s) = &sandbox {
-        args.connection.use_sandbox(s);
-    }
     let stats = RequestStats::default();
     let result = async {
         let mut ctx = context(&args.connection, stats.clone())?;
@@ -507,9 +525,7 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(apply::reconcile(&desired, &ctx).await?)
     }
     .await;
-    if let Some(s) = sandbox {
-        s.stop().await;
-    }
+    stop_sandbox(sandbox).await;
     let report = result?;
     match args.output {
         OutputFormat::Text => print!("{}", status::run_text(&report)),
@@ -531,22 +547,17 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn status_command(mut args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let desired = match load(&args.files) {
-        Ok(d) => d,
+    let (desired, sandbox) = match prepare(&args.files, &mut args.connection, &args.sandbox).await?
+    {
+        Ok(ready) => ready,
         Err(code) => return Ok(code),
     };
-    let sandbox = args.sandbox.start().await?;
-    if let Some(s) = &sandbox {
-        args.connection.use_sandbox(s);
-    }
     let result = async {
         let ctx = context(&args.connection, RequestStats::default())?;
         anyhow::Ok(apply::plan(&desired, &ctx).await?)
     }
     .await;
-    if let Some(s) = sandbox {
-        s.stop().await;
-    }
+    stop_sandbox(sandbox).await;
     let (plan, snapshot) = result?;
     let report = status::app_statuses(&desired, &plan, &snapshot);
     match args.output {
