@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::{
     bindles::{BindleClient, BindleError, PushReport},
     diff::{self, Change, ChannelHealth, ChannelTarget, Op, Plan, Stage},
+    gate::{WriteGate, WriteRefused},
     hippo::{
         types::{CreateChannel, DesiredStatus, EnvVar, UpdateChannel},
         HippoClient, HippoError,
@@ -42,6 +43,8 @@ pub struct Context {
     /// Apps worked on in parallel within a stage.
     pub concurrency: usize,
     pub options: ReconcileOptions,
+    /// Checked before every write: only a leader that is not shutting down writes.
+    pub gate: WriteGate,
 }
 
 impl Context {
@@ -52,6 +55,7 @@ impl Context {
             nomad: None,
             concurrency: 4,
             options: ReconcileOptions::default(),
+            gate: WriteGate::open(),
         }
     }
 }
@@ -90,6 +94,9 @@ pub enum ApplyError {
     /// Hippo accepted a change but the next observation shows it not done.
     #[error("{0}")]
     NotApplied(String),
+    /// The write gate is closed: not the leader, or shutting down. Nothing was sent.
+    #[error("not written: {0}")]
+    NotWritten(#[from] WriteRefused),
     /// A problem found while planning (see [`diff::Problem`]).
     #[error("{message}")]
     Planned {
@@ -109,6 +116,7 @@ impl ApplyError {
             ApplyError::NotReady { .. } => true,
             ApplyError::Unresolved(_) => true,
             ApplyError::NotApplied(_) => true,
+            ApplyError::NotWritten(_) => true,
             ApplyError::Planned { transient, .. } => *transient,
         }
     }
@@ -134,6 +142,8 @@ impl ApplyError {
             ApplyError::NotReady { .. } => "Progressing",
             ApplyError::Unresolved(_) => "Unresolved",
             ApplyError::NotApplied(_) => "NotApplied",
+            ApplyError::NotWritten(WriteRefused::ShuttingDown) => "ShuttingDown",
+            ApplyError::NotWritten(_) => "NotLeader",
             ApplyError::Planned { reason, .. } => reason,
         }
     }
@@ -350,6 +360,10 @@ async fn handle_orphans(ctx: &Context, snapshot: &Snapshot) -> Vec<(String, Resu
         if !ctx.options.prune_orphans {
             tracing::warn!(job = %id, "orphaned Nomad job: no Hippo channel has this id (delete it with --prune-orphans)");
             out.push((id, Ok(false)));
+            continue;
+        }
+        if let Err(refused) = ctx.gate.check() {
+            out.push((id, Err(format!("not deleted: {refused}"))));
             continue;
         }
         let result = nomad.client.delete_job(&id, true).await;
@@ -575,6 +589,7 @@ async fn apply_change(
     registered: &Mutex<BTreeSet<(String, String)>>,
 ) -> Result<String, ApplyError> {
     let hippo = &ctx.hippo;
+    ctx.gate.check()?;
     match &change.op {
         Op::PushBindle { id, .. } => {
             let local = locals.get(id).ok_or_else(|| {

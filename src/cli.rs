@@ -69,7 +69,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Push bindles, create apps and channels, register revisions until Hippo matches the files.
     #[command(
-        after_help = "Example:\n  hippo-gitops reconcile --once -f deploy-specs/\n\nPrints one line per app. Exit codes: 0 every app converged, 1 otherwise.\nOne app's failure does not stop the others."
+        after_help = "Examples:\n  hippo-gitops reconcile --once -f deploy-specs/\n  hippo-gitops reconcile -f deploy-specs/ --listen 0.0.0.0:9090\n  hippo-gitops reconcile --git-url https://github.com/org/deploy.git --git-path deploy-specs/ \\\n    --webhook-secret \"$SECRET\"\n\nWith --once: prints one line per app; exit codes 0 every app converged, 1 otherwise.\nWithout: runs until SIGTERM/SIGINT, reconciling on file changes, new commits, webhooks and\nevery --interval; with Nomad configured, replicas elect one writer. One app's failure does\nnot stop the others."
     )]
     Reconcile(ReconcileArgs),
     /// Show each app's and channel's state on Hippo and Nomad, with a condition.
@@ -214,13 +214,17 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
-    #[command(flatten)]
-    pub files: FileArgs,
+    /// Deploy file or directory (every *.yaml/*.yml below it); repeatable. Not with --git-url.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    /// Repository root: every `path:` must stay inside it (no `..` or symlink escapes).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     #[command(flatten)]
     pub connection: ConnectionArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-    /// Apply once and exit (the long-running controller mode is not available yet).
+    /// Apply once and exit. Without it, run as a controller until stopped.
     #[arg(long)]
     pub once: bool,
     /// Wait until Nomad runs what Hippo scheduled (the default when Nomad is configured).
@@ -235,9 +239,59 @@ pub struct ReconcileArgs {
     /// Delete Nomad jobs named like a Hippo channel GUID that no channel has.
     #[arg(long)]
     pub prune_orphans: bool,
-    /// Output format on stdout.
+    /// Output format on stdout (`--once`).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// Settings of the long-running controller (`reconcile` without `--once`).
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Reconcile everything at least this often (±10% jitter).
+    #[arg(long, env = "HIPPO_GITOPS_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Don't watch the deploy files; reload them on every interval instead.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Follow a Git repository instead of local files (credentials as for `git clone`).
+    #[arg(long, env = "HIPPO_GITOPS_GIT_URL", value_name = "URL", conflicts_with = "files")]
+    pub git_url: Option<String>,
+    /// Branch to follow.
+    #[arg(long, env = "HIPPO_GITOPS_GIT_BRANCH", default_value = "main", value_name = "BRANCH")]
+    pub git_branch: String,
+    /// Deploy files inside the repository (file or directory).
+    #[arg(long, env = "HIPPO_GITOPS_GIT_PATH", default_value = ".", value_name = "PATH")]
+    pub git_path: PathBuf,
+    /// How often to fetch the branch (webhooks fetch at once).
+    #[arg(long, env = "HIPPO_GITOPS_GIT_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub git_interval: Duration,
+    /// HTTP address for /healthz, /readyz, /metrics, /status and /hooks/{github,gitlab,generic}.
+    #[arg(long, env = "HIPPO_GITOPS_LISTEN", default_value = "127.0.0.1:9090", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// Secret for webhooks (HMAC for GitHub and generic, token for GitLab). Without it the
+    /// webhook receivers refuse every request.
+    #[arg(long, env = "HIPPO_GITOPS_WEBHOOK_SECRET", hide_env_values = true, value_name = "SECRET")]
+    pub webhook_secret: Option<String>,
+    /// Nomad variable path of the leader lock (replicas sharing it elect one writer).
+    #[arg(long, env = "HIPPO_GITOPS_LEADER_LOCK", default_value = "hippo-gitops/leader", value_name = "PATH")]
+    pub leader_lock: String,
+    /// TTL of the leader lock (Nomad accepts 10s to 24h); it is renewed at 0.7 × TTL.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub leader_ttl: Duration,
+    /// Run without leader election even with Nomad configured (only one replica!).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// On SIGTERM, how long in-flight writes may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: Duration,
+    /// First wait after a failure; doubles per failure in a row.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub backoff_min: Duration,
+    /// Longest wait between retries of a failing app.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub backoff_max: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -508,11 +562,19 @@ async fn plan(mut args: PlanArgs) -> anyhow::Result<ExitCode> {
 
 async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     if !args.once {
-        anyhow::bail!(
-            "the long-running controller is not available in this release; use `reconcile --once`"
-        );
+        return daemon(args).await;
     }
-    let (desired, sandbox) = match prepare(&args.files, &mut args.connection, &args.sandbox).await?
+    if args.daemon.git_url.is_some() {
+        anyhow::bail!("--git-url is for the controller; with --once, check the repository out and pass -f");
+    }
+    if args.files.is_empty() {
+        anyhow::bail!("reconcile --once needs -f PATH (deploy files or a directory)");
+    }
+    let files = FileArgs {
+        files: args.files.clone(),
+        root: args.root.clone(),
+    };
+    let (desired, sandbox) = match prepare(&files, &mut args.connection, &args.sandbox).await?
     {
         Ok(ready) => ready,
         Err(code) => return Ok(code),
@@ -544,6 +606,80 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `reconcile` without `--once`: the controller, until SIGTERM/SIGINT.
+async fn daemon(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    use crate::controller::{
+        leader::LeaderConfig,
+        schedule::BackoffPolicy,
+        source::{GitConfig, SourceConfig},
+        ControllerConfig, Daemon,
+    };
+    let d = &args.daemon;
+    let state_dir = args
+        .connection
+        .state_dir
+        .clone()
+        .unwrap_or_else(config::default_state_dir);
+    let source = match (&d.git_url, args.files.is_empty()) {
+        (Some(url), _) => SourceConfig::Git(GitConfig {
+            url: url.clone(),
+            branch: d.git_branch.clone(),
+            path: d.git_path.clone(),
+            interval: d.git_interval,
+            dir: state_dir.join("git"),
+            timeout: Duration::from_secs(120),
+        }),
+        (None, false) => SourceConfig::Files {
+            paths: args.files.clone(),
+            root: args.root.clone(),
+        },
+        (None, true) => anyhow::bail!("reconcile needs -f PATH or --git-url URL"),
+    };
+    let mut config = ControllerConfig::new(source);
+    config.interval = d.interval.max(Duration::from_millis(100));
+    config.watch = !d.no_watch;
+    config.listen = Some(d.listen);
+    config.webhook_secret = d.webhook_secret.clone().filter(|s| !s.is_empty()).map(Secret::new);
+    config.shutdown_grace = d.shutdown_grace;
+    config.backoff = BackoffPolicy {
+        min: d.backoff_min,
+        max: d.backoff_max.max(d.backoff_min),
+    };
+    config.leader = (!d.no_leader_election).then(|| {
+        let mut lc = LeaderConfig::new(d.leader_lock.clone());
+        lc.ttl = d.leader_ttl;
+        lc
+    });
+    if config.webhook_secret.is_none() {
+        tracing::info!("no --webhook-secret: the webhook receivers refuse every request");
+    }
+
+    let sandbox = args.sandbox.start().await?;
+    if let Some(s) = &sandbox {
+        args.connection.use_sandbox(s);
+    }
+    let stats = RequestStats::default();
+    let result = async {
+        let mut ctx = context(&args.connection, stats.clone())?;
+        ctx.options.prune_orphans = args.prune_orphans;
+        let daemon = Daemon::start(config, ctx, stats.clone()).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new writes; in-flight ones finish, then the leader lock is released (a second signal exits at once)");
+        tokio::spawn(async {
+            shutdown_signal().await;
+            eprintln!("second signal: exiting at once");
+            std::process::exit(130);
+        });
+        daemon.shutdown().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    stop_sandbox(sandbox).await;
+    result?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status_command(mut args: StatusArgs) -> anyhow::Result<ExitCode> {

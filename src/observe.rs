@@ -271,13 +271,13 @@ pub async fn observe_bindles(
     concurrency: usize,
     snapshot: &mut Snapshot,
 ) {
-    let names: BTreeSet<&str> = apps.iter().map(|a| a.storage_id.as_str()).collect();
+    // Owned names: a closure over `&str` makes the future `Send` only for one lifetime
+    // (rust-lang/rust#102211), and the daemon spawns it.
+    let names: BTreeSet<String> = apps.iter().map(|a| a.storage_id.clone()).collect();
     let versions: Vec<(String, Result<_, PartialFailure>)> = stream::iter(names)
         .map(|name| async move {
-            (
-                name.to_string(),
-                bindle.versions(name).await.map_err(|e| (&e).into()),
-            )
+            let result = bindle.versions(&name).await.map_err(|e| (&e).into());
+            (name, result)
         })
         .buffer_unordered(concurrency.max(1))
         .collect()

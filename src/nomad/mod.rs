@@ -352,6 +352,11 @@ impl NomadClient {
         })
     }
 
+    /// The namespace requests are made in (`default` unless configured).
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+
     /// `GET /v1/jobs`
     pub async fn list_jobs(
         &self,

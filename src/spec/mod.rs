@@ -306,6 +306,61 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<DesiredState, Di
     }
 }
 
+/// What the daemon loads: the apps of every valid file, and the problems of the others, so
+/// that one bad file never stops the rest.
+#[derive(Debug, Default)]
+pub struct PartialLoad {
+    pub state: DesiredState,
+    /// Files left out, with every problem found in them.
+    pub rejected: BTreeMap<PathBuf, Vec<Diagnostic>>,
+}
+
+/// As [`load`], leaving out the files with problems instead of failing. Problems that involve
+/// two files (the same app in both) leave out the file they are reported in.
+pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
+    let mut rejected: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
+    let mut files = Vec::new();
+    for path in paths {
+        match collect_files(std::slice::from_ref(path)) {
+            Ok(found) => files.extend(found),
+            Err(d) => {
+                for p in d.0 {
+                    rejected.entry(p.file.clone()).or_default().push(p);
+                }
+            }
+        }
+    }
+    loop {
+        let mut problems = Vec::new();
+        let mut docs = Vec::new();
+        let remaining: Vec<&PathBuf> = files.iter().filter(|f| !rejected.contains_key(*f)).collect();
+        for file in &remaining {
+            match std::fs::read_to_string(file) {
+                Ok(text) => parse_documents(file, &text, &mut docs, &mut problems),
+                Err(e) => problems.push(file_problem(file, &format!("cannot read: {e}"))),
+            }
+        }
+        let state = validate::validate(docs, options, &mut problems);
+        if problems.is_empty() {
+            return PartialLoad { state, rejected };
+        }
+        let before = rejected.len();
+        for p in problems {
+            rejected.entry(p.file.clone()).or_default().push(p);
+        }
+        if rejected.len() == before {
+            // Problems attributed to no remaining file: leave nothing in rather than loop.
+            for f in remaining {
+                rejected.entry(f.clone()).or_default();
+            }
+            return PartialLoad {
+                state: DesiredState::default(),
+                rejected,
+            };
+        }
+    }
+}
+
 /// Parses every YAML document of one file; syntax, type and unknown-field errors go to
 /// `problems`.
 pub(crate) fn parse_documents(

@@ -1,0 +1,892 @@
+//! The long-running controller (`reconcile` without `--once`): keeps Hippo, Bindle and Nomad
+//! converged to the deploy files, from files on disk or a Git branch.
+//!
+//! # Shape
+//! One loop owns the desired state and the per-app [`schedule`]. It wakes on a trigger (an
+//! interval tick with jitter, a file change, a Git fetch or webhook, a change of leadership)
+//! or when an app's backoff ends, and runs a *cycle*: the apps due are reconciled together
+//! through [`apply::reconcile`] (one observation of Hippo serves them all: Hippo can't filter
+//! by app, so observing per app would cost O(apps²) requests), and each app's result moves it
+//! in the schedule on its own: converged resets its backoff, a transient failure backs it off
+//! exponentially, a terminal one stalls it until its desired state changes. Other apps keep
+//! their own pace.
+//!
+//! Writes go through the context's [`WriteGate`]: with Nomad configured it opens only while
+//! this replica holds the leader lock ([`leader`]); followers observe and serve status. The
+//! HTTP server ([`http`]) reads the shared [`StatusView`] and metrics.
+
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod schedule;
+pub mod source;
+pub mod webhook;
+
+use std::{
+    collections::BTreeMap,
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tracing::Instrument;
+
+use crate::{
+    apply::{self, ApplyError, Context},
+    diff,
+    gate::WriteGate,
+    secret::Secret,
+    spec::{AppSpec, DesiredState, RevisionSource},
+    stats::RequestStats,
+    status::{self, AppStatus, Condition, ConditionType},
+};
+
+use self::{
+    leader::{Elector, LeaderConfig},
+    metrics::Metrics,
+    schedule::{BackoffPolicy, Outcome, Schedule},
+    source::{GitRepo, Loaded, SourceConfig},
+};
+
+/// What woke the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Interval,
+    FileChanged,
+    GitPoll,
+    Webhook(webhook::Provider),
+    BecameLeader,
+    LostLeadership,
+    /// An app's backoff or progress check is due (internal).
+    AppDue,
+}
+
+impl Trigger {
+    fn label(self) -> &'static str {
+        match self {
+            Trigger::Interval => "interval",
+            Trigger::FileChanged => "file",
+            Trigger::GitPoll => "git",
+            Trigger::Webhook(_) => "webhook",
+            Trigger::BecameLeader => "leader",
+            Trigger::LostLeadership => "leader",
+            Trigger::AppDue => "backoff",
+        }
+    }
+}
+
+/// The controller's settings.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub source: SourceConfig,
+    /// Full reconcile at least this often (±10% jitter, so replicas and controllers spread out).
+    pub interval: Duration,
+    pub backoff: BackoffPolicy,
+    /// How soon to look again at an app still rolling out on Nomad.
+    pub progress_interval: Duration,
+    /// HTTP address; `None`: no HTTP server.
+    pub listen: Option<SocketAddr>,
+    pub webhook_secret: Option<Secret>,
+    /// Leader election; used only when Nomad is configured.
+    pub leader: Option<LeaderConfig>,
+    /// How long in-flight writes may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Watch deploy files for changes (Files source).
+    pub watch: bool,
+}
+
+impl ControllerConfig {
+    pub fn new(source: SourceConfig) -> Self {
+        ControllerConfig {
+            source,
+            interval: Duration::from_secs(60),
+            backoff: BackoffPolicy::default(),
+            progress_interval: Duration::from_secs(5),
+            listen: None,
+            webhook_secret: None,
+            leader: Some(LeaderConfig::new("hippo-gitops/leader")),
+            shutdown_grace: Duration::from_secs(30),
+            watch: true,
+        }
+    }
+}
+
+/// Whether this replica writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// Holds the leader lock.
+    Leader,
+    /// Another replica holds the lock (or none could be taken yet).
+    #[default]
+    Follower,
+    /// No Nomad, no election: the only instance.
+    Single,
+}
+
+/// Where the desired state comes from, and what was applied.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// `files` or `git`.
+    pub kind: &'static str,
+    /// The Git URL without credentials, or the paths.
+    pub location: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The commit checked out now.
+    pub commit: Option<String>,
+    /// The last commit every app converged at.
+    pub last_applied_commit: Option<String>,
+    pub last_applied_at: Option<DateTime<Utc>>,
+    /// The last failure to fetch or load, if the latest attempt failed.
+    pub error: Option<String>,
+}
+
+/// A deploy file left out.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedFile {
+    pub file: PathBuf,
+    /// `file:line:column: field: message`, as `validate` prints them.
+    pub problems: Vec<String>,
+}
+
+/// The last cycle.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CycleSummary {
+    pub id: String,
+    pub trigger: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub apps: usize,
+    /// `false` for a follower's cycle: observed only.
+    pub wrote: bool,
+}
+
+/// One app: the same fields as `hippo-gitops status`, plus the controller's schedule.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonAppStatus {
+    #[serde(flatten)]
+    pub status: AppStatus,
+    /// Failures in a row (the backoff exponent).
+    pub failures: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The cycle that last reconciled the app.
+    pub reconcile_id: Option<String>,
+    /// Changes made to it in that cycle.
+    pub applied: Vec<String>,
+}
+
+/// What `/status` serves.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    pub role: Role,
+    /// The first observation is done.
+    pub ready: bool,
+    pub source: SourceStatus,
+    pub last_reconcile: Option<CycleSummary>,
+    pub rejected_files: Vec<RejectedFile>,
+    pub apps: Vec<DaemonAppStatus>,
+}
+
+/// State shared between the loop, the elector and the HTTP server.
+pub struct Shared {
+    pub view: RwLock<StatusView>,
+    pub metrics: Mutex<Metrics>,
+    pub stats: RequestStats,
+    pub gate: WriteGate,
+    pub triggers: mpsc::Sender<Trigger>,
+    pub webhook_secret: Option<Secret>,
+    /// The Git branch webhooks must name (Git source).
+    pub branch: Option<String>,
+    queue_depth: std::sync::atomic::AtomicUsize,
+    election: bool,
+}
+
+impl Shared {
+    /// The status with the role as of now.
+    pub fn view(&self) -> StatusView {
+        let mut view = self.view.read().expect("view lock").clone();
+        view.role = self.role();
+        view
+    }
+
+    pub fn role(&self) -> Role {
+        if !self.election {
+            Role::Single
+        } else if self.gate.is_leader() {
+            Role::Leader
+        } else {
+            Role::Follower
+        }
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let view = self.view();
+        let depth = self
+            .queue_depth
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .lock()
+            .expect("metrics lock")
+            .render(&view, &self.stats, depth)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("watching the deploy files: {0}")]
+    Watch(#[from] notify::Error),
+    #[error("the controller loop failed: {0}")]
+    Join(String),
+}
+
+/// A running controller.
+pub struct Daemon {
+    /// Where the HTTP server listens (port 0 resolved).
+    pub http_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Starts the HTTP server, the election and the loop. `ctx.gate` is replaced by the
+    /// controller's own gate.
+    pub async fn start(
+        config: ControllerConfig,
+        mut ctx: Context,
+        stats: RequestStats,
+    ) -> Result<Daemon, ControllerError> {
+        let election = ctx.nomad.is_some() && config.leader.is_some();
+        let gate = if election {
+            WriteGate::leased()
+        } else {
+            WriteGate::single()
+        };
+        ctx.gate = gate.clone();
+        // Daemon cycles look at Nomad but don't wait for it: progress is checked again later.
+        ctx.options.wait = None;
+        let (trigger_tx, trigger_rx) = mpsc::channel(64);
+        let branch = match &config.source {
+            SourceConfig::Git(g) => Some(g.branch.clone()),
+            SourceConfig::Files { .. } => None,
+        };
+        let shared = Arc::new(Shared {
+            view: RwLock::new(StatusView::default()),
+            metrics: Mutex::default(),
+            stats,
+            gate: gate.clone(),
+            triggers: trigger_tx.clone(),
+            webhook_secret: config.webhook_secret.clone(),
+            branch,
+            queue_depth: Default::default(),
+            election,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let http = match config.listen {
+            Some(addr) => {
+                let (bound, server) = http::serve(addr, shared.clone(), stop_rx.clone())?;
+                tracing::info!(addr = %bound, "HTTP server listening on http://{bound} (/healthz /readyz /metrics /status /hooks/*)");
+                Some((bound, server))
+            }
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|(a, _)| *a);
+
+        let watcher = match (&config.source, config.watch) {
+            (SourceConfig::Files { paths, .. }, true) => {
+                Some(source::watch(paths, trigger_tx.clone())?)
+            }
+            _ => None,
+        };
+
+        let (release_tx, release_rx) = watch::channel(false);
+        let elector = match (&ctx.nomad, &config.leader) {
+            (Some(nomad), Some(lc)) if election => {
+                let e = Arc::new(Elector::new(nomad.clone(), lc.clone(), gate.clone()));
+                tracing::info!(lock = %lc.path, ttl = ?lc.ttl, "leader election through a Nomad variable lock");
+                Some(tokio::spawn(e.run(release_rx, trigger_tx.clone())))
+            }
+            _ => {
+                tracing::info!("running as a single instance: no Nomad configured for leader election, so run only one replica");
+                None
+            }
+        };
+
+        let looper = Loop {
+            config,
+            ctx,
+            shared: shared.clone(),
+            schedule: Schedule::default(),
+            loaded: Loaded::default(),
+            specs: BTreeMap::new(),
+            git: None,
+            previous_origin: BTreeMap::new(),
+        };
+        let task = tokio::spawn(async move {
+            let _watcher = watcher;
+            looper.run(trigger_rx, stop_rx).await;
+            // In-flight writes are done (or cut off after the grace): hand over the lock.
+            let _ = release_tx.send(true);
+            if let Some(e) = elector {
+                let _ = e.await;
+            }
+            if let Some((_, server)) = http {
+                let _ = server.await;
+            }
+        });
+        Ok(Daemon {
+            http_addr,
+            shared,
+            stop: stop_tx,
+            task,
+        })
+    }
+
+    /// Stops gracefully: no new writes, in-flight ones finish (within the grace), the lock is
+    /// released, the HTTP server closes.
+    pub async fn shutdown(self) -> Result<(), ControllerError> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| ControllerError::Join(e.to_string()))
+    }
+
+    /// Runs until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> Result<(), ControllerError> {
+        signal.await;
+        tracing::info!("shutting down: finishing in-flight writes, then releasing the leader lock");
+        self.shutdown().await
+    }
+}
+
+/// The reconcile loop's own state.
+struct Loop {
+    config: ControllerConfig,
+    ctx: Context,
+    shared: Arc<Shared>,
+    schedule: Schedule,
+    loaded: Loaded,
+    specs: BTreeMap<String, AppSpec>,
+    git: Option<GitRepo>,
+    /// Which file each app came from at the last load, to stall an app whose file went bad.
+    previous_origin: BTreeMap<String, PathBuf>,
+}
+
+impl Loop {
+    async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, mut stop: watch::Receiver<bool>) {
+        self.schedule = Schedule::new(self.config.backoff, self.config.progress_interval);
+        let git_interval = self.init_source();
+        let poll_files = matches!(self.config.source, SourceConfig::Files { .. }) && !self.config.watch;
+        let far = Duration::from_secs(365 * 86400);
+        let mut next_interval = Instant::now();
+        let mut next_git = Instant::now() + git_interval.unwrap_or(far);
+        let mut reload = true;
+        let mut trigger = Trigger::Interval;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if reload {
+                self.reload().await;
+            }
+            if trigger != Trigger::AppDue {
+                self.schedule.mark_all_due(Instant::now().into_std());
+            }
+            let gate = self.shared.gate.clone();
+            let grace = self.config.shutdown_grace;
+            let stopped = {
+                let cycle = self.cycle(trigger);
+                tokio::pin!(cycle);
+                tokio::select! {
+                    _ = &mut cycle => false,
+                    _ = stop.changed() => {
+                        // No new writes; the ones in flight may finish within the grace.
+                        gate.stop();
+                        if tokio::time::timeout(grace, &mut cycle).await.is_err() {
+                            tracing::warn!(grace = ?grace, "in-flight writes did not finish within the grace period: stopping anyway (the next run converges from where this one stopped)");
+                        }
+                        true
+                    }
+                }
+            };
+            if stopped {
+                break;
+            }
+            self.shared.queue_depth.store(
+                self.schedule.queue_depth(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+
+            // Sleep until the next reason to work.
+            let now = Instant::now();
+            if trigger == Trigger::Interval || next_interval <= now {
+                next_interval = now + jittered(self.config.interval);
+            }
+            let app_due = self
+                .schedule
+                .next_wakeup()
+                .map(Instant::from_std)
+                .unwrap_or(next_interval);
+            let wake = next_interval.min(app_due);
+            trigger = tokio::select! {
+                _ = stop.changed() => break,
+                t = triggers.recv() => match t {
+                    Some(t) => t,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= next_interval { Trigger::Interval } else { Trigger::AppDue }
+                }
+                _ = tokio::time::sleep_until(next_git), if git_interval.is_some() => Trigger::GitPoll,
+            };
+            if trigger == Trigger::GitPoll {
+                next_git = Instant::now() + git_interval.unwrap_or(far);
+            }
+            if trigger == Trigger::FileChanged {
+                // Editors write a file in several steps: take the burst as one change.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            reload = reloads(trigger) || (poll_files && trigger == Trigger::Interval);
+            while let Ok(t) = triggers.try_recv() {
+                reload |= reloads(t);
+                if trigger == Trigger::AppDue {
+                    trigger = t;
+                }
+            }
+        }
+        self.shared.gate.stop();
+    }
+
+    /// Sets up the source's part of the status; answers the Git poll interval.
+    fn init_source(&mut self) -> Option<Duration> {
+        let mut view = self.shared.view.write().expect("view lock");
+        match &self.config.source {
+            SourceConfig::Git(g) => {
+                let repo = GitRepo::new(g.clone());
+                view.source = SourceStatus {
+                    kind: "git",
+                    location: source::redact_url(&g.url),
+                    branch: Some(g.branch.clone()),
+                    last_applied_commit: repo.recorded_applied(),
+                    ..Default::default()
+                };
+                self.git = Some(repo);
+                Some(g.interval)
+            }
+            SourceConfig::Files { paths, .. } => {
+                view.source = SourceStatus {
+                    kind: "files",
+                    location: paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    ..Default::default()
+                };
+                None
+            }
+        }
+    }
+
+    /// Fetches (Git) and loads the deploy files. On failure the previous desired state stays.
+    async fn reload(&mut self) {
+        let files = match &self.config.source {
+            SourceConfig::Files { paths, root } => Some((paths.clone(), root.clone())),
+            SourceConfig::Git(_) => None,
+        };
+        let result = match (self.git.as_mut(), files) {
+            (Some(repo), _) => match repo.sync().await {
+                Ok(_) => repo.load().await,
+                Err(e) => Err(e),
+            },
+            (None, Some((paths, root))) => source::load_files(paths, root).await,
+            (None, None) => return,
+        };
+        let loaded = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not update the deploy files; keeping the last ones loaded");
+                self.shared.view.write().expect("view lock").source.error = Some(e.to_string());
+                return;
+            }
+        };
+        if loaded.commit.is_some() && loaded.commit != self.loaded.commit {
+            tracing::info!(commit = loaded.commit.as_deref().unwrap_or_default(), "new commit checked out");
+        }
+        for problems in loaded.rejected.values() {
+            for p in problems {
+                tracing::error!("{p} (this file is left out until it is fixed; the others go on)");
+            }
+        }
+        let fingerprints: Vec<(String, u64)> = loaded
+            .desired
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), fingerprint(a)))
+            .collect();
+        let changed = self.schedule.update_desired(&fingerprints);
+        if !changed.is_empty() {
+            tracing::info!(apps = %changed.join(", "), "desired state changed");
+        }
+        self.specs = loaded
+            .desired
+            .apps
+            .iter()
+            .map(|a| (a.name.clone(), a.clone()))
+            .collect();
+        // Apps whose file went bad keep their last origin, to be shown as stalled.
+        self.previous_origin
+            .retain(|app, file| loaded.rejected.contains_key(file) && !self.specs.contains_key(app));
+        for a in &loaded.desired.apps {
+            self.previous_origin.insert(a.name.clone(), a.origin.file.clone());
+        }
+        {
+            let mut view = self.shared.view.write().expect("view lock");
+            view.source.error = None;
+            view.source.commit = loaded.commit.clone();
+            view.rejected_files = loaded
+                .rejected
+                .iter()
+                .map(|(file, problems)| RejectedFile {
+                    file: file.clone(),
+                    problems: problems.iter().map(|p| p.to_string()).collect(),
+                })
+                .collect();
+        }
+        self.loaded = loaded;
+    }
+
+    /// Reconciles (leader) or observes (follower) the apps due, and updates the status.
+    async fn cycle(&mut self, trigger: Trigger) {
+        let now = Instant::now().into_std();
+        let due = self.schedule.take_due(now);
+        let ready = self.shared.view.read().expect("view lock").ready;
+        if due.is_empty() && ready {
+            self.publish(Vec::new(), None);
+            return;
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let span = tracing::info_span!("reconcile", id = %id, trigger = trigger.label());
+        let desired = DesiredState {
+            apps: due.iter().filter_map(|n| self.specs.get(n).cloned()).collect(),
+        };
+        let started = std::time::Instant::now();
+        let started_at = Utc::now();
+        let leader = self.ctx.gate.check().is_ok();
+        let mut entries = Vec::new();
+        let mut observed = false;
+        let mut wrote = false;
+        async {
+            if leader {
+                tracing::debug!(apps = desired.apps.len(), "reconciling");
+                match send(apply::reconcile(&desired, &self.ctx)).await {
+                    Ok(report) => {
+                        observed = true;
+                        wrote = true;
+                        let plan = diff::diff(&desired.apps, &report.snapshot);
+                        let statuses = status::app_statuses(&desired, &plan, &report.snapshot);
+                        for (result, mut st) in report.apps.into_iter().zip(statuses) {
+                            let outcome = outcome_of(&result);
+                            let retry_in = self.schedule.record(&result.app, outcome, std::time::Instant::now());
+                            self.count(outcome);
+                            log_result(&result, outcome, retry_in);
+                            if result.error.is_some() {
+                                st.condition = status::condition(&result);
+                            }
+                            entries.push(self.entry(st, &id, result.applied));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "observing Hippo failed; the apps due are retried with backoff");
+                        let outcome = if e.is_transient() { Outcome::Retry } else { Outcome::Terminal };
+                        for spec in &desired.apps {
+                            self.schedule.record(&spec.name, Outcome::Retry, std::time::Instant::now());
+                            self.count(outcome);
+                            entries.push(self.entry(
+                                AppStatus {
+                                    app: spec.name.clone(),
+                                    condition: Condition {
+                                        kind: ConditionType::Reconciling,
+                                        status: true,
+                                        reason: "ObserveFailed".into(),
+                                        message: e.to_string(),
+                                    },
+                                    channels: Vec::new(),
+                                },
+                                &id,
+                                Vec::new(),
+                            ));
+                        }
+                    }
+                }
+            } else {
+                match send(apply::plan(&desired, &self.ctx)).await {
+                    Ok((plan, snapshot)) => {
+                        observed = true;
+                        for st in status::app_statuses(&desired, &plan, &snapshot) {
+                            self.count(Outcome::Skipped);
+                            entries.push(self.entry(st, &id, Vec::new()));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "observing Hippo failed"),
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.shared
+            .metrics
+            .lock()
+            .expect("metrics lock")
+            .observe_cycle(seconds, trigger.label());
+        if observed {
+            self.shared.view.write().expect("view lock").ready = true;
+        }
+        self.publish(
+            entries,
+            Some(CycleSummary {
+                id,
+                trigger: trigger.label(),
+                started_at,
+                duration_seconds: seconds,
+                apps: desired.apps.len(),
+                wrote,
+            }),
+        );
+        if wrote {
+            self.record_commit();
+        }
+    }
+
+    fn count(&self, outcome: Outcome) {
+        let label = match outcome {
+            Outcome::Converged => "converged",
+            Outcome::Progressing => "progressing",
+            Outcome::Retry => "retrying",
+            Outcome::Terminal => "stalled",
+            Outcome::Skipped => "skipped",
+        };
+        self.shared.metrics.lock().expect("metrics lock").count_result(label);
+    }
+
+    fn entry(&self, status: AppStatus, id: &str, applied: Vec<String>) -> DaemonAppStatus {
+        let (failures, next, _) = self.schedule.state_of(&status.app).unwrap_or_default();
+        DaemonAppStatus {
+            next_attempt_at: next.map(|t| {
+                Utc::now()
+                    + chrono::Duration::from_std(t.saturating_duration_since(std::time::Instant::now()))
+                        .unwrap_or_default()
+            }),
+            failures,
+            reconcile_id: Some(id.to_string()),
+            applied,
+            status,
+        }
+    }
+
+    /// Merges this cycle's app entries into the shared view.
+    fn publish(&self, entries: Vec<DaemonAppStatus>, summary: Option<CycleSummary>) {
+        let mut view = self.shared.view.write().expect("view lock");
+        let mut apps: BTreeMap<String, DaemonAppStatus> = view
+            .apps
+            .drain(..)
+            .map(|a| (a.status.app.clone(), a))
+            .collect();
+        for e in entries {
+            apps.insert(e.status.app.clone(), e);
+        }
+        apps.retain(|name, _| self.specs.contains_key(name) || self.previous_origin.contains_key(name));
+        // Apps whose deploy file went bad: stalled until it is fixed.
+        for (app, file) in &self.previous_origin {
+            if self.specs.contains_key(app) {
+                continue;
+            }
+            let problems = self
+                .loaded
+                .rejected
+                .get(file)
+                .map(|p| p.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))
+                .unwrap_or_default();
+            let entry = apps.entry(app.clone()).or_insert_with(|| DaemonAppStatus {
+                status: AppStatus {
+                    app: app.clone(),
+                    condition: Condition {
+                        kind: ConditionType::Stalled,
+                        status: true,
+                        reason: String::new(),
+                        message: String::new(),
+                    },
+                    channels: Vec::new(),
+                },
+                failures: 0,
+                next_attempt_at: None,
+                reconcile_id: None,
+                applied: Vec::new(),
+            });
+            entry.status.condition = Condition {
+                kind: ConditionType::Stalled,
+                status: true,
+                reason: "InvalidDeployFile".into(),
+                message: format!("left out until its deploy file is fixed: {problems}"),
+            };
+        }
+        // Keep the schedule's view of each app current (backoff moves between cycles).
+        for a in apps.values_mut() {
+            if let Some((failures, next, _)) = self.schedule.state_of(&a.status.app) {
+                a.failures = failures;
+                a.next_attempt_at = next.map(|t| {
+                    Utc::now()
+                        + chrono::Duration::from_std(t.saturating_duration_since(std::time::Instant::now()))
+                            .unwrap_or_default()
+                });
+            }
+        }
+        view.apps = apps.into_values().collect();
+        if summary.is_some() {
+            view.last_reconcile = summary;
+        }
+    }
+
+    /// With a Git source: once every app of every file converged at the checked-out commit,
+    /// records it as applied.
+    fn record_commit(&self) {
+        let (Some(repo), Some(commit)) = (&self.git, &self.loaded.commit) else {
+            return;
+        };
+        let mut view = self.shared.view.write().expect("view lock");
+        let all_ready = self.loaded.rejected.is_empty()
+            && self.specs.keys().all(|name| {
+                view.apps
+                    .iter()
+                    .any(|a| &a.status.app == name && a.status.condition.kind == ConditionType::Ready)
+            });
+        if !all_ready || view.source.last_applied_commit.as_ref() == Some(commit) {
+            return;
+        }
+        view.source.last_applied_commit = Some(commit.clone());
+        view.source.last_applied_at = Some(Utc::now());
+        tracing::info!(commit = %commit, "applied commit: every app converged");
+        if let Err(e) = repo.record_applied(commit) {
+            tracing::warn!(error = %e, "could not record the applied commit on disk");
+        }
+    }
+}
+
+/// Boxes a future as `Send` at its concrete lifetimes: rustc can't prove the stream
+/// combinators inside apply `Send` for every lifetime (rust-lang/rust#102211), which
+/// `tokio::spawn` would otherwise ask of the whole loop.
+fn send<'a, T>(
+    f: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(f)
+}
+
+fn reloads(t: Trigger) -> bool {
+    matches!(t, Trigger::FileChanged | Trigger::GitPoll | Trigger::Webhook(_))
+}
+
+/// How an app's result moves it in the schedule.
+fn outcome_of(result: &apply::AppResult) -> Outcome {
+    match &result.error {
+        None if result
+            .health
+            .iter()
+            .any(|(_, h)| matches!(h, diff::ChannelHealth::Progressing { .. })) =>
+        {
+            Outcome::Progressing
+        }
+        None => Outcome::Converged,
+        Some(ApplyError::NotWritten(_)) => Outcome::Skipped,
+        // Nomad may recover by itself (a node comes back): keep looking, with backoff.
+        Some(ApplyError::AllocationFailed { .. }) => Outcome::Retry,
+        Some(e) if e.is_transient() => Outcome::Retry,
+        Some(_) => Outcome::Terminal,
+    }
+}
+
+fn log_result(result: &apply::AppResult, outcome: Outcome, retry_in: Option<Duration>) {
+    let app = result.app.as_str();
+    match (&result.error, outcome) {
+        (None, Outcome::Progressing) => {
+            tracing::info!(app, "converged in Hippo; rolling out on Nomad")
+        }
+        (None, _) if !result.applied.is_empty() => {
+            tracing::info!(app, changes = result.applied.len(), "converged")
+        }
+        (None, _) => tracing::debug!(app, "up to date"),
+        (Some(e), Outcome::Terminal) => tracing::error!(
+            app,
+            reason = e.reason(),
+            "stalled until its desired state changes: {e}"
+        ),
+        (Some(e), Outcome::Skipped) => tracing::info!(app, "{e}"),
+        (Some(e), _) => tracing::warn!(
+            app,
+            reason = e.reason(),
+            retry_in = ?retry_in.unwrap_or_default(),
+            "failed; retrying with backoff: {e}"
+        ),
+    }
+}
+
+/// A fingerprint of an app's desired state: when it changes, a stalled app is retried and a
+/// backoff starts over. Env values take part but are never shown.
+pub fn fingerprint(app: &AppSpec) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    app.name.hash(&mut h);
+    app.storage_id.hash(&mut h);
+    app.prune.hash(&mut h);
+    for r in &app.revisions {
+        r.version.hash(&mut h);
+        match &r.source {
+            RevisionSource::Existing => 0u8.hash(&mut h),
+            RevisionSource::Local(b) => {
+                1u8.hash(&mut h);
+                b.parcel_shas().hash(&mut h);
+            }
+        }
+    }
+    format!("{:?}", app.channels).hash(&mut h);
+    h.finish()
+}
+
+/// `d` ± 10%, so that replicas and many controllers don't wake in step.
+fn jittered(d: Duration) -> Duration {
+    let r = (uuid::Uuid::new_v4().as_u128() % 10_000) as f64 / 10_000.0;
+    d.mul_f64(0.9 + 0.2 * r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..200 {
+            let j = jittered(Duration::from_secs(60));
+            assert!(j >= Duration::from_secs(54) && j <= Duration::from_secs(66), "{j:?}");
+        }
+    }
+}
