@@ -71,7 +71,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  hippo-gitops reconcile --once -f deploy-specs/\n  hippo-gitops reconcile -f deploy-specs/ --listen 0.0.0.0:9090\n  hippo-gitops reconcile --git-url https://github.com/org/deploy.git --git-path deploy-specs/ \\\n    --webhook-secret \"$SECRET\"\n\nWith --once: prints one line per app; exit codes 0 every app converged, 1 otherwise.\nWithout: runs until SIGTERM/SIGINT, reconciling on file changes, new commits, webhooks and\nevery --interval; with Nomad configured, replicas elect one writer. One app's failure does\nnot stop the others."
     )]
-    Reconcile(ReconcileArgs),
+    Reconcile(Box<ReconcileArgs>),
     /// Show each app's and channel's state on Hippo and Nomad, with a condition.
     #[command(
         after_help = "Example:\n  hippo-gitops status -f deploy-specs/ --output json\n\nPer channel: the desired revision, Hippo's active revision, the Nomad job's version and\nstatus, healthy/total allocations, and a condition (Ready, Reconciling, Stalled).\nExit codes: 0 all Ready, 2 some not Ready, 1 error."
@@ -256,26 +256,56 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub no_watch: bool,
     /// Follow a Git repository instead of local files (credentials as for `git clone`).
-    #[arg(long, env = "HIPPO_GITOPS_GIT_URL", value_name = "URL", conflicts_with = "files")]
+    #[arg(
+        long,
+        env = "HIPPO_GITOPS_GIT_URL",
+        value_name = "URL",
+        conflicts_with = "files"
+    )]
     pub git_url: Option<String>,
     /// Branch to follow.
-    #[arg(long, env = "HIPPO_GITOPS_GIT_BRANCH", default_value = "main", value_name = "BRANCH")]
+    #[arg(
+        long,
+        env = "HIPPO_GITOPS_GIT_BRANCH",
+        default_value = "main",
+        value_name = "BRANCH"
+    )]
     pub git_branch: String,
     /// Deploy files inside the repository (file or directory).
-    #[arg(long, env = "HIPPO_GITOPS_GIT_PATH", default_value = ".", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "HIPPO_GITOPS_GIT_PATH",
+        default_value = ".",
+        value_name = "PATH"
+    )]
     pub git_path: PathBuf,
     /// How often to fetch the branch (webhooks fetch at once).
     #[arg(long, env = "HIPPO_GITOPS_GIT_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub git_interval: Duration,
     /// HTTP address for /healthz, /readyz, /metrics, /status and /hooks/{github,gitlab,generic}.
-    #[arg(long, env = "HIPPO_GITOPS_LISTEN", default_value = "127.0.0.1:9090", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "HIPPO_GITOPS_LISTEN",
+        default_value = "127.0.0.1:9090",
+        value_name = "ADDR"
+    )]
     pub listen: std::net::SocketAddr,
     /// Secret for webhooks (HMAC for GitHub and generic, token for GitLab). Without it the
     /// webhook receivers refuse every request.
-    #[arg(long, env = "HIPPO_GITOPS_WEBHOOK_SECRET", hide_env_values = true, value_name = "SECRET")]
+    #[arg(
+        long,
+        env = "HIPPO_GITOPS_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
     pub webhook_secret: Option<String>,
     /// Nomad variable path of the leader lock (replicas sharing it elect one writer).
-    #[arg(long, env = "HIPPO_GITOPS_LEADER_LOCK", default_value = "hippo-gitops/leader", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "HIPPO_GITOPS_LEADER_LOCK",
+        default_value = "hippo-gitops/leader",
+        value_name = "PATH"
+    )]
     pub leader_lock: String,
     /// TTL of the leader lock (Nomad accepts 10s to 24h); it is renewed at 0.7 × TTL.
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
@@ -392,7 +422,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => Ok(validate(&args.files)),
         Command::Plan(args) => plan(args).await,
-        Command::Reconcile(args) => reconcile(args).await,
+        Command::Reconcile(args) => reconcile(*args).await,
         Command::Status(args) => status_command(args).await,
         Command::Sandbox(args) => sandbox_command(args).await,
     }
@@ -565,7 +595,9 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         return daemon(args).await;
     }
     if args.daemon.git_url.is_some() {
-        anyhow::bail!("--git-url is for the controller; with --once, check the repository out and pass -f");
+        anyhow::bail!(
+            "--git-url is for the controller; with --once, check the repository out and pass -f"
+        );
     }
     if args.files.is_empty() {
         anyhow::bail!("reconcile --once needs -f PATH (deploy files or a directory)");
@@ -574,8 +606,7 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         files: args.files.clone(),
         root: args.root.clone(),
     };
-    let (desired, sandbox) = match prepare(&files, &mut args.connection, &args.sandbox).await?
-    {
+    let (desired, sandbox) = match prepare(&files, &mut args.connection, &args.sandbox).await? {
         Ok(ready) => ready,
         Err(code) => return Ok(code),
     };
@@ -641,7 +672,11 @@ async fn daemon(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     config.interval = d.interval.max(Duration::from_millis(100));
     config.watch = !d.no_watch;
     config.listen = Some(d.listen);
-    config.webhook_secret = d.webhook_secret.clone().filter(|s| !s.is_empty()).map(Secret::new);
+    config.webhook_secret = d
+        .webhook_secret
+        .clone()
+        .filter(|s| !s.is_empty())
+        .map(Secret::new);
     config.shutdown_grace = d.shutdown_grace;
     config.backoff = BackoffPolicy {
         min: d.backoff_min,

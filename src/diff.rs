@@ -362,9 +362,11 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
                 false,
                 format!("bindle {id} is yanked on the Bindle server; use a new version"),
             )),
+            // Transient: another pipeline may still be pushing it (the usual order is push,
+            // then commit the version), so the controller retries with backoff.
             (RevisionSource::Existing, None) => plan.problems.push(problem(
                 "BindleMissing",
-                false,
+                true,
                 format!("bindle {id} is not on the Bindle server (a `version:` revision is checked, never pushed; use `path:` to push it)"),
             )),
             (RevisionSource::Existing, Some(_)) => match missing() {
@@ -1204,6 +1206,7 @@ mod tests {
         spec.revisions.push(existing("2.0.0"));
         let plan = diff_app(&spec, &snapshot);
         assert_eq!(plan.problems[0].reason, "BindleMissing");
+        assert!(plan.problems[0].transient, "it may still be on its way");
         spec.revisions.pop();
         snapshot.missing.insert("weather/1.0.0".into(), Ok(2));
         assert_eq!(

@@ -106,9 +106,8 @@ impl WriteGate {
 
     /// Closes the gate for good; writes already started are not affected.
     pub fn stop(&self) {
-        match &self.inner {
-            Some(inner) => inner.lock().expect("gate lock").stopping = true,
-            None => {}
+        if let Some(inner) = &self.inner {
+            inner.lock().expect("gate lock").stopping = true;
         }
     }
 

@@ -4,103 +4,10 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use common::{copy_examples, fast_retry, load, Bed};
-use hippo_gitops::{
-    apply,
-    emulator::{
-        hippo::{HippoEmulator, HippoEmulatorConfig},
-        nomad::{HippoJobSettings, NomadEmulator, NomadEmulatorConfig},
-    },
-    nomad::{NomadClient, NomadConfig},
-    observe::NomadObserver,
-    status,
-};
-
-struct NomadBed {
-    bed: Bed,
-    nomad: NomadEmulator,
-}
-
-impl NomadBed {
-    async fn start() -> NomadBed {
-        let mut bed = Bed::start().await;
-        let nomad = NomadEmulator::start(NomadEmulatorConfig {
-            alloc_start_delay: Duration::from_millis(20),
-            healthy_delay: Duration::from_millis(20),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let scheduler = nomad.hippo_scheduler(HippoJobSettings {
-            bindle_url: bed.bindle.url(),
-            driver: "exec".into(),
-            datacenters: vec!["dc1".into()],
-        });
-        // Replace the bed's Hippo with one that schedules onto the Nomad emulator.
-        bed.hippo = HippoEmulator::start_with_scheduler(
-            HippoEmulatorConfig {
-                bindle_url: bed.bindle.url(),
-                ..Default::default()
-            },
-            scheduler,
-        )
-        .await
-        .unwrap();
-        NomadBed { bed, nomad }
-    }
-
-    fn context(
-        &self,
-        wait: Option<Duration>,
-    ) -> (apply::Context, hippo_gitops::stats::RequestStats) {
-        let (mut ctx, stats) = self.bed.context();
-        let mut nc = NomadConfig::new(self.nomad.url());
-        nc.retry = fast_retry();
-        ctx.nomad = Some(Arc::new(NomadObserver::new(
-            NomadClient::new(nc, stats.clone()).unwrap(),
-        )));
-        ctx.options.wait = wait;
-        (ctx, stats)
-    }
-
-    async fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let mut env = self.bed.env();
-        env.push(("NOMAD_ADDR", self.nomad.url()));
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let cwd = self.bed.path().to_path_buf();
-        tokio::task::spawn_blocking(move || common::run_binary(&args, &env, &cwd))
-            .await
-            .unwrap()
-    }
-
-    fn job_id(&self, app: &str, channel: &str) -> String {
-        let state = self.bed.hippo.snapshot();
-        let app = state.apps.iter().find(|a| a.name == app).unwrap();
-        state
-            .channels
-            .iter()
-            .find(|c| c.app_id == app.id && c.name == channel)
-            .unwrap()
-            .id
-            .to_string()
-    }
-
-    fn bindle_arg(&self, job_id: &str) -> Option<String> {
-        self.nomad
-            .jobs()
-            .into_iter()
-            .find(|j| j["ID"] == job_id)
-            .and_then(|j| {
-                let args = j["TaskGroups"][0]["Tasks"][0]["Config"]["args"]
-                    .as_array()?
-                    .clone();
-                let i = args.iter().position(|a| a == "--bindle")?;
-                args.get(i + 1)?.as_str().map(String::from)
-            })
-    }
-}
+use common::{copy_examples, load, Bed, NomadBed};
+use hippo_gitops::{apply, status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converge_waits_until_nomad_runs_every_channel() {

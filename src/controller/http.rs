@@ -104,11 +104,18 @@ fn hook(provider: Provider, shared: &Shared, headers: &HeaderMap, body: &[u8]) -
             _ => StatusCode::UNAUTHORIZED,
         };
         tracing::warn!(hook = provider.name(), error = %e, "webhook refused");
-        return (status, Json(json!({ "triggered": false, "error": e.to_string() })))
+        return (
+            status,
+            Json(json!({ "triggered": false, "error": e.to_string() })),
+        )
             .into_response();
     }
     if provider == Provider::GitHub && header("x-github-event") == Some("ping") {
-        return (StatusCode::OK, Json(json!({ "triggered": false, "pong": true }))).into_response();
+        return (
+            StatusCode::OK,
+            Json(json!({ "triggered": false, "pong": true })),
+        )
+            .into_response();
     }
     if let (Some(watched), Some(pushed)) = (&shared.branch, webhook::pushed_branch(body)) {
         if &pushed != watched {
@@ -124,6 +131,9 @@ fn hook(provider: Provider, shared: &Shared, headers: &HeaderMap, body: &[u8]) -
     }
     // A full queue means a trigger is already pending, which covers this one.
     let _ = shared.triggers.try_send(Trigger::Webhook(provider));
-    tracing::info!(hook = provider.name(), "webhook accepted: fetching and reconciling");
+    tracing::info!(
+        hook = provider.name(),
+        "webhook accepted: fetching and reconciling"
+    );
     (StatusCode::ACCEPTED, Json(json!({ "triggered": true }))).into_response()
 }

@@ -111,15 +111,12 @@ impl Elector {
         self.config.ttl / 3
     }
 
-    async fn put(
-        &self,
-        op: &str,
-        body: serde_json::Value,
-    ) -> Result<(u16, Vec<u8>), LockError> {
+    async fn put(&self, op: &str, body: serde_json::Value) -> Result<(u16, Vec<u8>), LockError> {
         let limit = self.request_timeout();
         tokio::time::timeout(
             limit,
-            self.nomad().put_json(&self.path(), &[(op, String::new())], &body),
+            self.nomad()
+                .put_json(&self.path(), &[(op, String::new())], &body),
         )
         .await
         .map_err(|_| LockError::Timeout(limit))?
@@ -160,7 +157,9 @@ impl Elector {
     /// `?lock-renew`: 409 (expired, not ours) and 404 (variable gone) mean the lock is lost.
     pub async fn renew(&self, id: &str) -> Result<(), LockError> {
         match self.put("lock-renew", self.id_body(id)).await {
-            Ok((409, body)) => Err(LockError::Lost(String::from_utf8_lossy(&body).trim().into())),
+            Ok((409, body)) => Err(LockError::Lost(
+                String::from_utf8_lossy(&body).trim().into(),
+            )),
             Ok(_) => Ok(()),
             Err(LockError::Nomad(NomadError::Status {
                 status: 404, body, ..
@@ -172,14 +171,20 @@ impl Elector {
     /// `?lock-release`.
     pub async fn release(&self, id: &str) -> Result<(), LockError> {
         match self.put("lock-release", self.id_body(id)).await? {
-            (409, body) => Err(LockError::Lost(String::from_utf8_lossy(&body).trim().into())),
+            (409, body) => Err(LockError::Lost(
+                String::from_utf8_lossy(&body).trim().into(),
+            )),
             _ => Ok(()),
         }
     }
 
     /// Acquires, renews and re-acquires until `release` turns true; then releases the lock if
     /// held. Sends [`Trigger::BecameLeader`] when it takes the lock.
-    pub async fn run(self: Arc<Self>, mut release: watch::Receiver<bool>, events: mpsc::Sender<Trigger>) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut release: watch::Receiver<bool>,
+        events: mpsc::Sender<Trigger>,
+    ) {
         let ttl = self.config.ttl;
         let mut said_follower = false;
         loop {
@@ -219,7 +224,12 @@ impl Elector {
     }
 
     /// Renews until the lock is lost (returns true) or `release` fires (releases it; false).
-    async fn keep(&self, id: &str, mut lease_end: Instant, release: &mut watch::Receiver<bool>) -> bool {
+    async fn keep(
+        &self,
+        id: &str,
+        mut lease_end: Instant,
+        release: &mut watch::Receiver<bool>,
+    ) -> bool {
         let ttl = self.config.ttl;
         let mut wait = ttl.mul_f64(0.7);
         loop {

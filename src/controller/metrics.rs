@@ -45,29 +45,69 @@ impl Metrics {
     pub fn render(&self, view: &StatusView, stats: &RequestStats, queue_depth: usize) -> String {
         let mut out = String::new();
         let w = &mut out;
-        header(w, "hippo_gitops_reconcile_duration_seconds", "histogram", "Duration of reconcile cycles (observe, diff, apply).");
+        header(
+            w,
+            "hippo_gitops_reconcile_duration_seconds",
+            "histogram",
+            "Duration of reconcile cycles (observe, diff, apply).",
+        );
         let mut cumulative = 0;
         for (i, bound) in BUCKETS.iter().enumerate() {
             cumulative += self.bucket_counts[i];
-            let _ = writeln!(w, "hippo_gitops_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                w,
+                "hippo_gitops_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
         cumulative += self.bucket_counts[BUCKETS.len()];
-        let _ = writeln!(w, "hippo_gitops_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(w, "hippo_gitops_reconcile_duration_seconds_sum {}", self.duration_sum);
-        let _ = writeln!(w, "hippo_gitops_reconcile_duration_seconds_count {}", self.duration_count);
+        let _ = writeln!(
+            w,
+            "hippo_gitops_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            w,
+            "hippo_gitops_reconcile_duration_seconds_sum {}",
+            self.duration_sum
+        );
+        let _ = writeln!(
+            w,
+            "hippo_gitops_reconcile_duration_seconds_count {}",
+            self.duration_count
+        );
 
-        header(w, "hippo_gitops_reconcile_cycles_total", "counter", "Reconcile cycles by what triggered them.");
+        header(
+            w,
+            "hippo_gitops_reconcile_cycles_total",
+            "counter",
+            "Reconcile cycles by what triggered them.",
+        );
         for (trigger, n) in &self.triggers {
-            let _ = writeln!(w, "hippo_gitops_reconcile_cycles_total{{trigger=\"{trigger}\"}} {n}");
+            let _ = writeln!(
+                w,
+                "hippo_gitops_reconcile_cycles_total{{trigger=\"{trigger}\"}} {n}"
+            );
         }
 
-        header(w, "hippo_gitops_reconciles_total", "counter", "App reconciles by result.");
+        header(
+            w,
+            "hippo_gitops_reconciles_total",
+            "counter",
+            "App reconciles by result.",
+        );
         for result in ["converged", "progressing", "retrying", "stalled", "skipped"] {
             let n = self.results.get(result).copied().unwrap_or(0);
-            let _ = writeln!(w, "hippo_gitops_reconciles_total{{result=\"{result}\"}} {n}");
+            let _ = writeln!(
+                w,
+                "hippo_gitops_reconciles_total{{result=\"{result}\"}} {n}"
+            );
         }
 
-        header(w, "hippo_gitops_apps", "gauge", "Apps by kstatus condition.");
+        header(
+            w,
+            "hippo_gitops_apps",
+            "gauge",
+            "Apps by kstatus condition.",
+        );
         for condition in ["Ready", "Reconciling", "Stalled"] {
             let n = view
                 .apps
@@ -76,10 +116,24 @@ impl Metrics {
                 .count();
             let _ = writeln!(w, "hippo_gitops_apps{{condition=\"{condition}\"}} {n}");
         }
-        header(w, "hippo_gitops_rejected_files", "gauge", "Deploy files left out for their problems.");
-        let _ = writeln!(w, "hippo_gitops_rejected_files {}", view.rejected_files.len());
+        header(
+            w,
+            "hippo_gitops_rejected_files",
+            "gauge",
+            "Deploy files left out for their problems.",
+        );
+        let _ = writeln!(
+            w,
+            "hippo_gitops_rejected_files {}",
+            view.rejected_files.len()
+        );
 
-        header(w, "hippo_gitops_requests_total", "counter", "Requests to Hippo, Bindle and Nomad by method and status code (0: no answer).");
+        header(
+            w,
+            "hippo_gitops_requests_total",
+            "counter",
+            "Requests to Hippo, Bindle and Nomad by method and status code (0: no answer).",
+        );
         for (key, n) in stats.snapshot() {
             let _ = writeln!(
                 w,
@@ -87,25 +141,71 @@ impl Metrics {
                 key.service, key.method, key.status
             );
         }
-        header(w, "hippo_gitops_uploaded_bytes_total", "counter", "Parcel bytes uploaded to Bindle.");
-        let _ = writeln!(w, "hippo_gitops_uploaded_bytes_total {}", stats.uploaded_bytes());
+        header(
+            w,
+            "hippo_gitops_uploaded_bytes_total",
+            "counter",
+            "Parcel bytes uploaded to Bindle.",
+        );
+        let _ = writeln!(
+            w,
+            "hippo_gitops_uploaded_bytes_total {}",
+            stats.uploaded_bytes()
+        );
 
-        header(w, "hippo_gitops_queue_depth", "gauge", "Apps waiting for a reconcile (due, backing off, or rolling out).");
+        header(
+            w,
+            "hippo_gitops_queue_depth",
+            "gauge",
+            "Apps waiting for a reconcile (due, backing off, or rolling out).",
+        );
         let _ = writeln!(w, "hippo_gitops_queue_depth {queue_depth}");
 
-        header(w, "hippo_gitops_leader", "gauge", "1 when this replica may write (holds the leader lock, or runs alone).");
-        let _ = writeln!(w, "hippo_gitops_leader {}", u8::from(view.role != super::Role::Follower));
+        header(
+            w,
+            "hippo_gitops_leader",
+            "gauge",
+            "1 when this replica may write (holds the leader lock, or runs alone).",
+        );
+        let _ = writeln!(
+            w,
+            "hippo_gitops_leader {}",
+            u8::from(view.role != super::Role::Follower)
+        );
 
-        header(w, "hippo_gitops_ready", "gauge", "1 once the first observation is done.");
+        header(
+            w,
+            "hippo_gitops_ready",
+            "gauge",
+            "1 once the first observation is done.",
+        );
         let _ = writeln!(w, "hippo_gitops_ready {}", u8::from(view.ready));
 
         if let Some(commit) = &view.source.last_applied_commit {
-            header(w, "hippo_gitops_last_applied_commit_info", "gauge", "The Git commit last applied in full.");
-            let _ = writeln!(w, "hippo_gitops_last_applied_commit_info{{sha=\"{}\"}} 1", escape(commit));
+            header(
+                w,
+                "hippo_gitops_last_applied_commit_info",
+                "gauge",
+                "The Git commit last applied in full.",
+            );
+            let _ = writeln!(
+                w,
+                "hippo_gitops_last_applied_commit_info{{sha=\"{}\"}} 1",
+                escape(commit)
+            );
         }
         if let Some(at) = &view.source.last_applied_at {
-            header(w, "hippo_gitops_last_applied_timestamp_seconds", "gauge", "When the last commit was applied in full.");
-            let _ = writeln!(w, "hippo_gitops_last_applied_timestamp_seconds {}", at.timestamp());
+            header(
+                w,
+                "hippo_gitops_last_applied_timestamp_seconds",
+                "gauge",
+                "When the last commit was applied in full.",
+            );
+            let _ = writeln!(
+                w,
+                "hippo_gitops_last_applied_timestamp_seconds {}",
+                at.timestamp()
+            );
         }
         out
     }
@@ -157,7 +257,10 @@ mod tests {
             "hippo_gitops_queue_depth 3",
             "hippo_gitops_ready 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         // No commit applied yet: no info series.
         assert!(!text.contains("last_applied_commit_info"));

@@ -236,9 +236,7 @@ impl Shared {
 
     pub fn metrics_text(&self) -> String {
         let view = self.view();
-        let depth = self
-            .queue_depth
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let depth = self.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
         self.metrics
             .lock()
             .expect("metrics lock")
@@ -373,7 +371,10 @@ impl Daemon {
     }
 
     /// Runs until `signal` resolves, then shuts down gracefully.
-    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> Result<(), ControllerError> {
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ControllerError> {
         signal.await;
         tracing::info!("shutting down: finishing in-flight writes, then releasing the leader lock");
         self.shutdown().await
@@ -397,7 +398,8 @@ impl Loop {
     async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, mut stop: watch::Receiver<bool>) {
         self.schedule = Schedule::new(self.config.backoff, self.config.progress_interval);
         let git_interval = self.init_source();
-        let poll_files = matches!(self.config.source, SourceConfig::Files { .. }) && !self.config.watch;
+        let poll_files =
+            matches!(self.config.source, SourceConfig::Files { .. }) && !self.config.watch;
         let far = Duration::from_secs(365 * 86400);
         let mut next_interval = Instant::now();
         let mut next_git = Instant::now() + git_interval.unwrap_or(far);
@@ -532,7 +534,10 @@ impl Loop {
             }
         };
         if loaded.commit.is_some() && loaded.commit != self.loaded.commit {
-            tracing::info!(commit = loaded.commit.as_deref().unwrap_or_default(), "new commit checked out");
+            tracing::info!(
+                commit = loaded.commit.as_deref().unwrap_or_default(),
+                "new commit checked out"
+            );
         }
         for problems in loaded.rejected.values() {
             for p in problems {
@@ -556,10 +561,12 @@ impl Loop {
             .map(|a| (a.name.clone(), a.clone()))
             .collect();
         // Apps whose file went bad keep their last origin, to be shown as stalled.
-        self.previous_origin
-            .retain(|app, file| loaded.rejected.contains_key(file) && !self.specs.contains_key(app));
+        self.previous_origin.retain(|app, file| {
+            loaded.rejected.contains_key(file) && !self.specs.contains_key(app)
+        });
         for a in &loaded.desired.apps {
-            self.previous_origin.insert(a.name.clone(), a.origin.file.clone());
+            self.previous_origin
+                .insert(a.name.clone(), a.origin.file.clone());
         }
         {
             let mut view = self.shared.view.write().expect("view lock");
@@ -589,7 +596,10 @@ impl Loop {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let span = tracing::info_span!("reconcile", id = %id, trigger = trigger.label());
         let desired = DesiredState {
-            apps: due.iter().filter_map(|n| self.specs.get(n).cloned()).collect(),
+            apps: due
+                .iter()
+                .filter_map(|n| self.specs.get(n).cloned())
+                .collect(),
         };
         let started = std::time::Instant::now();
         let started_at = Utc::now();
@@ -688,7 +698,11 @@ impl Loop {
             Outcome::Terminal => "stalled",
             Outcome::Skipped => "skipped",
         };
-        self.shared.metrics.lock().expect("metrics lock").count_result(label);
+        self.shared
+            .metrics
+            .lock()
+            .expect("metrics lock")
+            .count_result(label);
     }
 
     fn entry(&self, status: AppStatus, id: &str, applied: Vec<String>) -> DaemonAppStatus {
@@ -696,8 +710,10 @@ impl Loop {
         DaemonAppStatus {
             next_attempt_at: next.map(|t| {
                 Utc::now()
-                    + chrono::Duration::from_std(t.saturating_duration_since(std::time::Instant::now()))
-                        .unwrap_or_default()
+                    + chrono::Duration::from_std(
+                        t.saturating_duration_since(std::time::Instant::now()),
+                    )
+                    .unwrap_or_default()
             }),
             failures,
             reconcile_id: Some(id.to_string()),
@@ -717,7 +733,9 @@ impl Loop {
         for e in entries {
             apps.insert(e.status.app.clone(), e);
         }
-        apps.retain(|name, _| self.specs.contains_key(name) || self.previous_origin.contains_key(name));
+        apps.retain(|name, _| {
+            self.specs.contains_key(name) || self.previous_origin.contains_key(name)
+        });
         // Apps whose deploy file went bad: stalled until it is fixed.
         for (app, file) in &self.previous_origin {
             if self.specs.contains_key(app) {
@@ -727,7 +745,12 @@ impl Loop {
                 .loaded
                 .rejected
                 .get(file)
-                .map(|p| p.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))
+                .map(|p| {
+                    p.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
                 .unwrap_or_default();
             let entry = apps.entry(app.clone()).or_insert_with(|| DaemonAppStatus {
                 status: AppStatus {
@@ -758,8 +781,10 @@ impl Loop {
                 a.failures = failures;
                 a.next_attempt_at = next.map(|t| {
                     Utc::now()
-                        + chrono::Duration::from_std(t.saturating_duration_since(std::time::Instant::now()))
-                            .unwrap_or_default()
+                        + chrono::Duration::from_std(
+                            t.saturating_duration_since(std::time::Instant::now()),
+                        )
+                        .unwrap_or_default()
                 });
             }
         }
@@ -778,9 +803,9 @@ impl Loop {
         let mut view = self.shared.view.write().expect("view lock");
         let all_ready = self.loaded.rejected.is_empty()
             && self.specs.keys().all(|name| {
-                view.apps
-                    .iter()
-                    .any(|a| &a.status.app == name && a.status.condition.kind == ConditionType::Ready)
+                view.apps.iter().any(|a| {
+                    &a.status.app == name && a.status.condition.kind == ConditionType::Ready
+                })
             });
         if !all_ready || view.source.last_applied_commit.as_ref() == Some(commit) {
             return;
@@ -804,7 +829,10 @@ fn send<'a, T>(
 }
 
 fn reloads(t: Trigger) -> bool {
-    matches!(t, Trigger::FileChanged | Trigger::GitPoll | Trigger::Webhook(_))
+    matches!(
+        t,
+        Trigger::FileChanged | Trigger::GitPoll | Trigger::Webhook(_)
+    )
 }
 
 /// How an app's result moves it in the schedule.
@@ -886,7 +914,10 @@ mod tests {
     fn jitter_stays_within_ten_percent() {
         for _ in 0..200 {
             let j = jittered(Duration::from_secs(60));
-            assert!(j >= Duration::from_secs(54) && j <= Duration::from_secs(66), "{j:?}");
+            assert!(
+                j >= Duration::from_secs(54) && j <= Duration::from_secs(66),
+                "{j:?}"
+            );
         }
     }
 }

@@ -173,9 +173,7 @@ impl Schedule {
 
     /// Failures in a row and the next attempt, for status.
     pub fn state_of(&self, app: &str) -> Option<(u32, Option<Instant>, bool)> {
-        self.apps
-            .get(app)
-            .map(|e| (e.failures, e.next, e.stalled))
+        self.apps.get(app).map(|e| (e.failures, e.next, e.stalled))
     }
 }
 
@@ -256,7 +254,10 @@ mod tests {
         // Another app's edit doesn't wake it; its own does.
         s.update_desired(&apps(&[("bad", 1), ("good", 3)]));
         assert_eq!(s.take_due(t0 + 101 * S), vec!["good"]);
-        assert_eq!(s.update_desired(&apps(&[("bad", 9), ("good", 3)])), vec!["bad"]);
+        assert_eq!(
+            s.update_desired(&apps(&[("bad", 9), ("good", 3)])),
+            vec!["bad"]
+        );
         assert_eq!(s.take_due(t0 + 102 * S), vec!["bad"]);
     }
 

@@ -12,7 +12,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::spec::{self, Diagnostic, DesiredState, LoadOptions};
+use crate::spec::{self, DesiredState, Diagnostic, LoadOptions};
 
 use super::Trigger;
 
@@ -65,9 +65,10 @@ pub enum SourceError {
 
 /// Loads the deploy files of a Files source, off the async threads (local bindles are hashed).
 pub async fn load_files(paths: Vec<PathBuf>, root: Option<PathBuf>) -> Result<Loaded, SourceError> {
-    let partial = tokio::task::spawn_blocking(move || spec::load_partial(&paths, &LoadOptions { root }))
-        .await
-        .map_err(|e| SourceError::Load(e.to_string()))?;
+    let partial =
+        tokio::task::spawn_blocking(move || spec::load_partial(&paths, &LoadOptions { root }))
+            .await
+            .map_err(|e| SourceError::Load(e.to_string()))?;
     Ok(Loaded {
         desired: partial.state,
         rejected: partial.rejected,
@@ -283,7 +284,11 @@ pub fn watch(
         .filter(|p| !p.is_dir())
         .map(|p| absolute(p))
         .collect();
-    let dirs: Vec<PathBuf> = paths.iter().filter(|p| p.is_dir()).map(|p| absolute(p)).collect();
+    let dirs: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .map(|p| absolute(p))
+        .collect();
     let relevant_files = files.clone();
     let relevant_dirs = dirs.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -342,7 +347,10 @@ mod tests {
             redact_url("file:///srv/git/deploy.git"),
             "file:///srv/git/deploy.git"
         );
-        assert_eq!(redact_url("git@github.com:org/repo.git"), "git@github.com:org/repo.git");
+        assert_eq!(
+            redact_url("git@github.com:org/repo.git"),
+            "git@github.com:org/repo.git"
+        );
     }
 
     #[test]
@@ -350,6 +358,9 @@ mod tests {
         let d = Path::new("/repo/deploy");
         assert!(hidden_below(d, Path::new("/repo/deploy/.weather.yaml.swp")));
         assert!(hidden_below(d, Path::new("/repo/deploy/.git/index")));
-        assert!(!hidden_below(d, Path::new("/repo/deploy/apps/weather.yaml")));
+        assert!(!hidden_below(
+            d,
+            Path::new("/repo/deploy/apps/weather.yaml")
+        ));
     }
 }

@@ -134,7 +134,12 @@ mod tests {
         let s = Some(&secret());
         assert_eq!(verify(Provider::GitHub, s, Some(&good), body), Ok(()));
         assert_eq!(
-            verify(Provider::GitHub, s, Some(&good), b"{\"ref\":\"refs/heads/evil\"}"),
+            verify(
+                Provider::GitHub,
+                s,
+                Some(&good),
+                b"{\"ref\":\"refs/heads/evil\"}"
+            ),
             Err(WebhookError::BadSignature)
         );
         assert_eq!(

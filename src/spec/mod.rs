@@ -333,7 +333,10 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
     loop {
         let mut problems = Vec::new();
         let mut docs = Vec::new();
-        let remaining: Vec<&PathBuf> = files.iter().filter(|f| !rejected.contains_key(*f)).collect();
+        let remaining: Vec<&PathBuf> = files
+            .iter()
+            .filter(|f| !rejected.contains_key(*f))
+            .collect();
         for file in &remaining {
             match std::fs::read_to_string(file) {
                 Ok(text) => parse_documents(file, &text, &mut docs, &mut problems),

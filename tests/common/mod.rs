@@ -10,13 +10,16 @@ use std::{
 
 use bindle::signature::{KeyEntry, SecretKeyEntry, SecretKeyFile, SignatureRole};
 use hippo_gitops::{
-    apply::Context,
+    apply::{self, Context},
     bindles::{BindleClient, BindleConfig},
     emulator::{
         bindle_server::BindleServer,
         hippo::{HippoEmulator, HippoEmulatorConfig},
+        nomad::{HippoJobSettings, NomadEmulator, NomadEmulatorConfig},
     },
     hippo::{Credentials, HippoClient, HippoClientConfig},
+    nomad::{NomadClient, NomadConfig},
+    observe::NomadObserver,
     retry::RetryPolicy,
     secret::Secret,
     spec::{self, DesiredState, LoadOptions},
@@ -195,5 +198,92 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), target).unwrap();
         }
+    }
+}
+
+/// The bed with the Nomad EMULATOR too, driven by the Hippo emulator the way Hippo drives Nomad.
+pub struct NomadBed {
+    pub bed: Bed,
+    pub nomad: NomadEmulator,
+}
+
+impl NomadBed {
+    pub async fn start() -> NomadBed {
+        let mut bed = Bed::start().await;
+        let nomad = NomadEmulator::start(NomadEmulatorConfig {
+            alloc_start_delay: Duration::from_millis(20),
+            healthy_delay: Duration::from_millis(20),
+            // Emulator-only knob: Nomad's smallest lock TTL is 10 s, too slow for a test.
+            min_lock_ttl: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let scheduler = nomad.hippo_scheduler(HippoJobSettings {
+            bindle_url: bed.bindle.url(),
+            driver: "exec".into(),
+            datacenters: vec!["dc1".into()],
+        });
+        // Replace the bed's Hippo with one that schedules onto the Nomad emulator.
+        bed.hippo = HippoEmulator::start_with_scheduler(
+            HippoEmulatorConfig {
+                bindle_url: bed.bindle.url(),
+                ..Default::default()
+            },
+            scheduler,
+        )
+        .await
+        .unwrap();
+        NomadBed { bed, nomad }
+    }
+
+    pub fn context(
+        &self,
+        wait: Option<Duration>,
+    ) -> (apply::Context, hippo_gitops::stats::RequestStats) {
+        let (mut ctx, stats) = self.bed.context();
+        let mut nc = NomadConfig::new(self.nomad.url());
+        nc.retry = fast_retry();
+        ctx.nomad = Some(Arc::new(NomadObserver::new(
+            NomadClient::new(nc, stats.clone()).unwrap(),
+        )));
+        ctx.options.wait = wait;
+        (ctx, stats)
+    }
+
+    pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let mut env = self.bed.env();
+        env.push(("NOMAD_ADDR", self.nomad.url()));
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let cwd = self.bed.path().to_path_buf();
+        tokio::task::spawn_blocking(move || run_binary(&args, &env, &cwd))
+            .await
+            .unwrap()
+    }
+
+    pub fn job_id(&self, app: &str, channel: &str) -> String {
+        let state = self.bed.hippo.snapshot();
+        let app = state.apps.iter().find(|a| a.name == app).unwrap();
+        state
+            .channels
+            .iter()
+            .find(|c| c.app_id == app.id && c.name == channel)
+            .unwrap()
+            .id
+            .to_string()
+    }
+
+    pub fn bindle_arg(&self, job_id: &str) -> Option<String> {
+        self.nomad
+            .jobs()
+            .into_iter()
+            .find(|j| j["ID"] == job_id)
+            .and_then(|j| {
+                let args = j["TaskGroups"][0]["Tasks"][0]["Config"]["args"]
+                    .as_array()?
+                    .clone();
+                let i = args.iter().position(|a| a == "--bindle")?;
+                args.get(i + 1)?.as_str().map(String::from)
+            })
     }
 }

@@ -1,0 +1,492 @@
+//! The controller in-process, on the real Bindle server and the Hippo and Nomad emulators:
+//! two replicas against one Nomad never both write and fail over on release; a failing app
+//! backs off while the others converge, and a bad file is left out; the leader lock's
+//! requests and what losing it does, against a mock Nomad.
+
+mod common;
+
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::{copy_examples, fast_retry, Bed, NomadBed};
+use hippo_gitops::{
+    apply::Context,
+    controller::{
+        leader::{Elector, LeaderConfig},
+        schedule::BackoffPolicy,
+        source::SourceConfig,
+        ControllerConfig, Daemon, Role, StatusView, Trigger,
+    },
+    gate::{WriteGate, WriteRefused},
+    nomad::{NomadClient, NomadConfig},
+    observe::NomadObserver,
+    stats::RequestStats,
+    status::ConditionType,
+};
+use wiremock::{
+    matchers::{body_partial_json, method, path, query_param},
+    Mock, MockServer, ResponseTemplate,
+};
+
+/// One replica's clients, with its own request counter.
+fn replica(nb: &NomadBed) -> (Context, RequestStats) {
+    nb.context(None)
+}
+
+fn config(files: &Path, holder: &str) -> ControllerConfig {
+    let mut c = ControllerConfig::new(SourceConfig::Files {
+        paths: vec![files.to_path_buf()],
+        root: None,
+    });
+    c.interval = Duration::from_millis(300);
+    c.progress_interval = Duration::from_millis(100);
+    c.backoff = BackoffPolicy {
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    c.leader = Some(LeaderConfig {
+        path: "hippo-gitops/leader".into(),
+        ttl: Duration::from_millis(400),
+        lock_delay: Duration::from_millis(50),
+        holder: holder.into(),
+    });
+    c.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+/// Polls `f` every 20 ms until it holds; panics with `what` after `secs`.
+async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn condition_of(view: &StatusView, app: &str) -> Option<ConditionType> {
+    view.apps
+        .iter()
+        .find(|a| a.status.app == app)
+        .map(|a| a.status.condition.kind)
+}
+
+fn all_ready(view: &StatusView, apps: &[&str]) -> bool {
+    apps.iter()
+        .all(|a| condition_of(view, a) == Some(ConditionType::Ready))
+}
+
+/// Writes to Hippo and Bindle (Nomad's are lock requests, which followers make too).
+fn app_writes(stats: &RequestStats) -> u64 {
+    stats.writes("hippo") + stats.writes("bindle")
+}
+
+fn env_value(bed: &Bed, app: &str, channel: &str, key: &str) -> Option<String> {
+    let st = bed.hippo.snapshot();
+    let app = st.apps.iter().find(|a| a.name == app)?;
+    let ch = st
+        .channels
+        .iter()
+        .find(|c| c.app_id == app.id && c.name == channel)?;
+    st.environment_variables
+        .iter()
+        .find(|e| e.channel_id == ch.id && e.key == key)
+        .map(|e| e.value.clone())
+}
+
+fn set_rust_log(files: &Path, value: &str) {
+    let file = files.join("weather.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("RUST_LOG:") {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            out.push_str(&format!("{indent}RUST_LOG: {value}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(file, out).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_against_one_nomad_never_both_write_and_fail_over() {
+    let nb = NomadBed::start().await;
+    let files = copy_examples(nb.bed.path());
+    let (ctx_a, stats_a) = replica(&nb);
+    let (ctx_b, stats_b) = replica(&nb);
+    let a = Daemon::start(config(&files, "a"), ctx_a, stats_a.clone())
+        .await
+        .unwrap();
+    let b = Daemon::start(config(&files, "b"), ctx_b, stats_b.clone())
+        .await
+        .unwrap();
+
+    // Watch both gates for the whole test: never open at the same time.
+    let both = Arc::new(AtomicBool::new(false));
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (sa, sb) = (a.shared.clone(), b.shared.clone());
+        let (both, stop) = (both.clone(), stop_sampling.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if sa.gate.check().is_ok() && sb.gate.check().is_ok() {
+                    both.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+
+    let apps = ["weather", "invoices"];
+    eventually(20, "both replicas to report every app Ready", || {
+        all_ready(&a.shared.view(), &apps) && all_ready(&b.shared.view(), &apps)
+    })
+    .await;
+    let (leader, follower, leader_stats, follower_stats) = match a.shared.role() {
+        Role::Leader => (a, b, stats_a, stats_b),
+        _ => (b, a, stats_b, stats_a),
+    };
+    assert_eq!(leader.shared.role(), Role::Leader);
+    assert_eq!(follower.shared.role(), Role::Follower);
+    assert!(
+        app_writes(&leader_stats) > 0,
+        "the leader converged the apps"
+    );
+    assert_eq!(
+        app_writes(&follower_stats),
+        0,
+        "a follower observes but never writes"
+    );
+    assert!(
+        follower.shared.view().ready,
+        "the follower serves status from its own observation"
+    );
+
+    // The leader stops (releasing the lock); the follower takes over and applies a change.
+    let before = app_writes(&leader_stats);
+    leader.shutdown().await.unwrap();
+    set_rust_log(&files, "trace");
+    eventually(20, "the new leader to apply the change", || {
+        env_value(&nb.bed, "weather", "production", "RUST_LOG").as_deref() == Some("trace")
+    })
+    .await;
+    assert_eq!(follower.shared.role(), Role::Leader);
+    assert!(app_writes(&follower_stats) > 0);
+    assert_eq!(
+        app_writes(&leader_stats),
+        before,
+        "nothing written after shutdown"
+    );
+    stop_sampling.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    assert!(
+        !both.load(Ordering::Relaxed),
+        "both replicas could write at the same time"
+    );
+    follower.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_app_backs_off_while_the_others_converge_and_a_bad_file_is_left_out() {
+    let bed = Bed::start().await;
+    let files = copy_examples(bed.path());
+    // `ghost` wants a bindle nobody pushed: a transient problem (another pipeline may push
+    // it), retried with backoff. `broken.yaml` doesn't parse: left out, the rest go on.
+    std::fs::write(
+        files.join("ghost.yaml"),
+        "apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: ghost\nspec:\n  storageId: ghost\n  revisions:\n    - version: 9.9.9\n  channels:\n    - name: production\n      revision: 9.9.9\n",
+    )
+    .unwrap();
+    std::fs::write(
+        files.join("broken.yaml"),
+        "apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: broken\nspec:\n  channels:\n    - name: production\n      rnage: \"*\"\n",
+    )
+    .unwrap();
+    let (ctx, stats) = bed.context();
+    let mut cfg = config(&files, "single");
+    // Only backoff and file changes wake it: count the retries without interval noise.
+    cfg.interval = Duration::from_secs(600);
+    let d = Daemon::start(cfg, ctx, stats.clone()).await.unwrap();
+    assert_eq!(d.shared.role(), Role::Single, "no Nomad: a single instance");
+
+    eventually(20, "weather and invoices Ready", || {
+        all_ready(&d.shared.view(), &["weather", "invoices"])
+    })
+    .await;
+    eventually(10, "ghost to fail three times", || {
+        d.shared
+            .view()
+            .apps
+            .iter()
+            .any(|a| a.status.app == "ghost" && a.failures >= 3)
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let view = d.shared.view();
+    let ghost = view.apps.iter().find(|a| a.status.app == "ghost").unwrap();
+    assert_eq!(ghost.status.condition.kind, ConditionType::Reconciling);
+    assert_eq!(ghost.status.condition.reason, "BindleMissing");
+    assert!(ghost.next_attempt_at.is_some());
+    for app in ["weather", "invoices"] {
+        let a = view.apps.iter().find(|a| a.status.app == app).unwrap();
+        assert_eq!(a.failures, 0, "{app} is not held up by ghost");
+    }
+    // The bad file is reported with its line, and nothing from it was created.
+    assert_eq!(view.rejected_files.len(), 1);
+    let rejected = &view.rejected_files[0];
+    assert!(rejected.file.ends_with("broken.yaml"));
+    assert!(
+        rejected
+            .problems
+            .iter()
+            .any(|p| p.contains(":7:") && p.contains("rnage")),
+        "{:?}",
+        rejected.problems
+    );
+    assert!(bed.hippo.snapshot().apps.iter().all(|a| a.name != "broken"));
+
+    // Backoff, not a busy loop: 100 ms doubling to 1 s means few retries in 1.5 s more.
+    let failures_then = ghost.failures;
+    tokio::time::sleep_until(started + Duration::from_millis(1500)).await;
+    let failures_now = d
+        .shared
+        .view()
+        .apps
+        .iter()
+        .find(|a| a.status.app == "ghost")
+        .unwrap()
+        .failures;
+    assert!(
+        failures_now > failures_then && failures_now <= failures_then + 4,
+        "retries in 1.5 s: {failures_then} → {failures_now}"
+    );
+
+    // Fixing ghost's deploy file resets its backoff and it converges.
+    common::spin_app(&files.join("apps/ghost"), "ghost", "1.0.0", "boo");
+    std::fs::write(
+        files.join("ghost.yaml"),
+        common::app_doc(
+            "ghost",
+            &["apps/ghost"],
+            "    - name: production\n      range: \"*\"\n",
+            false,
+        ),
+    )
+    .unwrap();
+    eventually(20, "ghost Ready after its file was fixed", || {
+        let v = d.shared.view();
+        all_ready(&v, &["ghost"])
+            && v.apps
+                .iter()
+                .any(|a| a.status.app == "ghost" && a.failures == 0)
+    })
+    .await;
+    let metrics = d.shared.metrics_text();
+    assert!(
+        metrics.contains("hippo_gitops_rejected_files 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hippo_gitops_leader 1"), "{metrics}");
+    d.shutdown().await.unwrap();
+    // Writes only ever went to the apps that could converge.
+    assert!(app_writes(&stats) > 0);
+}
+
+fn observer(url: &str) -> Arc<NomadObserver> {
+    let mut nc = NomadConfig::new(url.to_string());
+    nc.retry = fast_retry();
+    Arc::new(NomadObserver::new(
+        NomadClient::new(nc, RequestStats::default()).unwrap(),
+    ))
+}
+
+fn lock_config() -> LeaderConfig {
+    LeaderConfig {
+        path: "hippo-gitops/leader".into(),
+        ttl: Duration::from_millis(300),
+        lock_delay: Duration::from_millis(300),
+        holder: "test/1".into(),
+    }
+}
+
+const VAR: &str = "/v1/var/hippo-gitops/leader";
+
+fn acquired() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "Namespace": "default", "Path": "hippo-gitops/leader",
+        "Lock": {"TTL": "300ms", "LockDelay": "300ms", "ID": "lock-1"},
+    }))
+}
+
+#[tokio::test]
+async fn the_leader_lock_is_taken_renewed_and_released_with_nomads_requests() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-acquire", ""))
+        .and(body_partial_json(serde_json::json!({
+            "Path": "hippo-gitops/leader",
+            "Namespace": "default",
+            "Items": {"holder": "test/1"},
+            "Lock": {"TTL": "300ms", "LockDelay": "300ms"},
+        })))
+        .respond_with(acquired())
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-renew", ""))
+        .and(body_partial_json(
+            serde_json::json!({"Lock": {"ID": "lock-1"}}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({})))
+        .expect(2..)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-release", ""))
+        .and(body_partial_json(
+            serde_json::json!({"Lock": {"ID": "lock-1"}}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({})))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let gate = WriteGate::leased();
+    let elector = Arc::new(Elector::new(
+        observer(&server.uri()),
+        lock_config(),
+        gate.clone(),
+    ));
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let task = tokio::spawn(elector.run(release_rx, tx));
+    assert_eq!(rx.recv().await, Some(Trigger::BecameLeader));
+    assert_eq!(gate.check(), Ok(()));
+    // Renewed at 0.7 × TTL: still the leader well past one TTL.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(gate.check(), Ok(()));
+    release_tx.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(gate.check(), Err(WriteRefused::NotLeader));
+    // `expect`s are verified when the server drops.
+}
+
+#[tokio::test]
+async fn a_leader_whose_renew_is_refused_stops_writing_at_once() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-acquire", ""))
+        .respond_with(acquired())
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    // Then someone else holds it.
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-acquire", ""))
+        .respond_with(ResponseTemplate::new(409).set_body_json(serde_json::json!({
+            "Namespace": "default", "Path": "hippo-gitops/leader", "Lock": null, "Items": null,
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-renew", ""))
+        .respond_with(
+            ResponseTemplate::new(409).set_body_string("attempting to modify locked variable"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-release", ""))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+
+    let gate = WriteGate::leased();
+    let elector = Arc::new(Elector::new(
+        observer(&server.uri()),
+        lock_config(),
+        gate.clone(),
+    ));
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let task = tokio::spawn(elector.run(release_rx, tx));
+    assert_eq!(rx.recv().await, Some(Trigger::BecameLeader));
+    assert_eq!(gate.check(), Ok(()));
+    // The first renew (at 0.7 × TTL) is refused: the gate closes with it, before the lease
+    // would have run out by the clock.
+    assert_eq!(rx.recv().await, Some(Trigger::LostLeadership));
+    assert_eq!(gate.check(), Err(WriteRefused::NotLeader));
+    // It keeps trying to acquire, as a follower, and doesn't release a lock it lost.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gate.check(), Err(WriteRefused::NotLeader));
+    release_tx.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_nomad_stops_writing_when_its_lease_runs_out() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-acquire", ""))
+        .respond_with(acquired())
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    // Renewals hang past the request limit (TTL / 3): no answer at all.
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-renew", ""))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(VAR))
+        .and(query_param("lock-acquire", ""))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+        .mount(&server)
+        .await;
+
+    let gate = WriteGate::leased();
+    let elector = Arc::new(Elector::new(
+        observer(&server.uri()),
+        lock_config(),
+        gate.clone(),
+    ));
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let started = tokio::time::Instant::now();
+    let task = tokio::spawn(elector.run(release_rx, tx));
+    assert_eq!(rx.recv().await, Some(Trigger::BecameLeader));
+    assert_eq!(gate.check(), Ok(()));
+    assert_eq!(rx.recv().await, Some(Trigger::LostLeadership));
+    let lost_after = started.elapsed();
+    assert!(gate.check().is_err());
+    // Not before the lease (one TTL from the acquire) ran out, and not much after: well
+    // before Nomad could give the lock to another replica (2 × TTL + LockDelay).
+    assert!(
+        lost_after >= Duration::from_millis(300) && lost_after < Duration::from_millis(900),
+        "lost after {lost_after:?}"
+    );
+    release_tx.send(true).unwrap();
+    task.await.unwrap();
+}
