@@ -45,6 +45,8 @@ pub struct Context {
     pub options: ReconcileOptions,
     /// Checked before every write: only a leader that is not shutting down writes.
     pub gate: WriteGate,
+    /// Bindle versions seen in earlier cycles (the controller); `None`: always ask.
+    pub bindle_cache: Option<Arc<observe::BindleCache>>,
 }
 
 impl Context {
@@ -56,6 +58,7 @@ impl Context {
             concurrency: 4,
             options: ReconcileOptions::default(),
             gate: WriteGate::open(),
+            bindle_cache: None,
         }
     }
 }
@@ -209,6 +212,7 @@ pub async fn observe_all(desired: &DesiredState, ctx: &Context) -> Result<Snapsh
         &desired.apps,
         &ctx.hippo,
         &ctx.bindle,
+        ctx.bindle_cache.as_deref(),
         ctx.nomad.as_deref(),
         ctx.concurrency,
     )
@@ -522,7 +526,14 @@ async fn refresh(
                 revisions: snapshot.revisions.clone(),
                 ..Default::default()
             };
-            observe::observe_bindles(&apps, &ctx.bindle, ctx.concurrency, &mut fresh).await;
+            observe::observe_bindles(
+                &apps,
+                &ctx.bindle,
+                ctx.bindle_cache.as_deref(),
+                ctx.concurrency,
+                &mut fresh,
+            )
+            .await;
             snapshot.bindles.extend(fresh.bindles);
             snapshot.missing.extend(fresh.missing);
         }

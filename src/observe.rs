@@ -242,11 +242,49 @@ pub async fn observe_hippo(
     )
 }
 
+/// Bindle versions already seen, for a long-running controller. Bindles are immutable, so a
+/// storage id whose desired revisions are all registered in Hippo and were all seen on the
+/// server with the same parcels needs no new query, until the entry is `max_age` old (which
+/// bounds how late a yank is noticed).
+#[derive(Debug)]
+pub struct BindleCache {
+    max_age: std::time::Duration,
+    entries: std::sync::Mutex<BTreeMap<String, (std::time::Instant, BindleVersions)>>,
+}
+
+/// A bindle's versions on the server, by version.
+pub type BindleVersions = BTreeMap<String, ServerBindle>;
+
+impl BindleCache {
+    pub fn new(max_age: std::time::Duration) -> Self {
+        BindleCache {
+            max_age,
+            entries: Default::default(),
+        }
+    }
+
+    fn fresh(&self, name: &str) -> Option<BTreeMap<String, ServerBindle>> {
+        let entries = self.entries.lock().expect("bindle cache");
+        entries
+            .get(name)
+            .filter(|(at, _)| at.elapsed() < self.max_age)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn store(&self, name: &str, versions: &BTreeMap<String, ServerBindle>) {
+        self.entries.lock().expect("bindle cache").insert(
+            name.to_string(),
+            (std::time::Instant::now(), versions.clone()),
+        );
+    }
+}
+
 /// Builds a full snapshot for `apps`.
 pub async fn observe(
     apps: &[AppSpec],
     hippo: &HippoClient,
     bindle: &BindleClient,
+    cache: Option<&BindleCache>,
     nomad: Option<&NomadObserver>,
     concurrency: usize,
 ) -> Result<Snapshot, ObserveError> {
@@ -257,7 +295,7 @@ pub async fn observe(
         revisions,
         ..Default::default()
     };
-    observe_bindles(apps, bindle, concurrency, &mut snapshot).await;
+    observe_bindles(apps, bindle, cache, concurrency, &mut snapshot).await;
     if let Some(nomad) = nomad {
         observe_nomad(apps, nomad, None, concurrency, &mut snapshot).await;
     }
@@ -268,12 +306,36 @@ pub async fn observe(
 pub async fn observe_bindles(
     apps: &[AppSpec],
     bindle: &BindleClient,
+    cache: Option<&BindleCache>,
     concurrency: usize,
     snapshot: &mut Snapshot,
 ) {
     // Owned names: a closure over `&str` makes the future `Send` only for one lifetime
     // (rust-lang/rust#102211), and the daemon spawns it.
-    let names: BTreeSet<String> = apps.iter().map(|a| a.storage_id.clone()).collect();
+    let mut names: BTreeSet<String> = apps.iter().map(|a| a.storage_id.clone()).collect();
+    if let Some(cache) = cache {
+        names.retain(|name| {
+            let Some(versions) = cache.fresh(name) else {
+                return true;
+            };
+            let settled = apps.iter().filter(|a| &a.storage_id == name).all(|a| {
+                a.revisions.iter().all(|r| {
+                    let seen = versions.get(&r.version).is_some_and(|b| {
+                        !b.yanked
+                            && match &r.source {
+                                RevisionSource::Local(local) => local.parcel_shas() == b.parcels,
+                                RevisionSource::Existing => true,
+                            }
+                    });
+                    seen && snapshot.registered_everywhere(name, &r.version)
+                })
+            });
+            if settled {
+                snapshot.bindles.insert(name.clone(), Ok(versions));
+            }
+            !settled
+        });
+    }
     let versions: Vec<(String, Result<_, PartialFailure>)> = stream::iter(names)
         .map(|name| async move {
             let result = bindle.versions(&name).await.map_err(|e| (&e).into());
@@ -282,6 +344,13 @@ pub async fn observe_bindles(
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
+    if let Some(cache) = cache {
+        for (name, result) in &versions {
+            if let Ok(v) = result {
+                cache.store(name, v);
+            }
+        }
+    }
     snapshot.bindles.extend(versions);
 
     // Completeness is checked only where it matters: on the server, not yanked, not yet

@@ -490,3 +490,64 @@ async fn a_leader_cut_off_from_nomad_stops_writing_when_its_lease_runs_out() {
     release_tx.send(true).unwrap();
     task.await.unwrap();
 }
+
+fn cycles(d: &Daemon) -> u64 {
+    d.shared
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("hippo_gitops_reconcile_duration_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+fn requests(stats: &RequestStats, service: &str, method: &str) -> u64 {
+    stats
+        .snapshot()
+        .iter()
+        .filter(|(k, _)| k.service == service && k.method == method)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_controller_reads_three_hippo_lists_and_two_nomad_lists_per_cycle() {
+    let nb = NomadBed::start().await;
+    let files = copy_examples(nb.bed.path());
+    let (ctx, stats) = replica(&nb);
+    let mut cfg = config(&files, "idle");
+    cfg.interval = Duration::from_millis(100);
+    let d = Daemon::start(cfg, ctx, stats.clone()).await.unwrap();
+    eventually(20, "every app Ready", || {
+        all_ready(&d.shared.view(), &["weather", "invoices"])
+    })
+    .await;
+    let c0 = cycles(&d);
+    eventually(10, "a cycle after converging", || cycles(&d) > c0).await;
+
+    let c1 = cycles(&d);
+    let hippo_gets = requests(&stats, "hippo", "GET");
+    let nomad_gets = requests(&stats, "nomad", "GET");
+    let bindle = stats.requests("bindle");
+    let writes = app_writes(&stats);
+    eventually(10, "five idle cycles", || cycles(&d) >= c1 + 5).await;
+    let c2 = cycles(&d);
+    let n = c2 - c1;
+    // A cycle may be half done at either sample: allow one cycle of slack.
+    let hippo = requests(&stats, "hippo", "GET") - hippo_gets;
+    let nomad = requests(&stats, "nomad", "GET") - nomad_gets;
+    assert!(
+        hippo >= 3 * (n - 1) && hippo <= 3 * (n + 1),
+        "{hippo} Hippo GETs in {n} cycles"
+    );
+    assert!(
+        nomad >= 2 * (n - 1) && nomad <= 2 * (n + 1),
+        "{nomad} Nomad GETs in {n} cycles (jobs re-read only when they changed)"
+    );
+    assert_eq!(
+        stats.requests("bindle"),
+        bindle,
+        "settled bindles are not asked for again"
+    );
+    assert_eq!(app_writes(&stats), writes, "idle means no writes");
+    d.shutdown().await.unwrap();
+}

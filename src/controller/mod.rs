@@ -283,6 +283,10 @@ impl Daemon {
         ctx.gate = gate.clone();
         // Daemon cycles look at Nomad but don't wait for it: progress is checked again later.
         ctx.options.wait = None;
+        // Settled bindles are not asked for again every cycle (re-checked every 10 minutes).
+        ctx.bindle_cache = Some(Arc::new(crate::observe::BindleCache::new(
+            Duration::from_secs(600),
+        )));
         let (trigger_tx, trigger_rx) = mpsc::channel(64);
         let branch = match &config.source {
             SourceConfig::Git(g) => Some(g.branch.clone()),
