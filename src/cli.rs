@@ -82,6 +82,42 @@ pub enum Command {
         after_help = "Example:\n  hippo-gitops sandbox --sandbox-dir .hippo-gitops/sandbox\n\nThe Bindle server is the real bindle crate's server; Hippo and Nomad are emulators of\ntheir APIs. Prints the environment to use it (HIPPO_URL, HIPPO_USERNAME, HIPPO_PASSWORD,\nBINDLE_SERVER_URL, BINDLE_SIGNING_KEY, NOMAD_ADDR). Ctrl-C stops it; state survives a restart."
     )]
     Sandbox(SandboxCommandArgs),
+    /// Measure what reconciles cost as the number of apps grows, against a spin-deploy-style
+    /// flow, on the sandbox; print Markdown tables.
+    #[command(
+        after_help = "Example:\n  cargo run --release -- bench --apps 10,100,1000\n\nSee BENCHMARKS.md for the figures and what each row measures. Needs no servers: it\nstarts sandboxes (the real Bindle server; Hippo and Nomad emulators) in a scratch dir."
+    )]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Numbers of apps to measure (each with 2 revisions and 3 channels).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10,100,1000",
+        value_name = "N,..."
+    )]
+    pub apps: Vec<usize>,
+    /// Parcels in the bindle push comparison (0: skip it).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub push_parcels: usize,
+    /// Size of each of those parcels, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub parcel_bytes: usize,
+    /// Scratch directory (emptied first).
+    #[arg(long, default_value = ".hippo-gitops/bench", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Skip the idle controller (its memory, CPU and per-cycle requests).
+    #[arg(long)]
+    pub no_idle: bool,
+    /// How long to watch the idle controller.
+    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_window: Duration,
+    /// The idle controller's --interval.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -425,6 +461,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile(args) => reconcile(*args).await,
         Command::Status(args) => status_command(args).await,
         Command::Sandbox(args) => sandbox_command(args).await,
+        Command::Bench(args) => bench_command(args).await,
     }
 }
 
@@ -763,6 +800,40 @@ async fn sandbox_command(args: SandboxCommandArgs) -> anyhow::Result<ExitCode> {
     shutdown_signal().await;
     eprintln!("stopping the sandbox");
     sandbox.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let config = crate::bench::BenchConfig {
+        sizes: args.apps,
+        push_parcels: args.push_parcels,
+        parcel_bytes: args.parcel_bytes,
+        dir: std::path::absolute(&args.dir)?,
+        binary: if args.no_idle {
+            None
+        } else {
+            Some(std::env::current_exe()?)
+        },
+        idle_window: args.idle_window,
+        idle_interval: args.idle_interval,
+    };
+    std::fs::create_dir_all(&config.dir)?;
+    let started = std::time::Instant::now();
+    let report = crate::bench::run(&config, |line| {
+        eprintln!("[{:>6.1}s] {line}", started.elapsed().as_secs_f64())
+    })
+    .await?;
+    println!(
+        "hippo-gitops bench, {} ({} build), {} CPU(s)\n",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    print!("{}", crate::bench::markdown(&report));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod bench;
 pub mod bindles;
 pub mod cli;
 pub mod config;

@@ -8,7 +8,14 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut level = cli.log_level.clone();
+    if matches!(cli.command, cli::Command::Bench(_))
+        && std::env::var_os("HIPPO_GITOPS_LOG").is_none()
+    {
+        // The bench prints its own progress; the controller's per-change lines would drown it.
+        level = "warn,bindle=error,warp=error,hippo_gitops::emulator=error".into();
+    }
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -284,6 +284,11 @@ impl Sandbox {
         &self.key_path
     }
 
+    /// Writes the Hippo emulator has received (for benchmarks and tests).
+    pub fn hippo_writes(&self) -> usize {
+        self.hippo.writes()
+    }
+
     /// The environment that points hippo-gitops (or Spin, or curl) at this sandbox.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
