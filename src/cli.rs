@@ -55,6 +55,14 @@ pub enum OutputFormat {
     Json,
 }
 
+/// `plan` also speaks Markdown, for pull request comments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutputFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check deploy files offline; exit 0 when valid, 1 when not.
@@ -243,9 +251,9 @@ pub struct PlanArgs {
     pub connection: ConnectionArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-    /// Output format on stdout.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
+    /// Output format on stdout (markdown: for a pull request comment).
+    #[arg(long, value_enum, default_value_t = PlanOutputFormat::Text)]
+    pub output: PlanOutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -612,11 +620,12 @@ async fn plan(mut args: PlanArgs) -> anyhow::Result<ExitCode> {
     stop_sandbox(sandbox).await;
     let (plan, _) = result?;
     match args.output {
-        OutputFormat::Text => print!("{}", status::plan_text(&plan)),
-        OutputFormat::Json => println!("{}", status::plan_json(&plan)),
+        PlanOutputFormat::Text => print!("{}", status::plan_text(&plan)),
+        PlanOutputFormat::Json => println!("{}", status::plan_json(&plan)),
+        PlanOutputFormat::Markdown => print!("{}", status::plan_markdown(&plan)),
     }
     Ok(if plan.has_problems() {
-        if args.output == OutputFormat::Text {
+        if args.output == PlanOutputFormat::Text {
             eprintln!("error: some apps cannot be converged (see above)");
         }
         ExitCode::from(1)

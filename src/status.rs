@@ -118,6 +118,92 @@ pub fn plan_text(plan: &Plan) -> String {
     out
 }
 
+/// `plan --output markdown`: for a pull request comment. The summary line comes first; per
+/// app a table of changes; problems and warnings as lists. Env values never appear (changes
+/// describe keys only), and text from the deploy files is escaped for Markdown tables.
+pub fn plan_markdown(plan: &Plan) -> String {
+    let mut out = String::from("### hippo-gitops plan\n\n");
+    let changes: usize = plan.apps.iter().map(|a| a.changes.len()).sum();
+    let changed = plan.apps.iter().filter(|a| !a.changes.is_empty()).count();
+    let failing = plan.apps.iter().filter(|a| !a.problems.is_empty()).count();
+    let unchanged = plan
+        .apps
+        .iter()
+        .filter(|a| a.changes.is_empty() && a.problems.is_empty())
+        .count();
+    if changes == 0 && failing == 0 {
+        out.push_str(&format!(
+            "**No changes.** {unchanged} app(s) match the deploy files.\n"
+        ));
+    } else {
+        out.push_str(&format!(
+            "**{changes} change(s) to {changed} app(s)**, {unchanged} unchanged{}.\n",
+            if failing > 0 {
+                format!(", **{failing} cannot be converged**")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    for app in &plan.apps {
+        if app.changes.is_empty() && app.problems.is_empty() && app.warnings.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n#### `{}`\n\n", md_code(&app.app)));
+        for p in &app.problems {
+            out.push_str(&format!(
+                "- :x: **{}**: {}\n",
+                p.reason,
+                md_cell(&p.message)
+            ));
+        }
+        for w in &app.warnings {
+            out.push_str(&format!("- :warning: {}\n", md_cell(w)));
+        }
+        if !app.changes.is_empty() {
+            if !app.problems.is_empty() || !app.warnings.is_empty() {
+                out.push('\n');
+            }
+            out.push_str("| | kind | name | change |\n|---|---|---|---|\n");
+            for c in &app.changes {
+                let sign = match c.action {
+                    "delete" => "➖",
+                    "update" => "🔄",
+                    _ => "➕",
+                };
+                out.push_str(&format!(
+                    "| {sign} | {} | `{}` | {} |\n",
+                    c.kind,
+                    md_code(&c.name),
+                    md_cell(&c.describe())
+                ));
+            }
+        }
+    }
+    if !plan.orphans.is_empty() {
+        out.push_str("\n#### Orphaned Nomad jobs\n\nNo Hippo channel has these ids (`reconcile --prune-orphans` deletes them):\n\n");
+        for id in &plan.orphans {
+            out.push_str(&format!("- `{}`\n", md_code(id)));
+        }
+    }
+    out
+}
+
+/// Text inside a Markdown table cell: pipes and newlines would end the cell or the table, and
+/// HTML would render.
+fn md_cell(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace(['\n', '\r'], " ")
+}
+
+/// Text inside backticks (which can't be escaped there).
+fn md_code(s: &str) -> String {
+    s.replace('`', "'").replace(['\n', '\r', '|'], " ")
+}
+
 #[derive(Serialize)]
 struct PlanJson<'a> {
     changes: Vec<&'a crate::diff::Change>,
@@ -501,4 +587,83 @@ pub fn statuses_text(apps: &[AppStatus]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        diff::{self, AppPlan, Problem},
+        observe::Snapshot,
+        spec::{self, LoadOptions},
+    };
+
+    fn example_plan() -> Plan {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy-specs");
+        let desired = spec::load(&[dir], &LoadOptions::default()).unwrap();
+        let mut snapshot = Snapshot::default();
+        for app in &desired.apps {
+            snapshot
+                .bindles
+                .insert(app.storage_id.clone(), Ok(Default::default()));
+        }
+        diff::diff(&desired.apps, &snapshot)
+    }
+
+    #[test]
+    fn markdown_plan_summarises_tables_changes_and_keeps_env_values_out() {
+        let plan = example_plan();
+        let md = plan_markdown(&plan);
+        let n = plan.changes().count();
+        assert!(n > 0);
+        assert!(
+            md.contains(&format!("**{n} change(s) to 2 app(s)**, 0 unchanged.")),
+            "{md}"
+        );
+        assert!(md.contains("#### `weather`"));
+        assert!(md.contains("| ➕ | bindle | `weather/1.0.0` |"), "{md}");
+        assert!(md.contains("| ➕ | channel | `production` |"), "{md}");
+        // The example sets RUST_LOG to a value; only the key may appear.
+        assert!(md.contains("RUST_LOG"));
+        for value in ["info", "debug", "warn"] {
+            assert!(!md.contains(&format!("RUST_LOG={value}")), "{md}");
+        }
+        // One table row per change.
+        assert_eq!(md.lines().filter(|l| l.starts_with("| ➕")).count(), n);
+    }
+
+    #[test]
+    fn markdown_plan_escapes_what_would_break_the_table_or_render() {
+        let plan = Plan {
+            apps: vec![AppPlan {
+                app: "we`ird".into(),
+                changes: vec![],
+                problems: vec![Problem {
+                    message: "a | b <script>\nnext".into(),
+                    transient: false,
+                    reason: "BindleConflict",
+                }],
+                warnings: vec![],
+            }],
+            orphans: vec!["0b2f".into()],
+        };
+        let md = plan_markdown(&plan);
+        assert!(md.contains("**1 cannot be converged**"), "{md}");
+        assert!(md.contains("#### `we'ird`"), "{md}");
+        assert!(
+            md.contains("- :x: **BindleConflict**: a \\| b &lt;script&gt; next"),
+            "{md}"
+        );
+        assert!(md.contains("- `0b2f`"));
+        let none = Plan {
+            apps: vec![AppPlan {
+                app: "a".into(),
+                changes: vec![],
+                problems: vec![],
+                warnings: vec![],
+            }],
+            orphans: vec![],
+        };
+        assert!(plan_markdown(&none).contains("**No changes.** 1 app(s)"));
+    }
 }
