@@ -21,11 +21,19 @@ use crate::{
     status,
 };
 
+/// `0.1.0 (<git revision>)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("HIPPO_GITOPS_GIT_REV"),
+    ")"
+);
+
 const ABOUT: &str =
     "GitOps for Hippo: converge Hippo, Bindle and Nomad to declarative deploy files";
 
 #[derive(Debug, Parser)]
-#[command(name = "hippo-gitops", version, about = ABOUT, long_about = None)]
+#[command(name = "hippo-gitops", version = VERSION, about = ABOUT, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -96,6 +104,14 @@ pub enum Command {
         after_help = "Example:\n  cargo run --release -- bench --apps 10,100,1000\n\nSee BENCHMARKS.md for the figures and what each row measures. Needs no servers: it\nstarts sandboxes (the real Bindle server; Hippo and Nomad emulators) in a scratch dir."
     )]
     Bench(BenchArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  hippo-gitops completions bash > /etc/bash_completion.d/hippo-gitops\n  hippo-gitops completions zsh > \"${fpath[1]}/_hippo-gitops\"\n  hippo-gitops completions fish > ~/.config/fish/completions/hippo-gitops.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -360,6 +376,9 @@ pub struct DaemonArgs {
     /// On SIGTERM, how long in-flight writes may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
+    /// How soon to look again at an app still rolling out on Nomad.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub rollout_interval: Duration,
     /// First wait after a failure; doubles per failure in a row.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub backoff_min: Duration,
@@ -470,6 +489,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status_command(args).await,
         Command::Sandbox(args) => sandbox_command(args).await,
         Command::Bench(args) => bench_command(args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "hippo-gitops",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -724,6 +753,7 @@ async fn daemon(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         .filter(|s| !s.is_empty())
         .map(Secret::new);
     config.shutdown_grace = d.shutdown_grace;
+    config.progress_interval = d.rollout_interval.max(Duration::from_millis(50));
     config.backoff = BackoffPolicy {
         min: d.backoff_min,
         max: d.backoff_max.max(d.backoff_min),

@@ -5,14 +5,13 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::run_binary;
+use common::{assert_examples_converged, assert_no_duplicates, hippo_state, run_binary};
 use hippo_gitops::{
     emulator::hippo::EmulatorState,
     sandbox::{Sandbox, SandboxConfig},
@@ -33,46 +32,6 @@ fn checkout() -> (tempfile::TempDir, PathBuf) {
 fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     run_binary(&args, &[], cwd)
-}
-
-fn hippo_state(dir: &Path) -> EmulatorState {
-    let text = std::fs::read_to_string(dir.join(".hippo-gitops/sandbox/hippo.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// No app twice, no channel twice in an app, no revision number twice in an app.
-fn assert_no_duplicates(state: &EmulatorState) {
-    let names: BTreeSet<&str> = state.apps.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(
-        names.len(),
-        state.apps.len(),
-        "duplicate app: {:?}",
-        state.apps
-    );
-    let channels: BTreeSet<(uuid::Uuid, &str)> = state
-        .channels
-        .iter()
-        .map(|c| (c.app_id, c.name.as_str()))
-        .collect();
-    assert_eq!(channels.len(), state.channels.len(), "duplicate channel");
-    let revisions: BTreeSet<(uuid::Uuid, &str)> = state
-        .revisions
-        .iter()
-        .map(|r| (r.app_id, r.revision_number.as_str()))
-        .collect();
-    assert_eq!(
-        revisions.len(),
-        state.revisions.len(),
-        "duplicate revision: {:?}",
-        state.revisions
-    );
-}
-
-fn assert_examples_converged(state: &EmulatorState) {
-    assert_no_duplicates(state);
-    assert_eq!(state.apps.len(), 2);
-    assert_eq!(state.channels.len(), 3);
-    assert_eq!(state.revisions.len(), 3);
 }
 
 #[test]
@@ -105,7 +64,7 @@ fn the_readme_quickstart_runs_as_written_on_a_fresh_checkout() {
             && stdout.contains("weather: ready, unchanged"),
         "{stdout}"
     );
-    assert_examples_converged(&hippo_state(&dir));
+    assert_examples_converged(&hippo_state(&dir.join(".hippo-gitops/sandbox")));
 }
 
 #[test]
@@ -129,7 +88,7 @@ fn converges_under_injected_5xx_and_latency_with_no_duplicates() {
         );
         // Whatever a run did, it never leaves duplicates behind.
         if dir.join(".hippo-gitops/sandbox/hippo.json").exists() {
-            assert_no_duplicates(&hippo_state(&dir));
+            assert_no_duplicates(&hippo_state(&dir.join(".hippo-gitops/sandbox")));
         }
         if code == 0 {
             break;
@@ -140,7 +99,7 @@ fn converges_under_injected_5xx_and_latency_with_no_duplicates() {
             "not converged after {runs} runs with faults:\n{stdout}\n{stderr}"
         );
     }
-    assert_examples_converged(&hippo_state(&dir));
+    assert_examples_converged(&hippo_state(&dir.join(".hippo-gitops/sandbox")));
     let (code, stdout, _) = run(&["plan", "--sandbox", "-f", "deploy-specs/"], &dir);
     assert_eq!(code, 0, "{stdout}");
 }
@@ -187,14 +146,14 @@ fn killed_in_the_middle_then_rerun_converges_with_no_duplicates() {
         partial,
         "the run was killed while Hippo held part of the desired state"
     );
-    assert_no_duplicates(&hippo_state(&dir));
+    assert_no_duplicates(&hippo_state(&dir.join(".hippo-gitops/sandbox")));
 
     let (code, stdout, stderr) = run(
         &["reconcile", "--once", "--sandbox", "-f", "deploy-specs/"],
         &dir,
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert_examples_converged(&hippo_state(&dir));
+    assert_examples_converged(&hippo_state(&dir.join(".hippo-gitops/sandbox")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

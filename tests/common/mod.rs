@@ -12,6 +12,7 @@ use bindle::signature::{KeyEntry, SecretKeyEntry, SecretKeyFile, SignatureRole};
 use hippo_gitops::{
     apply::{self, Context},
     bindles::{BindleClient, BindleConfig},
+    emulator::hippo::EmulatorState,
     emulator::{
         bindle_server::BindleServer,
         hippo::{HippoEmulator, HippoEmulatorConfig},
@@ -286,4 +287,51 @@ impl NomadBed {
                 args.get(i + 1)?.as_str().map(String::from)
             })
     }
+}
+
+/// The sandbox's Hippo emulator state, as saved in `<sandbox dir>/hippo.json`.
+pub fn hippo_state(sandbox: &Path) -> EmulatorState {
+    let text = std::fs::read_to_string(sandbox.join("hippo.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// No app twice, no channel twice in an app, no revision number twice in an app.
+pub fn assert_no_duplicates(state: &EmulatorState) {
+    use std::collections::BTreeSet;
+    let names: BTreeSet<&str> = state.apps.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names.len(),
+        state.apps.len(),
+        "duplicate app: {:?}",
+        state.apps
+    );
+    let channels: BTreeSet<(uuid::Uuid, &str)> = state
+        .channels
+        .iter()
+        .map(|c| (c.app_id, c.name.as_str()))
+        .collect();
+    assert_eq!(
+        channels.len(),
+        state.channels.len(),
+        "duplicate channel: {:?}",
+        state.channels
+    );
+    let revisions: BTreeSet<(uuid::Uuid, &str)> = state
+        .revisions
+        .iter()
+        .map(|r| (r.app_id, r.revision_number.as_str()))
+        .collect();
+    assert_eq!(
+        revisions.len(),
+        state.revisions.len(),
+        "duplicate revision: {:?}",
+        state.revisions
+    );
+}
+
+pub fn assert_examples_converged(state: &EmulatorState) {
+    assert_no_duplicates(state);
+    assert_eq!(state.apps.len(), 2, "{:?}", state.apps);
+    assert_eq!(state.channels.len(), 3, "{:?}", state.channels);
+    assert_eq!(state.revisions.len(), 3, "{:?}", state.revisions);
 }
