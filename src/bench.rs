@@ -232,6 +232,7 @@ async fn start_sandbox(dir: &Path) -> Result<Sandbox, BenchError> {
     let _ = std::fs::remove_dir_all(dir);
     let mut config = SandboxConfig::new(dir);
     config.alloc_delay = Duration::from_millis(10);
+    config.persist = false;
     Ok(Sandbox::start(config).await?)
 }
 

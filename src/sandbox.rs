@@ -85,6 +85,10 @@ pub struct SandboxConfig {
     pub faults: SandboxFaults,
     /// Emulated Nomad: how long an allocation takes to start and to turn healthy.
     pub alloc_delay: Duration,
+    /// Keep the emulators' state in the directory across restarts. Benchmarks turn it off: the
+    /// emulators rewrite their whole state file after every change, which at 1000 apps would
+    /// measure the emulators' disk writes rather than the controller.
+    pub persist: bool,
 }
 
 impl SandboxConfig {
@@ -94,6 +98,7 @@ impl SandboxConfig {
             listen_base: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             faults: SandboxFaults::default(),
             alloc_delay: Duration::from_millis(100),
+            persist: true,
         }
     }
 }
@@ -204,7 +209,7 @@ impl Sandbox {
             listen: Some(port(2)),
             alloc_start_delay: config.alloc_delay,
             healthy_delay: config.alloc_delay,
-            state_file: Some(dir.join("nomad.json")),
+            state_file: config.persist.then(|| dir.join("nomad.json")),
             ..Default::default()
         })
         .await?;
@@ -217,7 +222,7 @@ impl Sandbox {
             HippoEmulatorConfig {
                 bindle_url: bindle.url(),
                 admin: Some((ADMIN_USER.into(), password.clone())),
-                state_file: Some(dir.join("hippo.json")),
+                state_file: config.persist.then(|| dir.join("hippo.json")),
                 listen: Some(port(0)),
                 ..Default::default()
             },
