@@ -104,6 +104,11 @@ pub enum Command {
         after_help = "Example:\n  cargo run --release -- bench --apps 10,100,1000\n\nSee BENCHMARKS.md for the figures and what each row measures. Needs no servers: it\nstarts sandboxes (the real Bindle server; Hippo and Nomad emulators) in a scratch dir."
     )]
     Bench(BenchArgs),
+    /// Print the deploy file's JSON Schema (for editors and linters).
+    #[command(
+        after_help = "Example:\n  hippo-gitops schema > deploy-specs/hippo-gitops.schema.json\n\nThen start each deploy file with\n  # yaml-language-server: $schema=hippo-gitops.schema.json\nfor completion and checks in editors with the YAML language server."
+    )]
+    Schema,
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  hippo-gitops completions bash > /etc/bash_completion.d/hippo-gitops\n  hippo-gitops completions zsh > \"${fpath[1]}/_hippo-gitops\"\n  hippo-gitops completions fish > ~/.config/fish/completions/hippo-gitops.fish"
@@ -489,6 +494,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status_command(args).await,
         Command::Sandbox(args) => sandbox_command(args).await,
         Command::Bench(args) => bench_command(args).await,
+        Command::Schema => {
+            print!("{}", crate::spec::schema::deploy_file_schema());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -5,6 +5,7 @@
 //! See `docs/deploy-file.md` for the user-facing reference.
 
 pub mod locate;
+pub mod schema;
 mod validate;
 
 use std::{
@@ -136,44 +137,71 @@ pub struct ChannelSpec {
 // Raw, as written. Unknown fields are not denied by serde (that would abort the document and
 // hide its other problems); they are collected with `serde_ignored` and reported instead.
 
-#[derive(Debug, Deserialize)]
+/// One deploy file document: an app, its revisions and its channels (hippo-gitops/v1).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct RawDocument {
+#[schemars(deny_unknown_fields, title = "hippo-gitops deploy file")]
+pub(crate) struct RawDocument {
+    /// Always `hippo-gitops/v1`.
     api_version: String,
+    /// Always `App`.
     kind: String,
     metadata: RawMetadata,
     spec: RawAppSpec,
 }
 
-#[derive(Debug, Deserialize)]
+/// Identifies the app.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Metadata")]
 struct RawMetadata {
+    /// The Hippo app name (unique across the deploy files).
     name: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// What the app should have in Hippo, Bindle and Nomad.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields, rename = "AppSpec")]
 struct RawAppSpec {
+    /// The bindle name Hippo stores the app under. Defaults to the bindle name of the `path:`
+    /// revisions; required when every revision is a `version:`.
     storage_id: Option<String>,
+    /// Revisions that must exist on Bindle and be registered in Hippo.
     #[serde(default)]
     revisions: Vec<RawRevision>,
+    /// The app's channels; each picks its revision by a semver range or pins one.
     #[serde(default)]
     channels: Vec<RawChannel>,
+    /// Delete channels of this app that are not listed here.
     #[serde(default)]
     prune: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// A revision: exactly one of `version` (already on the Bindle server, checked but never
+/// pushed) or `path` (a Spin app or standalone bindle directory, pushed).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Revision")]
 struct RawRevision {
+    /// A bindle version already on the Bindle server (semver).
     version: Option<ScalarString>,
+    /// A Spin app directory (with spin.toml) or a standalone bindle directory (with
+    /// invoice.toml), relative to this file.
     path: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A channel: exactly one of `range` or `revision`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Channel")]
 struct RawChannel {
+    /// The channel name (unique within the app).
     name: String,
+    /// A node-semver range; Hippo runs the newest registered revision that matches.
     range: Option<ScalarString>,
+    /// Pin one revision (a version listed in `revisions` or already in Hippo).
     revision: Option<ScalarString>,
+    /// The channel's domain; Hippo assigns one when left out.
     domain: Option<String>,
+    /// The full set of environment variables; keys not listed are removed.
     env: Option<BTreeMap<String, ScalarString>>,
 }
 
@@ -181,6 +209,25 @@ struct RawChannel {
 /// is still caught by the semver check).
 #[derive(Debug, Clone)]
 struct ScalarString(String);
+
+impl schemars::JsonSchema for ScalarString {
+    fn schema_name() -> String {
+        "ScalarString".into()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        use schemars::schema::{InstanceType, SchemaObject, SingleOrVec};
+        SchemaObject {
+            instance_type: Some(SingleOrVec::Vec(vec![
+                InstanceType::String,
+                InstanceType::Number,
+                InstanceType::Boolean,
+            ])),
+            ..Default::default()
+        }
+        .into()
+    }
+}
 
 impl<'de> Deserialize<'de> for ScalarString {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
