@@ -47,6 +47,8 @@ pub struct Context {
     pub gate: WriteGate,
     /// Bindle versions seen in earlier cycles (the controller); `None`: always ask.
     pub bindle_cache: Option<Arc<observe::BindleCache>>,
+    /// A terminal's progress line (disabled unless a one-shot run on a terminal).
+    pub progress: Arc<crate::progress::Progress>,
 }
 
 impl Context {
@@ -59,6 +61,7 @@ impl Context {
             options: ReconcileOptions::default(),
             gate: WriteGate::open(),
             bindle_cache: None,
+            progress: Arc::new(crate::progress::Progress::disabled()),
         }
     }
 }
@@ -397,6 +400,14 @@ async fn wait_for_nomad(
 ) {
     let started = tokio::time::Instant::now();
     let deadline = ctx.options.wait.map(|w| started + w);
+    // The progress line goes when the wait ends, however it ends.
+    struct ClearOnDrop<'a>(&'a crate::progress::Progress);
+    impl Drop for ClearOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.clear();
+        }
+    }
+    let _clear = ClearOnDrop(&ctx.progress);
     loop {
         let state = match &snapshot.nomad {
             Some(Ok(state)) => state,
@@ -461,8 +472,15 @@ async fn wait_for_nomad(
         let now = tokio::time::Instant::now();
         match deadline {
             Some(deadline) if now < deadline => {
-                let pending: Vec<String> = progressing.values().flatten().cloned().collect();
-                tracing::info!(pending = %pending.join("; "), "waiting for Nomad");
+                let pending: Vec<String> = progressing
+                    .iter()
+                    .flat_map(|(app, list)| list.iter().map(move |m| format!("{app}: {m}")))
+                    .collect();
+                if ctx.progress.is_enabled() {
+                    ctx.progress.waiting(started.elapsed(), &pending);
+                } else {
+                    tracing::info!(pending = %pending.join("; "), "waiting for Nomad");
+                }
                 let index = state.allocations_index;
                 let wait = (deadline - now).min(MAX_BLOCK);
                 observe::observe_nomad(

@@ -196,9 +196,16 @@ pub struct BindleClient {
     concurrency: usize,
     stats: RequestStats,
     url: String,
+    progress: Arc<crate::progress::Progress>,
 }
 
 impl BindleClient {
+    /// Shows uploads on `progress` (a terminal's progress line).
+    pub fn with_progress(mut self, progress: Arc<crate::progress::Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
     /// `key` signs invoices as creator (bindle 0.9 servers reject unsigned invoices).
     pub fn new(
         config: BindleConfig,
@@ -228,6 +235,7 @@ impl BindleClient {
             concurrency: config.upload_concurrency.max(1),
             stats,
             url,
+            progress: Arc::new(crate::progress::Progress::disabled()),
         })
     }
 
@@ -413,52 +421,69 @@ impl BindleClient {
             }
         };
 
-        let uploads: Vec<(String, u64)> = stream::iter(missing.into_iter().map(|sha| {
-            let id = id.clone();
-            let id_s = id_s.clone();
-            async move {
-                let source = local
-                    .parcels
-                    .get(&sha)
-                    .ok_or_else(|| BindleError::Conflict { id: id_s.clone() })?;
-                let bytes = source.read().map_err(|e| BindleError::Local {
-                    id: id_s.clone(),
-                    sha: sha.clone(),
-                    source: e,
-                })?;
-                let size = bytes.len() as u64;
-                let r = self
-                    .call("upload parcel", &id_s, "POST", 200, || {
-                        self.client.create_parcel(id.clone(), &sha, bytes.clone())
-                    })
-                    .await?;
-                match r {
-                    Ok(()) => {
-                        self.stats.record_upload(size);
-                        Ok((sha, size))
-                    }
-                    // Uploaded meanwhile (by us before a crash, or another writer).
-                    Err(ClientError::ParcelAlreadyExists) => Ok((sha, 0)),
-                    Err(ClientError::ServerError(Some(message)))
-                        if message.starts_with("Bad request") =>
-                    {
-                        Err(BindleError::Rejected {
-                            id: id_s,
-                            message,
-                            hint: "",
+        let to_upload: u64 = missing
+            .iter()
+            .filter_map(|sha| {
+                local
+                    .invoice
+                    .parcel
+                    .iter()
+                    .flatten()
+                    .find(|p| &p.label.sha256 == sha)
+                    .map(|p| p.label.size)
+            })
+            .sum();
+        self.progress.upload_started(&id_s, to_upload);
+        let uploads: Result<Vec<(String, u64)>, BindleError> =
+            stream::iter(missing.into_iter().map(|sha| {
+                let id = id.clone();
+                let id_s = id_s.clone();
+                async move {
+                    let source = local
+                        .parcels
+                        .get(&sha)
+                        .ok_or_else(|| BindleError::Conflict { id: id_s.clone() })?;
+                    let bytes = source.read().map_err(|e| BindleError::Local {
+                        id: id_s.clone(),
+                        sha: sha.clone(),
+                        source: e,
+                    })?;
+                    let size = bytes.len() as u64;
+                    let r = self
+                        .call("upload parcel", &id_s, "POST", 200, || {
+                            self.client.create_parcel(id.clone(), &sha, bytes.clone())
                         })
+                        .await?;
+                    match r {
+                        Ok(()) => {
+                            self.stats.record_upload(size);
+                            self.progress.uploaded(size);
+                            Ok((sha, size))
+                        }
+                        // Uploaded meanwhile (by us before a crash, or another writer).
+                        Err(ClientError::ParcelAlreadyExists) => Ok((sha, 0)),
+                        Err(ClientError::ServerError(Some(message)))
+                            if message.starts_with("Bad request") =>
+                        {
+                            Err(BindleError::Rejected {
+                                id: id_s,
+                                message,
+                                hint: "",
+                            })
+                        }
+                        Err(source) => Err(BindleError::Client {
+                            op: "upload parcel",
+                            id: id_s,
+                            source,
+                        }),
                     }
-                    Err(source) => Err(BindleError::Client {
-                        op: "upload parcel",
-                        id: id_s,
-                        source,
-                    }),
                 }
-            }
-        }))
-        .buffer_unordered(self.concurrency)
-        .try_collect()
-        .await?;
+            }))
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await;
+        self.progress.upload_finished(&id_s);
+        let uploads = uploads?;
 
         let still = self.missing_parcels(&id).await?.unwrap_or_default();
         if !still.is_empty() {

@@ -14,6 +14,7 @@ use crate::{
     hippo::{HippoClient, HippoClientConfig},
     nomad::{NomadClient, NomadConfig},
     observe::NomadObserver,
+    progress::Progress,
     sandbox::{self, Sandbox, SandboxConfig, SandboxFaults},
     secret::Secret,
     spec::{self, DesiredState, LoadOptions},
@@ -570,6 +571,15 @@ fn validate(files: &FileArgs) -> ExitCode {
 
 /// Builds the clients from flags and environment.
 pub fn context(conn: &ConnectionArgs, stats: RequestStats) -> anyhow::Result<Context> {
+    context_with_progress(conn, stats, Arc::new(Progress::disabled()))
+}
+
+/// As [`context`], drawing uploads and waits on `progress`.
+pub fn context_with_progress(
+    conn: &ConnectionArgs,
+    stats: RequestStats,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Context> {
     let settings = HippoSettings {
         url: conn.hippo_url.clone(),
         token: conn.hippo_token.clone().map(Secret::new),
@@ -615,7 +625,8 @@ pub fn context(conn: &ConnectionArgs, stats: RequestStats) -> anyhow::Result<Con
     )?;
     bindle_config.timeout = timeout.max(Duration::from_secs(60));
     bindle_config.danger_accept_invalid_certs = conn.danger_accept_invalid_certs;
-    let bindle = BindleClient::new(bindle_config, key.key, stats.clone())?;
+    let bindle =
+        BindleClient::new(bindle_config, key.key, stats.clone())?.with_progress(progress.clone());
     let nomad = match conn.nomad_addr.clone().filter(|a| !a.is_empty()) {
         None => {
             tracing::info!(
@@ -638,6 +649,7 @@ pub fn context(conn: &ConnectionArgs, stats: RequestStats) -> anyhow::Result<Con
     };
     let mut ctx = Context::new(Arc::new(hippo), Arc::new(bindle));
     ctx.nomad = nomad;
+    ctx.progress = progress;
     ctx.concurrency = conn.concurrency.max(1);
     Ok(ctx)
 }
@@ -696,7 +708,11 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     };
     let stats = RequestStats::default();
     let result = async {
-        let mut ctx = context(&args.connection, stats.clone())?;
+        let mut ctx = context_with_progress(
+            &args.connection,
+            stats.clone(),
+            Arc::new(Progress::stderr()),
+        )?;
         ctx.options.prune_orphans = args.prune_orphans;
         ctx.options.wait = (!args.no_wait).then_some(args.timeout);
         anyhow::Ok(apply::reconcile(&desired, &ctx).await?)

@@ -19,6 +19,7 @@ pub mod hippo;
 pub mod nomad;
 pub mod observe;
 pub mod package;
+pub mod progress;
 pub mod retry;
 pub mod sandbox;
 pub mod secret;

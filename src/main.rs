@@ -18,7 +18,8 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Clears a terminal's progress line before each log line.
+        .with_writer(hippo_gitops::progress::LogWriter)
         .with_target(false);
     match cli.log_format {
         LogFormat::Text => builder.init(),
