@@ -142,6 +142,9 @@ pub struct BenchArgs {
     /// Skip the idle controller (its memory, CPU and per-cycle requests).
     #[arg(long)]
     pub no_idle: bool,
+    /// Skip the spin-deploy-style baseline (minutes at 1000 apps: it lists everything per app).
+    #[arg(long)]
+    pub no_baseline: bool,
     /// How long to watch the idle controller.
     #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_window: Duration,
@@ -880,6 +883,7 @@ async fn bench_command(args: BenchArgs) -> anyhow::Result<ExitCode> {
         },
         idle_window: args.idle_window,
         idle_interval: args.idle_interval,
+        baseline: !args.no_baseline,
     };
     std::fs::create_dir_all(&config.dir)?;
     let started = std::time::Instant::now();

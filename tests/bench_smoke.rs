@@ -17,6 +17,7 @@ async fn the_benchmark_runs_and_its_figures_hold() {
         binary: Some(env!("CARGO_BIN_EXE_hippo-gitops").into()),
         idle_window: Duration::from_millis(1500),
         idle_interval: Duration::from_millis(300),
+        baseline: true,
     };
     let report = bench::run(&config, |_| {}).await.unwrap();
     let row = &report.rows[0];

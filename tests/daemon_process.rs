@@ -579,7 +579,14 @@ fn webhooks_trigger_a_reconcile_only_when_authenticated() {
 fn fence_no_webhook_cycle(d: &mut Daemon, specs: &Path) {
     let before = cycles(d.addr, "file");
     let file = specs.join("invoices.yaml");
-    let text = std::fs::read(&file).unwrap();
+    // A real change (a file change reconciles only the apps it changed): toggle `prune`, which
+    // changes nothing in Hippo for this app.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = if text.contains("prune: true") {
+        text.replace("prune: true", "prune: false")
+    } else {
+        text.replace("prune: false", "prune: true")
+    };
     let tmp = specs.join(".invoices.yaml.swp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(tmp, file).unwrap();

@@ -416,7 +416,12 @@ impl Loop {
             if reload {
                 self.reload().await;
             }
-            if trigger != Trigger::AppDue {
+            // A file change or a new commit makes the apps it changed due (update_desired did);
+            // an interval, a webhook (someone asked for a reconcile) or a new leader, all.
+            if !matches!(
+                trigger,
+                Trigger::AppDue | Trigger::FileChanged | Trigger::GitPoll
+            ) {
                 self.schedule.mark_all_due(Instant::now().into_std());
             }
             let gate = self.shared.gate.clone();
@@ -529,7 +534,7 @@ impl Loop {
             (None, Some((paths, root))) => source::load_files(paths, root).await,
             (None, None) => return,
         };
-        let loaded = match result {
+        let mut loaded = match result {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "could not update the deploy files; keeping the last ones loaded");
@@ -558,17 +563,15 @@ impl Loop {
         if !changed.is_empty() {
             tracing::info!(apps = %changed.join(", "), "desired state changed");
         }
-        self.specs = loaded
-            .desired
-            .apps
-            .iter()
-            .map(|a| (a.name.clone(), a.clone()))
+        self.specs = std::mem::take(&mut loaded.desired.apps)
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
             .collect();
         // Apps whose file went bad keep their last origin, to be shown as stalled.
         self.previous_origin.retain(|app, file| {
             loaded.rejected.contains_key(file) && !self.specs.contains_key(app)
         });
-        for a in &loaded.desired.apps {
+        for a in self.specs.values() {
             self.previous_origin
                 .insert(a.name.clone(), a.origin.file.clone());
         }
@@ -585,7 +588,11 @@ impl Loop {
                 })
                 .collect();
         }
-        self.loaded = loaded;
+        // The apps live on in `specs` only: one copy of 1000 apps' invoices is enough.
+        self.loaded = Loaded {
+            desired: DesiredState::default(),
+            ..loaded
+        };
     }
 
     /// Reconciles (leader) or observes (follower) the apps due, and updates the status.

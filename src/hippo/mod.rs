@@ -152,7 +152,9 @@ impl HippoClientConfig {
             danger_accept_invalid_certs: false,
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
-            page_size: 500,
+            // Hippo loads the whole table and pages in memory (HIPPO-API.md §4.1), so one big
+            // page costs it less than many: at 1000 apps, each list is one request.
+            page_size: 5000,
         }
     }
 }
