@@ -163,8 +163,8 @@ struct RawMetadata {
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "AppSpec")]
 struct RawAppSpec {
-    /// The bindle name Hippo stores the app under. Defaults to the bindle name of the `path:`
-    /// revisions; required when every revision is a `version:`.
+    /// The bindle name on the Bindle server that Hippo stores the app under (default:
+    /// `metadata.name`).
     storage_id: Option<String>,
     /// Revisions that must exist on Bindle and be registered in Hippo.
     #[serde(default)]
