@@ -104,6 +104,8 @@ pub struct Idle {
     pub per_cycle: [f64; 3],
     pub cycles: u64,
     pub rss_kib: u64,
+    /// Of which anonymous memory (the heap and stacks; the rest is mapped files: the binary).
+    pub rss_anon_kib: u64,
     /// CPU time used over the window, as a share of one core.
     pub cpu_share: f64,
     /// From a deploy file's change to the first write Hippo received.
@@ -478,7 +480,8 @@ async fn watch_idle(
     let per = |s: &str| {
         (after.requests.get(s).unwrap_or(&0.0) - before.requests.get(s).unwrap_or(&0.0)) / cycles
     };
-    let rss_kib = rss_kib(pid);
+    let rss_kib = proc_status_kib(pid, "VmRSS:");
+    let rss_anon_kib = proc_status_kib(pid, "RssAnon:");
     let ticks_per_sec = 100.0; // USER_HZ on Linux.
     let cpu_share = match (cpu_before, cpu_after) {
         (Some(a), Some(b)) => (b - a) as f64 / ticks_per_sec / elapsed,
@@ -504,6 +507,7 @@ async fn watch_idle(
         per_cycle: [per("hippo"), per("bindle"), per("nomad")],
         cycles: cycles as u64,
         rss_kib,
+        rss_anon_kib,
         cpu_share,
         change_to_write,
     })
@@ -539,12 +543,13 @@ fn scrape(text: &str) -> Scraped {
     out
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `kB` line of `/proc/<pid>/status`.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
@@ -862,19 +867,20 @@ pub fn markdown(report: &BenchReport) -> String {
     }
     if report.rows.iter().any(|r| r.idle.is_some()) {
         let _ = writeln!(w);
-        let _ = writeln!(w, "| apps | idle controller: requests per cycle (Hippo / Bindle / Nomad) | cycles watched | resident memory | CPU (share of one core) | file change → first write |");
+        let _ = writeln!(w, "| apps | idle controller: requests per cycle (Hippo / Bindle / Nomad) | cycles watched | resident memory (of which heap and stacks) | CPU (share of one core) | file change → first write |");
         let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|");
         for row in &report.rows {
             if let Some(i) = row.idle {
                 let _ = writeln!(
                     w,
-                    "| {} | {:.1} / {:.1} / {:.1} | {} | {:.1} MiB | {:.3} | {} ms |",
+                    "| {} | {:.1} / {:.1} / {:.1} | {} | {:.1} MiB ({:.1} MiB) | {:.3} | {} ms |",
                     row.apps,
                     i.per_cycle[0],
                     i.per_cycle[1],
                     i.per_cycle[2],
                     i.cycles,
                     i.rss_kib as f64 / 1024.0,
+                    i.rss_anon_kib as f64 / 1024.0,
                     i.cpu_share,
                     i.change_to_write.as_millis()
                 );
