@@ -321,6 +321,27 @@ fn lock_config() -> LeaderConfig {
 
 const VAR: &str = "/v1/var/hippo-gitops/leader";
 
+/// An elector against `server`, running: its gate, the release switch, its triggers, its task.
+fn start_elector(
+    server: &MockServer,
+) -> (
+    WriteGate,
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::mpsc::Receiver<Trigger>,
+    tokio::task::JoinHandle<()>,
+) {
+    let gate = WriteGate::leased();
+    let elector = Arc::new(Elector::new(
+        observer(&server.uri()),
+        lock_config(),
+        gate.clone(),
+    ));
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let task = tokio::spawn(elector.run(release_rx, tx));
+    (gate, release_tx, rx, task)
+}
+
 fn acquired() -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(serde_json::json!({
         "Namespace": "default", "Path": "hippo-gitops/leader",
@@ -365,15 +386,7 @@ async fn the_leader_lock_is_taken_renewed_and_released_with_nomads_requests() {
         .mount(&server)
         .await;
 
-    let gate = WriteGate::leased();
-    let elector = Arc::new(Elector::new(
-        observer(&server.uri()),
-        lock_config(),
-        gate.clone(),
-    ));
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    let task = tokio::spawn(elector.run(release_rx, tx));
+    let (gate, release_tx, mut rx, task) = start_elector(&server);
     assert_eq!(rx.recv().await, Some(Trigger::BecameLeader));
     assert_eq!(gate.check(), Ok(()));
     // Renewed at 0.7 × TTL: still the leader well past one TTL.
@@ -420,15 +433,7 @@ async fn a_leader_whose_renew_is_refused_stops_writing_at_once() {
         .mount(&server)
         .await;
 
-    let gate = WriteGate::leased();
-    let elector = Arc::new(Elector::new(
-        observer(&server.uri()),
-        lock_config(),
-        gate.clone(),
-    ));
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    let task = tokio::spawn(elector.run(release_rx, tx));
+    let (gate, release_tx, mut rx, task) = start_elector(&server);
     assert_eq!(rx.recv().await, Some(Trigger::BecameLeader));
     assert_eq!(gate.check(), Ok(()));
     // The first renew (at 0.7 × TTL) is refused: the gate closes with it, before the lease
@@ -466,16 +471,8 @@ async fn a_leader_cut_off_from_nomad_stops_writing_when_its_lease_runs_out() {
         .mount(&server)
         .await;
 
-    let gate = WriteGate::leased();
-    let elector = Arc::new(Elector::new(
-        observer(&server.uri()),
-        lock_config(),
-        gate.clone(),
-    ));
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
     let started = tokio::time::Instant::now();
-    let task = tokio::spawn(elector.run(release_rx, tx));
+    let (gate, release_tx, mut rx, task) = start_elector(&server);
     assert_eq!(rx.recv().await, Some(Trigger::BecameLeader));
     assert_eq!(gate.check(), Ok(()));
     assert_eq!(rx.recv().await, Some(Trigger::LostLeadership));
