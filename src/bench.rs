@@ -489,12 +489,12 @@ async fn watch_idle(
     };
 
     // From a change to a deploy file to the first write Hippo receives.
-    let writes_before = sb_writes(sb);
+    let writes_before = sb.hippo_writes();
     let first = specs.join("app-0000.yaml");
     std::fs::write(&first, app_file("app-0000", "2"))?;
     let changed_at = Instant::now();
     let deadline = changed_at + Duration::from_secs(60);
-    while sb_writes(sb) == writes_before {
+    while sb.hippo_writes() == writes_before {
         if Instant::now() > deadline {
             return Err(step("controller")(
                 "the change was not written within 60 s".into(),
@@ -511,10 +511,6 @@ async fn watch_idle(
         cpu_share,
         change_to_write,
     })
-}
-
-fn sb_writes(sb: &Sandbox) -> usize {
-    sb.hippo_writes()
 }
 
 struct Scraped {

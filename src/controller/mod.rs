@@ -640,10 +640,10 @@ impl Loop {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "observing Hippo failed; the apps due are retried with backoff");
-                        let outcome = if e.is_transient() { Outcome::Retry } else { Outcome::Terminal };
+                        // Not the apps' fault: retried with backoff, never stalled.
                         for spec in &desired.apps {
                             self.schedule.record(&spec.name, Outcome::Retry, std::time::Instant::now());
-                            self.count(outcome);
+                            self.count(Outcome::Retry);
                             entries.push(self.entry(
                                 AppStatus {
                                     app: spec.name.clone(),
@@ -716,17 +716,11 @@ impl Loop {
             .count_result(label);
     }
 
+    /// `failures` and `next_attempt_at` are filled in from the schedule by [`Self::publish`].
     fn entry(&self, status: AppStatus, id: &str, applied: Vec<String>) -> DaemonAppStatus {
-        let (failures, next, _) = self.schedule.state_of(&status.app).unwrap_or_default();
         DaemonAppStatus {
-            next_attempt_at: next.map(|t| {
-                Utc::now()
-                    + chrono::Duration::from_std(
-                        t.saturating_duration_since(std::time::Instant::now()),
-                    )
-                    .unwrap_or_default()
-            }),
-            failures,
+            next_attempt_at: None,
+            failures: 0,
             reconcile_id: Some(id.to_string()),
             applied,
             status,
@@ -790,13 +784,7 @@ impl Loop {
         for a in apps.values_mut() {
             if let Some((failures, next, _)) = self.schedule.state_of(&a.status.app) {
                 a.failures = failures;
-                a.next_attempt_at = next.map(|t| {
-                    Utc::now()
-                        + chrono::Duration::from_std(
-                            t.saturating_duration_since(std::time::Instant::now()),
-                        )
-                        .unwrap_or_default()
-                });
+                a.next_attempt_at = next.map(wall_clock);
             }
         }
         view.apps = apps.into_values().collect();
@@ -837,6 +825,13 @@ fn send<'a, T>(
     f: impl std::future::Future<Output = T> + Send + 'a,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
     Box::pin(f)
+}
+
+/// A monotonic instant as wall-clock time, for status.
+fn wall_clock(t: std::time::Instant) -> DateTime<Utc> {
+    Utc::now()
+        + chrono::Duration::from_std(t.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_default()
 }
 
 fn reloads(t: Trigger) -> bool {

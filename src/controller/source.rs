@@ -111,14 +111,6 @@ impl GitRepo {
         }
     }
 
-    pub fn config(&self) -> &GitConfig {
-        &self.config
-    }
-
-    pub fn head(&self) -> Option<&str> {
-        self.head.as_deref()
-    }
-
     /// Where the last applied commit is recorded, beside the clone.
     pub fn applied_file(&self) -> PathBuf {
         self.checkout.with_extension("applied")
