@@ -581,14 +581,14 @@ async fn refresh(
 fn local_bindles(
     desired: &DesiredState,
     app: &str,
-) -> BTreeMap<String, crate::package::LocalBindle> {
+) -> BTreeMap<String, Arc<crate::package::LocalBindle>> {
     desired
         .apps
         .iter()
         .filter(|a| a.name == app)
         .flat_map(|a| a.revisions.iter())
         .filter_map(|r| match &r.source {
-            RevisionSource::Local(b) => Some((b.id.to_string(), (**b).clone())),
+            RevisionSource::Local(b) => Some((b.id.to_string(), b.clone())),
             RevisionSource::Existing => None,
         })
         .collect()
@@ -614,7 +614,7 @@ fn resolve_revision(target: &ChannelTarget, channel: &str) -> Result<Option<Uuid
 async fn apply_change(
     ctx: &Context,
     change: &Change,
-    locals: &BTreeMap<String, crate::package::LocalBindle>,
+    locals: &BTreeMap<String, Arc<crate::package::LocalBindle>>,
     registered: &Mutex<BTreeSet<(String, String)>>,
 ) -> Result<String, ApplyError> {
     let hippo = &ctx.hippo;

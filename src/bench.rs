@@ -103,9 +103,15 @@ pub struct Idle {
     /// Requests per cycle, by service (averaged over the window).
     pub per_cycle: [f64; 3],
     pub cycles: u64,
+    /// Resident memory sampled every 50 ms over the window: the median and the highest.
     pub rss_kib: u64,
-    /// Of which anonymous memory (the heap and stacks; the rest is mapped files: the binary).
+    pub rss_peak_kib: u64,
+    /// Of the median sample, anonymous memory (the heap and stacks; the rest is mapped files:
+    /// the binary and libc).
     pub rss_anon_kib: u64,
+    /// The live heap (`hippo_gitops_heap_live_bytes`) sampled over the window: median, highest.
+    pub heap_kib: u64,
+    pub heap_peak_kib: u64,
     /// CPU time used over the window, as a share of one core.
     pub cpu_share: f64,
     /// From a deploy file's change to the first write Hippo received.
@@ -472,7 +478,25 @@ async fn watch_idle(
     let before = scrape(&get("/metrics").await?);
     let cpu_before = cpu_ticks(pid);
     let t0 = Instant::now();
-    tokio::time::sleep(config.idle_window).await;
+    // Memory moves within a cycle (lists decoded, then freed): sample it over the window.
+    let mut rss: Vec<(u64, u64)> = Vec::new();
+    let mut heap: Vec<u64> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut n = 0u32;
+    while t0.elapsed() < config.idle_window {
+        tick.tick().await;
+        rss.push((
+            proc_status_kib(pid, "VmRSS:"),
+            proc_status_kib(pid, "RssAnon:"),
+        ));
+        // The gauge every 500 ms: a scrape costs the controller a little memory itself.
+        if n.is_multiple_of(10) {
+            if let Some(h) = scrape(&get("/metrics").await?).heap_bytes {
+                heap.push(h / 1024);
+            }
+        }
+        n += 1;
+    }
     let after = scrape(&get("/metrics").await?);
     let cpu_after = cpu_ticks(pid);
     let elapsed = t0.elapsed().as_secs_f64();
@@ -480,8 +504,15 @@ async fn watch_idle(
     let per = |s: &str| {
         (after.requests.get(s).unwrap_or(&0.0) - before.requests.get(s).unwrap_or(&0.0)) / cycles
     };
-    let rss_kib = proc_status_kib(pid, "VmRSS:");
-    let rss_anon_kib = proc_status_kib(pid, "RssAnon:");
+    rss.sort_unstable();
+    heap.sort_unstable();
+    let (rss_kib, rss_anon_kib) = rss.get(rss.len() / 2).copied().unwrap_or_default();
+    let rss_peak_kib = rss.iter().map(|r| r.0).max().unwrap_or_default();
+    let heap_kib = heap.get(heap.len() / 2).copied().unwrap_or_default();
+    let heap_peak_kib = heap.last().copied().unwrap_or_default();
+    if let Some(dump) = std::env::var_os("HIPPO_GITOPS_BENCH_SMAPS") {
+        let _ = std::fs::copy(format!("/proc/{pid}/smaps"), dump);
+    }
     let ticks_per_sec = 100.0; // USER_HZ on Linux.
     let cpu_share = match (cpu_before, cpu_after) {
         (Some(a), Some(b)) => (b - a) as f64 / ticks_per_sec / elapsed,
@@ -507,7 +538,10 @@ async fn watch_idle(
         per_cycle: [per("hippo"), per("bindle"), per("nomad")],
         cycles: cycles as u64,
         rss_kib,
+        rss_peak_kib,
         rss_anon_kib,
+        heap_kib,
+        heap_peak_kib,
         cpu_share,
         change_to_write,
     })
@@ -516,16 +550,20 @@ async fn watch_idle(
 struct Scraped {
     cycles: f64,
     requests: HashMap<String, f64>,
+    heap_bytes: Option<u64>,
 }
 
 fn scrape(text: &str) -> Scraped {
     let mut out = Scraped {
         cycles: 0.0,
         requests: HashMap::new(),
+        heap_bytes: None,
     };
     for line in text.lines() {
         if let Some(v) = line.strip_prefix("hippo_gitops_reconcile_duration_seconds_count ") {
             out.cycles = v.parse().unwrap_or(0.0);
+        } else if let Some(v) = line.strip_prefix("hippo_gitops_heap_live_bytes ") {
+            out.heap_bytes = v.parse().ok();
         } else if let Some(rest) = line.strip_prefix("hippo_gitops_requests_total{service=\"") {
             let service = rest.split('"').next().unwrap_or_default().to_string();
             let value: f64 = line
@@ -863,13 +901,13 @@ pub fn markdown(report: &BenchReport) -> String {
     }
     if report.rows.iter().any(|r| r.idle.is_some()) {
         let _ = writeln!(w);
-        let _ = writeln!(w, "| apps | idle controller: requests per cycle (Hippo / Bindle / Nomad) | cycles watched | resident memory (of which heap and stacks) | CPU (share of one core) | file change → first write |");
-        let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(w, "| apps | idle controller: requests per cycle (Hippo / Bindle / Nomad) | cycles watched | resident memory: median (of which anonymous) / peak | live heap: median / peak | CPU (share of one core) | file change → first write |");
+        let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|");
         for row in &report.rows {
             if let Some(i) = row.idle {
                 let _ = writeln!(
                     w,
-                    "| {} | {:.1} / {:.1} / {:.1} | {} | {:.1} MiB ({:.1} MiB) | {:.3} | {} ms |",
+                    "| {} | {:.1} / {:.1} / {:.1} | {} | {:.1} MiB ({:.1} MiB) / {:.1} MiB | {:.1} MiB / {:.1} MiB | {:.3} | {} ms |",
                     row.apps,
                     i.per_cycle[0],
                     i.per_cycle[1],
@@ -877,6 +915,9 @@ pub fn markdown(report: &BenchReport) -> String {
                     i.cycles,
                     i.rss_kib as f64 / 1024.0,
                     i.rss_anon_kib as f64 / 1024.0,
+                    i.rss_peak_kib as f64 / 1024.0,
+                    i.heap_kib as f64 / 1024.0,
+                    i.heap_peak_kib as f64 / 1024.0,
                     i.cpu_share,
                     i.change_to_write.as_millis()
                 );

@@ -7,11 +7,7 @@
 //! itself and refuses to go on when they differ, resumes a partial push from the server's
 //! missing-parcel list, and only reports success once that list is empty.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bindle::{
     client::{tokens::TokenManager, Client, ClientBuilder, ClientError},
@@ -174,8 +170,84 @@ fn status_of<T>(r: &Result<T, ClientError>, ok: u16) -> u16 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerBindle {
     pub version: String,
-    pub parcels: BTreeSet<String>,
+    pub parcels: ParcelSet,
     pub yanked: bool,
+}
+
+/// A set of parcel digests, kept as one SHA-256 of the sorted set: whether two bindles carry
+/// the same parcels is all that is ever asked of it, and a controller keeps one for every
+/// version of every app.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ParcelSet([u8; 32]);
+
+impl ParcelSet {
+    pub fn of<'a>(shas: impl IntoIterator<Item = &'a str>) -> Self {
+        use sha2::Digest;
+        let mut sorted: Vec<&str> = shas.into_iter().collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut h = sha2::Sha256::new();
+        for sha in sorted {
+            h.update(sha.as_bytes());
+            h.update(b"\n");
+        }
+        ParcelSet(h.finalize().into())
+    }
+}
+
+impl std::fmt::Debug for ParcelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParcelSet({})", hex::encode(&self.0[..6]))
+    }
+}
+
+/// A bindle's versions on the server, sorted by version: a sorted list rather than a map, as
+/// a controller keeps one per app and a map of two entries costs a whole tree node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BindleVersions(Vec<ServerBindle>);
+
+impl BindleVersions {
+    pub fn get(&self, version: &str) -> Option<&ServerBindle> {
+        self.find(version).ok().map(|i| &self.0[i])
+    }
+
+    pub fn get_mut(&mut self, version: &str) -> Option<&mut ServerBindle> {
+        self.find(version).ok().map(|i| &mut self.0[i])
+    }
+
+    /// Adds a version, replacing one listed under the same version.
+    pub fn insert(&mut self, bindle: ServerBindle) {
+        match self.find(&bindle.version) {
+            Ok(i) => self.0[i] = bindle,
+            Err(i) => self.0.insert(i, bindle),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ServerBindle> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn find(&self, version: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|b| b.version.as_str().cmp(version))
+    }
+}
+
+impl FromIterator<ServerBindle> for BindleVersions {
+    fn from_iter<I: IntoIterator<Item = ServerBindle>>(iter: I) -> Self {
+        let mut out = BindleVersions::default();
+        for b in iter {
+            out.insert(b);
+        }
+        out
+    }
 }
 
 /// What a push did.
@@ -293,11 +365,8 @@ impl BindleClient {
     }
 
     /// Every version of the bindle `name` on the server (query API, exact name match).
-    pub async fn versions(
-        &self,
-        name: &str,
-    ) -> Result<BTreeMap<String, ServerBindle>, BindleError> {
-        let mut out = BTreeMap::new();
+    pub async fn versions(&self, name: &str) -> Result<BindleVersions, BindleError> {
+        let mut out = BindleVersions::default();
         let mut offset = 0u64;
         loop {
             let opts = || QueryOptions {
@@ -322,7 +391,7 @@ impl BindleClient {
             for inv in matches.invoices {
                 // The query matches substrings of the name.
                 if inv.bindle.id.name() == name {
-                    out.insert(inv.bindle.id.version_string(), server_bindle(&inv));
+                    out.insert(server_bindle(&inv));
                 }
             }
             offset += n;
@@ -383,7 +452,7 @@ impl BindleClient {
                 let version = id.version_string();
                 match server.get(&version) {
                     Some(b) if b.yanked => return Err(BindleError::Yanked { id: id_s }),
-                    Some(b) if b.parcels != local.parcel_shas() => {
+                    Some(b) if !local.same_parcels(&b.parcels) => {
                         return Err(BindleError::Conflict { id: id_s })
                     }
                     Some(_) => {}
@@ -503,12 +572,7 @@ impl BindleClient {
 fn server_bindle(inv: &Invoice) -> ServerBindle {
     ServerBindle {
         version: inv.bindle.id.version_string(),
-        parcels: inv
-            .parcel
-            .iter()
-            .flatten()
-            .map(|p| p.label.sha256.clone())
-            .collect(),
+        parcels: ParcelSet::of(inv.parcel.iter().flatten().map(|p| p.label.sha256.as_str())),
         yanked: inv.yanked.unwrap_or(false),
     }
 }

@@ -385,7 +385,7 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
                 resume: false,
             }),
             (RevisionSource::Local(local), Some(b)) => {
-                if b.parcels != local.parcel_shas() {
+                if !local.same_parcels(&b.parcels) {
                     plan.problems.push(problem(
                         "BindleConflict",
                         false,
@@ -584,7 +584,7 @@ fn nomad_checks(
             (None, _) => Some("its Nomad job is missing".to_string()),
             (Some(stub), _) if stub.stop => Some("its Nomad job is stopped".to_string()),
             (Some(_), Some(job)) => match job.bindle_arg() {
-                Some(running) if running != expected => Some(format!(
+                Some(running) if running != expected.as_str() => Some(format!(
                     "its Nomad job runs {running}, Hippo's active revision is {expected}"
                 )),
                 _ => None,
@@ -603,17 +603,12 @@ fn nomad_checks(
             ));
             continue;
         }
-        if let Some(task_env) = nomad
-            .details
-            .get(&id)
-            .and_then(|j| j.spin_task())
-            .map(|t| t.env.clone().unwrap_or_default())
-        {
+        if let Some(job) = nomad.details.get(&id).filter(|j| j.env.is_some()) {
             // Hippo sets RUST_LOG itself, so a key can be there with Hippo's value, not ours.
             let absent: Vec<&str> = ch
                 .env
                 .iter()
-                .filter(|(k, v)| task_env.get(*k) != Some(*v))
+                .filter(|(k, v)| job.env_var(k) != Some(v.as_str()))
                 .map(|(k, _)| k.as_str())
                 .collect();
             if !absent.is_empty() {
@@ -670,7 +665,7 @@ pub fn channel_health(
         other => {
             return progressing(format!(
                 "the Nomad job runs {}, waiting for {expected}",
-                other.unwrap_or_else(|| "no bindle".into())
+                other.unwrap_or("no bindle")
             ))
         }
     }
@@ -688,7 +683,7 @@ pub fn channel_health(
             ),
         };
     }
-    let total = job.desired_count();
+    let total = job.desired_count;
     let healthy = current.iter().filter(|a| a.is_healthy()).count() as u32;
     if healthy >= total && total > 0 {
         ChannelHealth::Ready {
@@ -852,13 +847,15 @@ pub fn max_satisfying<'a>(range: &str, numbers: &[&'a str]) -> Option<&'a str> {
 mod tests {
     use super::*;
     use crate::{
-        bindles::ServerBindle,
+        bindles::{BindleVersions, ParcelSet, ServerBindle},
         hippo::types::{EnvVar, Revision},
+        nomad::JobFacts,
         observe::PartialFailure,
         package::{LocalBindle, ParcelSource},
         spec::{Origin, RevisionSpec},
     };
     use bindle::{BindleSpec, Invoice, Label, Parcel};
+    use std::sync::Arc;
 
     fn uuid(n: u128) -> Uuid {
         Uuid::from_u128(n)
@@ -922,7 +919,7 @@ mod tests {
     fn pushed(v: &str, shas: &[&str]) -> RevisionSpec {
         RevisionSpec {
             version: v.into(),
-            source: RevisionSource::Local(Box::new(local("weather", v, shas))),
+            source: RevisionSource::Local(std::sync::Arc::new(local("weather", v, shas))),
         }
     }
 
@@ -944,20 +941,17 @@ mod tests {
         }
     }
 
-    fn server(versions: &[(&str, &[&str])]) -> BTreeMap<String, ServerBindle> {
-        versions
-            .iter()
-            .map(|(v, shas)| {
-                (
-                    v.to_string(),
-                    ServerBindle {
-                        version: v.to_string(),
-                        parcels: shas.iter().map(|s| s.to_string()).collect(),
-                        yanked: false,
-                    },
-                )
-            })
-            .collect()
+    fn server(versions: &[(&str, &[&str])]) -> Arc<BindleVersions> {
+        Arc::new(
+            versions
+                .iter()
+                .map(|(v, shas)| ServerBindle {
+                    version: v.to_string(),
+                    parcels: ParcelSet::of(shas.iter().copied()),
+                    yanked: false,
+                })
+                .collect(),
+        )
     }
 
     fn rev(id: u128, number: &str) -> Revision {
@@ -1309,7 +1303,7 @@ mod tests {
     fn yanked_and_unreachable_bindles_are_problems() {
         let (spec, mut snapshot) = converged();
         if let Some(Ok(s)) = snapshot.bindles.get_mut("weather") {
-            s.get_mut("1.0.0").unwrap().yanked = true;
+            Arc::make_mut(s).get_mut("1.0.0").unwrap().yanked = true;
         }
         assert_eq!(
             diff_app(&spec, &snapshot).problems[0].reason,
@@ -1327,8 +1321,8 @@ mod tests {
         assert!(p.transient);
     }
 
-    fn nomad_job(id: u128, bindle: &str, env: &[&str], version: u64) -> crate::nomad::Job {
-        serde_json::from_value(serde_json::json!({
+    fn nomad_job(id: u128, bindle: &str, env: &[&str], version: u64) -> Arc<JobFacts> {
+        let job: crate::nomad::Job = serde_json::from_value(serde_json::json!({
             "ID": uuid(id).to_string(), "Status": "running", "Stop": false, "Version": version,
             "JobModifyIndex": 7,
             "TaskGroups": [{"Name": uuid(id).to_string(), "Count": 1, "Tasks": [{
@@ -1337,7 +1331,8 @@ mod tests {
                 "Env": env.iter().map(|k| (k.to_string(), "x".to_string())).collect::<BTreeMap<_, _>>()
             }]}]
         }))
-        .unwrap()
+        .unwrap();
+        Arc::new(job.into())
     }
 
     fn alloc(
@@ -1361,15 +1356,17 @@ mod tests {
     /// Nomad running exactly what Hippo says for both channels of `converged()`.
     fn with_nomad(snapshot: &mut Snapshot) {
         let mut state = crate::observe::NomadState::default();
+        let mut allocations = Vec::new();
         for (id, bindle) in [(20u128, "weather/1.1.0"), (21, "weather/1.0.0")] {
             let job = nomad_job(id, bindle, &["RUST_LOG", "BINDLE_URL", "SPIN_LOG_DIR"], 2);
-            state.jobs.insert(
+            Arc::make_mut(&mut state.jobs).insert(
                 job.id.clone(),
                 serde_json::from_value(serde_json::json!({"ID": job.id, "Status": "running", "Stop": false, "JobModifyIndex": 7})).unwrap(),
             );
             state.details.insert(job.id.clone(), job);
-            state.allocations.push(alloc(id, 2, "running", Some(true)));
+            allocations.push(alloc(id, 2, "running", Some(true)));
         }
+        state.allocations = Arc::new(allocations.into());
         snapshot.nomad = Some(Ok(state));
     }
 
@@ -1404,7 +1401,7 @@ mod tests {
         with_nomad(&mut snapshot);
         let prod = uuid(20).to_string();
         let canary = uuid(21).to_string();
-        nomad_mut(&mut snapshot).jobs.remove(&prod);
+        Arc::make_mut(&mut nomad_mut(&mut snapshot).jobs).remove(&prod);
         nomad_mut(&mut snapshot)
             .details
             .insert(canary.clone(), nomad_job(21, "weather/0.9.0", &[], 3));
@@ -1417,7 +1414,7 @@ mod tests {
             ]
         );
         assert!(plan.changes.iter().all(|c| c.stage == Stage::Nomad));
-        nomad_mut(&mut snapshot).jobs.insert(
+        Arc::make_mut(&mut nomad_mut(&mut snapshot).jobs).insert(
             prod.clone(),
             serde_json::from_value(serde_json::json!({"ID": prod, "Status": "dead", "Stop": true}))
                 .unwrap(),
@@ -1429,7 +1426,7 @@ mod tests {
     fn a_channel_with_a_pending_hippo_change_is_not_judged_on_nomad_yet() {
         let (mut spec, mut snapshot) = converged();
         with_nomad(&mut snapshot);
-        nomad_mut(&mut snapshot).jobs.clear();
+        Arc::make_mut(&mut nomad_mut(&mut snapshot).jobs).clear();
         spec.channels[0] = range_channel("production", "~1.0.0");
         let plan = diff_app(&spec, &snapshot);
         let names: Vec<(&str, &str)> = plan
@@ -1474,10 +1471,10 @@ mod tests {
                 .unwrap()
         };
         let n = nomad_mut(&mut snapshot);
-        n.jobs.insert(orphan.clone(), stub(&orphan, false));
-        n.jobs
-            .insert(uuid(98).to_string(), stub(&uuid(98).to_string(), true));
-        n.jobs.insert("traefik".into(), stub("traefik", false));
+        let jobs = Arc::make_mut(&mut n.jobs);
+        jobs.insert(orphan.clone(), stub(&orphan, false));
+        jobs.insert(uuid(98).to_string(), stub(&uuid(98).to_string(), true));
+        jobs.insert("traefik".into(), stub("traefik", false));
         assert_eq!(orphans(&snapshot), vec![orphan]);
     }
 
@@ -1487,10 +1484,13 @@ mod tests {
         with_nomad(&mut snapshot);
         let ch = snapshot.channels[0].clone();
         let n = nomad_mut(&mut snapshot);
-        n.allocations = vec![
-            alloc(20, 1, "running", Some(true)),
-            alloc(20, 2, "pending", None),
-        ];
+        n.allocations = Arc::new(
+            vec![
+                alloc(20, 1, "running", Some(true)),
+                alloc(20, 2, "pending", None),
+            ]
+            .into(),
+        );
         let h = channel_health(n, &ch, "weather/1.1.0");
         assert_eq!(
             h,
@@ -1498,7 +1498,7 @@ mod tests {
                 message: "0/1 allocation(s) healthy (pending)".into()
             }
         );
-        n.allocations = vec![alloc(20, 2, "failed", None)];
+        n.allocations = Arc::new(vec![alloc(20, 2, "failed", None)].into());
         let ChannelHealth::Failed { message } = channel_health(n, &ch, "weather/1.1.0") else {
             panic!()
         };
@@ -1508,7 +1508,7 @@ mod tests {
             ),
             "{message}"
         );
-        n.allocations = vec![alloc(20, 2, "running", None)];
+        n.allocations = Arc::new(vec![alloc(20, 2, "running", None)].into());
         assert!(matches!(
             channel_health(n, &ch, "weather/1.1.0"),
             ChannelHealth::Ready { .. }

@@ -16,6 +16,7 @@ pub mod diff;
 pub mod emulator;
 pub mod gate;
 pub mod hippo;
+pub mod memory;
 pub mod nomad;
 pub mod observe;
 pub mod package;

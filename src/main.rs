@@ -1,17 +1,70 @@
 //! The `hippo-gitops` binary: parses arguments, sets up logging, runs a command.
 
-use std::process::ExitCode;
+use std::{
+    alloc::{GlobalAlloc, Layout},
+    process::ExitCode,
+    sync::atomic::Ordering::Relaxed,
+};
 
 use clap::Parser;
-use hippo_gitops::cli::{self, Cli, LogFormat};
+use hippo_gitops::{
+    cli::{self, Cli, LogFormat},
+    memory::{self, HEAP_LIVE_BYTES},
+};
+use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 // glibc's malloc keeps freed memory in per-thread arenas: the idle controller at 1000 apps sat
-// at ~140 MiB resident with it, ~90 MiB with one arena (BENCHMARKS.md). mimalloc returns it.
+// at ~140 MiB resident with it. mimalloc, set up as `hippo_gitops::memory` says, returns it.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// mimalloc, counting the live heap into `memory::HEAP_LIVE_BYTES` (the `/metrics` gauge
+/// `hippo_gitops_heap_live_bytes`): one relaxed atomic add per allocation.
+struct CountingAlloc;
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = GlobalAlloc::alloc(&MiMalloc, layout);
+        if !p.is_null() {
+            HEAP_LIVE_BYTES.fetch_add(layout.size(), Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = GlobalAlloc::alloc_zeroed(&MiMalloc, layout);
+        if !p.is_null() {
+            HEAP_LIVE_BYTES.fetch_add(layout.size(), Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        GlobalAlloc::dealloc(&MiMalloc, ptr, layout);
+        HEAP_LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = GlobalAlloc::realloc(&MiMalloc, ptr, layout, new_size);
+        if !p.is_null() {
+            HEAP_LIVE_BYTES.fetch_add(new_size, Relaxed);
+            HEAP_LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
+        }
+        p
+    }
+}
+
+/// Freed memory goes back to the OS at once, and no transparent huge pages (see
+/// `hippo_gitops::memory` for why). Runs before any thread is started.
+fn set_up_memory() {
+    // SAFETY: plain calls with constant arguments; mimalloc's options may be set at any time,
+    // and the prctl only sets a flag on this process (an error leaves THP as it was).
+    unsafe {
+        libmimalloc_sys::mi_option_set(memory::MI_OPTION_PURGE_DELAY, 0);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
 
 fn main() -> ExitCode {
+    set_up_memory();
     let cli = Cli::parse();
     let mut level = cli.log_level.clone();
     if matches!(cli.command, cli::Command::Bench(_))

@@ -5,17 +5,24 @@
 //! (beyond paging). Hippo cannot filter revisions or channels by app, which is why the
 //! reconciler works on one global snapshot rather than per-app reads.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use futures::{stream, StreamExt};
 
+pub use crate::bindles::BindleVersions;
 use crate::{
-    bindles::{BindleClient, BindleError, ServerBindle},
+    bindles::{BindleClient, BindleError},
     hippo::{
         types::{App, Channel, Revision},
         HippoClient, HippoError,
     },
-    nomad::{Allocation, Blocking, Job, JobStub, NomadClient, NomadError},
+    nomad::{
+        Allocation, Allocations, Blocking, Indexed, Job, JobFacts, JobStub, Listed, NomadClient,
+        NomadError,
+    },
     spec::{AppSpec, RevisionSource},
 };
 
@@ -57,7 +64,7 @@ pub struct Snapshot {
     pub channels: Vec<Channel>,
     pub revisions: Vec<Revision>,
     /// Bindle name (storage id) → its versions on the server.
-    pub bindles: BTreeMap<String, Result<BTreeMap<String, ServerBindle>, PartialFailure>>,
+    pub bindles: BTreeMap<String, Result<Arc<BindleVersions>, PartialFailure>>,
     /// `name/version` → parcels the server lacks. Only checked for bindles not yet registered
     /// in Hippo: a registered revision was complete when registered (bindles are immutable).
     pub missing: BTreeMap<String, Result<usize, PartialFailure>>,
@@ -65,22 +72,23 @@ pub struct Snapshot {
     pub nomad: Option<Result<NomadState, PartialFailure>>,
 }
 
-/// What Nomad runs.
+/// What Nomad runs. The parts are shared with the [`NomadObserver`]'s cache: a snapshot costs
+/// no copy of them.
 #[derive(Debug, Clone, Default)]
 pub struct NomadState {
     /// Every job, by id.
-    pub jobs: BTreeMap<String, JobStub>,
+    pub jobs: Arc<BTreeMap<String, JobStub>>,
     /// Full jobs, read only for the channels the deploy files manage.
-    pub details: BTreeMap<String, Job>,
-    /// Every allocation (one list call).
-    pub allocations: Vec<Allocation>,
+    pub details: BTreeMap<String, Arc<JobFacts>>,
+    /// Every allocation (one list call), by job.
+    pub allocations: Arc<Allocations>,
     /// `X-Nomad-Index` of the allocations list, for a blocking query on it.
     pub allocations_index: u64,
 }
 
 impl NomadState {
-    pub fn allocations_of<'a>(&'a self, job_id: &'a str) -> impl Iterator<Item = &'a Allocation> {
-        self.allocations.iter().filter(move |a| a.job_id == job_id)
+    pub fn allocations_of<'a>(&'a self, job_id: &str) -> impl Iterator<Item = &'a Allocation> {
+        self.allocations.of(job_id).iter()
     }
 }
 
@@ -94,10 +102,34 @@ impl From<&NomadError> for PartialFailure {
 }
 
 /// Reads Nomad for the controller, keeping full jobs keyed by `JobModifyIndex` so that a
-/// long-running controller re-reads a job only after it changed.
+/// long-running controller re-reads a job only after it changed, and the two lists with their
+/// `X-Nomad-Index`, so that a list whose index did not move is not decoded again.
 pub struct NomadObserver {
     pub client: NomadClient,
-    cache: std::sync::Mutex<BTreeMap<String, Job>>,
+    cache: std::sync::Mutex<ObservedNomad>,
+}
+
+#[derive(Default)]
+struct ObservedNomad {
+    jobs: BTreeMap<String, Arc<JobFacts>>,
+    stubs: Option<(u64, Arc<BTreeMap<String, JobStub>>)>,
+    allocations: Option<(u64, Arc<Allocations>)>,
+}
+
+/// The list decoded now, or the one kept when Nomad's index did not move.
+fn fresh_or_kept<T, U>(
+    listed: Listed<T>,
+    kept: Option<(u64, Arc<U>)>,
+    convert: impl FnOnce(T) -> U,
+) -> (u64, Arc<U>) {
+    match (listed, kept) {
+        (Listed::Unchanged(index), Some((_, kept))) => (index, kept),
+        (Listed::Fresh(Indexed { value, index }), _) => (index, Arc::new(convert(value))),
+        // Only asked with a kept list's index, so unchanged always has one.
+        (Listed::Unchanged(index), None) => {
+            unreachable!("unchanged at {index} without a kept list")
+        }
+    }
 }
 
 impl NomadObserver {
@@ -116,21 +148,40 @@ impl NomadObserver {
         blocking: Option<Blocking>,
         concurrency: usize,
     ) -> Result<NomadState, NomadError> {
-        let (allocations, jobs) = match blocking {
+        let (kept_allocations, kept_stubs) = {
+            let cache = self.cache.lock().expect("nomad cache");
+            (cache.allocations.clone(), cache.stubs.clone())
+        };
+        let known_allocations = kept_allocations.as_ref().map(|k| k.0);
+        let known_stubs = kept_stubs.as_ref().map(|k| k.0);
+        let (allocations, stubs) = match blocking {
             // Block on the allocations first: that is what moves while a deployment rolls out.
             Some(_) => {
-                let a = self.client.list_allocations(None, blocking).await?;
-                (a, self.client.list_jobs(None).await?)
+                let a = self
+                    .client
+                    .list_allocations_since(None, blocking, known_allocations)
+                    .await?;
+                (a, self.client.list_jobs_since(None, known_stubs).await?)
             }
             None => tokio::try_join!(
-                self.client.list_allocations(None, None),
-                self.client.list_jobs(None)
+                self.client
+                    .list_allocations_since(None, None, known_allocations),
+                self.client.list_jobs_since(None, known_stubs)
             )?,
         };
-        let jobs: BTreeMap<String, JobStub> =
-            jobs.value.into_iter().map(|j| (j.id.clone(), j)).collect();
+        let (allocations_index, allocations) =
+            fresh_or_kept(allocations, kept_allocations, Allocations::from);
+        let stubs = fresh_or_kept(stubs, kept_stubs, |list: Vec<JobStub>| {
+            list.into_iter().map(|j| (j.id.clone(), j)).collect()
+        });
+        {
+            let mut cache = self.cache.lock().expect("nomad cache");
+            cache.allocations = Some((allocations_index, allocations.clone()));
+            cache.stubs = Some(stubs.clone());
+        }
+        let jobs = stubs.1;
         let stale: Vec<String> = {
-            let cache = self.cache.lock().expect("nomad cache");
+            let cache = &self.cache.lock().expect("nomad cache").jobs;
             wanted
                 .iter()
                 .filter(|id| match (jobs.get(*id), cache.get(*id)) {
@@ -151,11 +202,12 @@ impl NomadObserver {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        let mut cache = self.cache.lock().expect("nomad cache");
+        let mut guard = self.cache.lock().expect("nomad cache");
+        let cache = &mut guard.jobs;
         for (id, job) in read {
             match job {
                 Some(j) => {
-                    cache.insert(id, j);
+                    cache.insert(id, Arc::new(JobFacts::from(j)));
                 }
                 None => {
                     cache.remove(&id);
@@ -170,8 +222,8 @@ impl NomadObserver {
         Ok(NomadState {
             jobs,
             details,
-            allocations: allocations.value,
-            allocations_index: allocations.index,
+            allocations,
+            allocations_index,
         })
     }
 }
@@ -249,11 +301,8 @@ pub async fn observe_hippo(
 #[derive(Debug)]
 pub struct BindleCache {
     max_age: std::time::Duration,
-    entries: std::sync::Mutex<BTreeMap<String, (std::time::Instant, BindleVersions)>>,
+    entries: std::sync::Mutex<BTreeMap<String, (std::time::Instant, Arc<BindleVersions>)>>,
 }
-
-/// A bindle's versions on the server, by version.
-pub type BindleVersions = BTreeMap<String, ServerBindle>;
 
 impl BindleCache {
     pub fn new(max_age: std::time::Duration) -> Self {
@@ -263,7 +312,7 @@ impl BindleCache {
         }
     }
 
-    fn fresh(&self, name: &str) -> Option<BTreeMap<String, ServerBindle>> {
+    fn fresh(&self, name: &str) -> Option<Arc<BindleVersions>> {
         let entries = self.entries.lock().expect("bindle cache");
         entries
             .get(name)
@@ -271,7 +320,7 @@ impl BindleCache {
             .map(|(_, v)| v.clone())
     }
 
-    fn store(&self, name: &str, versions: &BTreeMap<String, ServerBindle>) {
+    fn store(&self, name: &str, versions: &Arc<BindleVersions>) {
         self.entries.lock().expect("bindle cache").insert(
             name.to_string(),
             (std::time::Instant::now(), versions.clone()),
@@ -323,7 +372,7 @@ pub async fn observe_bindles(
                     let seen = versions.get(&r.version).is_some_and(|b| {
                         !b.yanked
                             && match &r.source {
-                                RevisionSource::Local(local) => local.parcel_shas() == b.parcels,
+                                RevisionSource::Local(local) => local.same_parcels(&b.parcels),
                                 RevisionSource::Existing => true,
                             }
                     });
@@ -338,7 +387,11 @@ pub async fn observe_bindles(
     }
     let versions: Vec<(String, Result<_, PartialFailure>)> = stream::iter(names)
         .map(|name| async move {
-            let result = bindle.versions(&name).await.map_err(|e| (&e).into());
+            let result = bindle
+                .versions(&name)
+                .await
+                .map(Arc::new)
+                .map_err(|e| (&e).into());
             (name, result)
         })
         .buffer_unordered(concurrency.max(1))
@@ -365,7 +418,7 @@ pub async fn observe_bindles(
             let same_content = match (&rev.source, on_server) {
                 (_, None) => false,
                 (_, Some(b)) if b.yanked => false,
-                (RevisionSource::Local(local), Some(b)) => local.parcel_shas() == b.parcels,
+                (RevisionSource::Local(local), Some(b)) => local.same_parcels(&b.parcels),
                 (RevisionSource::Existing, Some(_)) => true,
             };
             if same_content && !snapshot.registered_everywhere(&app.storage_id, &rev.version) {

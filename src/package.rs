@@ -90,6 +90,11 @@ impl LocalBindle {
         self.parcels.keys().cloned().collect()
     }
 
+    /// Whether `set` is this bindle's set of parcel digests.
+    pub fn same_parcels(&self, set: &crate::bindles::ParcelSet) -> bool {
+        crate::bindles::ParcelSet::of(self.parcels.keys().map(String::as_str)) == *set
+    }
+
     /// Total size of all parcels, in bytes.
     pub fn total_bytes(&self) -> u64 {
         self.invoice

@@ -450,7 +450,7 @@ pub fn app_statuses(
                                         .allocations_of(&id)
                                         .filter(|a| a.job_version == job.version && a.is_healthy())
                                         .count() as u32,
-                                    total: job.desired_count(),
+                                    total: job.desired_count,
                                 },
                                 _ => NomadJobStatus::Missing,
                             };

@@ -462,6 +462,15 @@ fn a_changed_deploy_file_converges_within_seconds() {
         "{metrics}"
     );
 
+    // The binary's memory setup (src/memory.rs): the live heap is counted and exported, and
+    // transparent huge pages are off for the process.
+    let heap = metrics_value(&metrics, "hippo_gitops_heap_live_bytes");
+    assert!((100_000.0..1e9).contains(&heap), "{metrics}");
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    if let Some(line) = proc_status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+
     edit_weather(&dir.join("deploy-specs"));
     let edited = Instant::now();
     // Nothing but the watcher can notice the edit: the interval is 60s.

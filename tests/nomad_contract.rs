@@ -197,7 +197,9 @@ async fn mount_cluster(server: &MockServer, job2_index: u64, job2_bindle: &str) 
     Mock::given(method("GET"))
         .and(path("/v1/jobs"))
         .respond_with(
-            json_body(200, two_jobs_list(1187, job2_index)).insert_header("X-Nomad-Index", "1203"),
+            // The jobs table's index moves whenever a job changes, as in Nomad.
+            json_body(200, two_jobs_list(1187, job2_index))
+                .insert_header("X-Nomad-Index", (1203 + job2_index).to_string().as_str()),
         )
         .mount(server)
         .await;
@@ -1037,12 +1039,9 @@ async fn observer_reads_each_wanted_job_once_then_only_the_changed_one() {
         state.details.keys().cloned().collect::<BTreeSet<_>>(),
         ids(&[JOB_ID, JOB2_ID])
     );
+    assert_eq!(state.details[JOB_ID].bindle_arg(), Some(JOB_BINDLE));
     assert_eq!(
-        state.details[JOB_ID].bindle_arg().as_deref(),
-        Some(JOB_BINDLE)
-    );
-    assert_eq!(
-        state.details[JOB2_ID].bindle_arg().as_deref(),
+        state.details[JOB2_ID].bindle_arg(),
         Some("contoso/weather/1.5.0")
     );
     assert_eq!(state.allocations.len(), 2);
@@ -1062,7 +1061,7 @@ async fn observer_reads_each_wanted_job_once_then_only_the_changed_one() {
     assert_eq!(reqs.len(), 2, "{:?}", lines(&reqs));
     assert_eq!(state.details.len(), 2);
     assert_eq!(
-        state.details[JOB2_ID].bindle_arg().as_deref(),
+        state.details[JOB2_ID].bindle_arg(),
         Some("contoso/weather/1.5.0")
     );
 
@@ -1077,14 +1076,11 @@ async fn observer_reads_each_wanted_job_once_then_only_the_changed_one() {
     assert_eq!(count(&reqs, "GET", &job1), 0);
     assert_eq!(count(&reqs, "GET", &absent), 0);
     assert_eq!(
-        state.details[JOB2_ID].bindle_arg().as_deref(),
+        state.details[JOB2_ID].bindle_arg(),
         Some("contoso/weather/1.6.0")
     );
     assert_eq!(state.details[JOB2_ID].job_modify_index, 510);
-    assert_eq!(
-        state.details[JOB_ID].bindle_arg().as_deref(),
-        Some(JOB_BINDLE)
-    );
+    assert_eq!(state.details[JOB_ID].bindle_arg(), Some(JOB_BINDLE));
 
     // 4. Settled at the new index: no reads again.
     server.reset().await;
@@ -1249,4 +1245,100 @@ fn config_debug_never_shows_the_token() {
         Some(TOKEN),
         "the token is kept"
     );
+}
+
+#[tokio::test]
+async fn a_list_whose_index_did_not_move_is_not_decoded_again() {
+    let server = MockServer::start().await;
+    let (c, _) = client(secured_config(&server.uri()));
+    let observer = NomadObserver::new(c);
+    let wanted = ids(&[JOB_ID, JOB2_ID]);
+    mount_cluster(&server, 500, "contoso/weather/1.5.0").await;
+    let first = observer.observe(&wanted, None, 4).await.unwrap();
+
+    // Same indexes, bodies that are not JSON at all: kept lists are used, nothing decoded.
+    let lists = |jobs_index: &str, allocs_index: &str| {
+        [
+            Mock::given(method("GET"))
+                .and(path("/v1/jobs"))
+                .respond_with(
+                    json_body(200, "not json").insert_header("X-Nomad-Index", jobs_index),
+                ),
+            Mock::given(method("GET"))
+                .and(path("/v1/allocations"))
+                .respond_with(
+                    json_body(200, "not json either").insert_header("X-Nomad-Index", allocs_index),
+                ),
+        ]
+    };
+    server.reset().await;
+    for m in lists("1703", "1201") {
+        m.mount(&server).await;
+    }
+    let second = observer.observe(&wanted, None, 4).await.unwrap();
+    assert_eq!(second.jobs, first.jobs);
+    assert_eq!(second.allocations, first.allocations);
+    assert_eq!(second.allocations_index, 1201);
+    assert_eq!(
+        second.details[JOB_ID].bindle_arg(),
+        Some(JOB_BINDLE),
+        "jobs come from the cache"
+    );
+    assert_eq!(lines(&received(&server).await).len(), 2);
+
+    // The allocations index moved: that list is decoded (and this body fails to).
+    server.reset().await;
+    for m in lists("1703", "1202") {
+        m.mount(&server).await;
+    }
+    let err = observer.observe(&wanted, None, 4).await.unwrap_err();
+    assert!(
+        matches!(err, NomadError::Decode { ref path, .. } if path == "/allocations"),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn a_long_allocations_list_is_decoded_as_it_streams_in() {
+    // 3000 allocations (a controller of 1000 apps), ~4 MB of JSON, each with ten task events:
+    // the newest three of each are kept.
+    let allocs: Vec<Value> = (0..3000)
+        .map(|i| {
+            json!({
+                "ID": format!("{i:08x}-0000-0000-0000-000000000000"),
+                "JobID": format!("job-{}", i % 1000),
+                "JobVersion": 2, "DesiredStatus": "run", "ClientStatus": "running",
+                "ClientDescription": "Tasks are running", "Name": format!("job.group[{i}]"),
+                "DeploymentStatus": {"Healthy": true, "Canary": false, "ModifyIndex": 5},
+                "TaskStates": {"spin": {"State": "running", "Failed": false, "Restarts": 0,
+                    "Events": (0..10).map(|t| json!({
+                        "Type": format!("Event {t}"), "Time": 1_000 + t,
+                        "DisplayMessage": "x".repeat(200), "Details": {"k": "v"}
+                    })).collect::<Vec<_>>()}},
+                "CreateIndex": 10 + i, "ModifyIndex": 20 + i
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&allocs).unwrap();
+    assert!(body.len() > 4_000_000, "{}", body.len());
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/allocations"))
+        .respond_with(json_body(200, body).insert_header("X-Nomad-Index", "77"))
+        .mount(&server)
+        .await;
+    let (c, _) = client(plain_config(&server.uri()));
+    let listed = c.list_allocations(None, None).await.unwrap();
+    assert_eq!(listed.index, 77);
+    assert_eq!(listed.value.len(), 3000);
+    let a = &listed.value[2999];
+    assert_eq!(a.job_id, "job-999");
+    assert_eq!(a.create_index, 3009);
+    let events = a.task_states.as_ref().unwrap()[0].events.as_ref().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["Event 7", "Event 8", "Event 9"]);
+    let grouped = hippo_gitops::nomad::Allocations::from(listed.value);
+    assert_eq!(grouped.of("job-5").len(), 3);
+    assert_eq!(grouped.len(), 3000);
 }

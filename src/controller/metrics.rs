@@ -181,6 +181,16 @@ impl Metrics {
         );
         let _ = writeln!(w, "hippo_gitops_ready {}", u8::from(view.ready));
 
+        if let Some(heap) = crate::memory::heap_live_bytes() {
+            header(
+                w,
+                "hippo_gitops_heap_live_bytes",
+                "gauge",
+                "Bytes allocated and not yet freed (live heap; resident memory adds the allocator's free pages, stacks and the mapped binary).",
+            );
+            let _ = writeln!(w, "hippo_gitops_heap_live_bytes {heap}");
+        }
+
         if let Some(commit) = &view.source.last_applied_commit {
             header(
                 w,

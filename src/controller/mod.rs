@@ -898,7 +898,9 @@ pub fn fingerprint(app: &AppSpec) -> u64 {
             RevisionSource::Existing => 0u8.hash(&mut h),
             RevisionSource::Local(b) => {
                 1u8.hash(&mut h);
-                b.parcel_shas().hash(&mut h);
+                for sha in b.parcels.keys() {
+                    sha.hash(&mut h);
+                }
             }
         }
     }

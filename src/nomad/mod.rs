@@ -75,9 +75,18 @@ pub struct Task {
     #[serde(default)]
     pub driver: String,
     #[serde(default)]
-    pub config: Option<serde_json::Map<String, serde_json::Value>>,
+    pub config: Option<TaskConfig>,
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
+}
+
+/// A task's driver config: only `args` is read (Hippo's `spin up … --bindle <id>`). The
+/// controller keeps a job per channel for as long as it runs, so the rest is not decoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskConfig {
+    /// Values, not strings: another driver's args may hold anything, and must still parse.
+    #[serde(default)]
+    pub args: Option<Vec<serde_json::Value>>,
 }
 
 impl Job {
@@ -91,7 +100,7 @@ impl Job {
 
     /// The value after `--bindle` in the spin task's args: what the job runs.
     pub fn bindle_arg(&self) -> Option<String> {
-        let args = self.spin_task()?.config.as_ref()?.get("args")?.as_array()?;
+        let args = self.spin_task()?.config.as_ref()?.args.as_ref()?;
         let i = args.iter().position(|a| a.as_str() == Some("--bindle"))?;
         args.get(i + 1)?.as_str().map(String::from)
     }
@@ -99,6 +108,54 @@ impl Job {
     /// Allocations the job wants in all.
     pub fn desired_count(&self) -> u32 {
         self.task_groups.iter().map(|g| g.count.unwrap_or(1)).sum()
+    }
+}
+
+/// What the controller keeps of a job it manages, between reads: a few hundred bytes where
+/// the decoded [`Job`] is kilobytes (a controller of 1000 apps keeps 3000 of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFacts {
+    pub id: String,
+    pub version: u64,
+    pub job_modify_index: u64,
+    /// Allocations the job wants in all.
+    pub desired_count: u32,
+    /// The value after `--bindle` in the spin task's args: what the job runs.
+    pub bindle: Option<String>,
+    /// The spin task's `Env`, sorted by name; `None` when the job has no such task.
+    pub env: Option<Vec<(String, String)>>,
+}
+
+impl JobFacts {
+    /// What the job runs (the value after `--bindle`).
+    pub fn bindle_arg(&self) -> Option<&str> {
+        self.bindle.as_deref()
+    }
+
+    /// The spin task's environment variable `key`.
+    pub fn env_var(&self, key: &str) -> Option<&str> {
+        let env = self.env.as_ref()?;
+        env.binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| env[i].1.as_str())
+    }
+}
+
+impl From<Job> for JobFacts {
+    fn from(job: Job) -> Self {
+        let bindle = job.bindle_arg();
+        let desired_count = job.desired_count();
+        let env = job
+            .spin_task()
+            .map(|t| t.env.clone().unwrap_or_default().into_iter().collect());
+        JobFacts {
+            id: job.id,
+            version: job.version,
+            job_modify_index: job.job_modify_index,
+            desired_count,
+            bindle,
+            env,
+        }
     }
 }
 
@@ -128,8 +185,23 @@ pub struct TaskState {
     pub state: String,
     #[serde(default)]
     pub failed: bool,
-    #[serde(default)]
+    /// The newest [`KEPT_EVENTS`] only (Nomad keeps up to 10 per task): they are what a failure
+    /// is reported with, and every allocation in the list carries them.
+    #[serde(default, deserialize_with = "newest_events")]
     pub events: Option<Vec<TaskEvent>>,
+}
+
+/// Task events kept per task state.
+pub const KEPT_EVENTS: usize = 3;
+
+fn newest_events<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<TaskEvent>>, D::Error> {
+    Ok(Option::<Vec<TaskEvent>>::deserialize(d)?.map(|mut events| {
+        // By time: Nomad appends in order, but nothing promises it.
+        events.sort_by_key(|e| e.time);
+        events.split_off(events.len().saturating_sub(KEPT_EVENTS))
+    }))
 }
 
 /// An allocation as listed (`GET /v1/allocations`), only the fields read.
@@ -150,10 +222,19 @@ pub struct Allocation {
     pub client_description: String,
     #[serde(default)]
     pub deployment_status: Option<AllocDeploymentStatus>,
-    #[serde(default)]
-    pub task_states: Option<BTreeMap<String, TaskState>>,
+    /// The task states, without the task names (only whether any failed and their events are
+    /// read): a map per allocation would cost a tree node each, for one entry.
+    #[serde(default, deserialize_with = "task_state_values")]
+    pub task_states: Option<Vec<TaskState>>,
     #[serde(default)]
     pub create_index: u64,
+}
+
+fn task_state_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<TaskState>>, D::Error> {
+    Ok(Option::<BTreeMap<String, TaskState>>::deserialize(d)?
+        .map(|states| states.into_values().collect()))
 }
 
 impl Allocation {
@@ -171,11 +252,7 @@ impl Allocation {
     pub fn is_failed(&self) -> bool {
         matches!(self.client_status.as_str(), "failed" | "lost")
             || self.deployment_status.as_ref().and_then(|d| d.healthy) == Some(false)
-            || self
-                .task_states
-                .iter()
-                .flat_map(|t| t.values())
-                .any(|t| t.failed)
+            || self.task_states.iter().flatten().any(|t| t.failed)
     }
 
     /// The task's last events, newest last, as Nomad displays them (why it failed).
@@ -183,7 +260,7 @@ impl Allocation {
         let mut events: Vec<&TaskEvent> = self
             .task_states
             .iter()
-            .flat_map(|t| t.values())
+            .flatten()
             .flat_map(|s| s.events.iter().flatten())
             .collect();
         events.sort_by_key(|e| e.time);
@@ -203,11 +280,142 @@ impl Allocation {
     }
 }
 
+/// Allocations grouped by job id: health is looked up per channel, and scanning every
+/// allocation for each job would cost jobs × allocations per observation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocations {
+    by_job: BTreeMap<String, Vec<Allocation>>,
+    len: usize,
+}
+
+impl Allocations {
+    /// The allocations of one job, in the order Nomad listed them.
+    pub fn of(&self, job_id: &str) -> &[Allocation] {
+        self.by_job
+            .get(job_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Allocation> {
+        self.by_job.values().flatten()
+    }
+}
+
+impl From<Vec<Allocation>> for Allocations {
+    fn from(list: Vec<Allocation>) -> Self {
+        let len = list.len();
+        let mut by_job: BTreeMap<String, Vec<Allocation>> = BTreeMap::new();
+        for a in list {
+            by_job.entry(a.job_id.clone()).or_default().push(a);
+        }
+        Allocations { by_job, len }
+    }
+}
+
 /// A response with the index Nomad reported for it (`X-Nomad-Index`).
 #[derive(Debug, Clone)]
 pub struct Indexed<T> {
     pub value: T,
     pub index: u64,
+}
+
+/// A list read with a known index: either unchanged since then, or decoded afresh.
+#[derive(Debug, Clone)]
+pub enum Listed<T> {
+    /// Nomad's index equals the one given: the list decoded then still holds.
+    Unchanged(u64),
+    Fresh(Indexed<T>),
+}
+
+impl<T> Listed<T> {
+    /// For reads made without a known index, which are always decoded.
+    fn expect_fresh(self) -> Indexed<T> {
+        match self {
+            Listed::Fresh(i) => i,
+            Listed::Unchanged(_) => unreachable!("a list read without a known index is decoded"),
+        }
+    }
+}
+
+/// Why reading a successful response's body failed.
+enum BodyError {
+    /// The connection broke or timed out mid-body: worth another try.
+    Transport(reqwest::Error),
+    /// Not the JSON expected.
+    Decode(String),
+}
+
+/// Decodes a JSON body as it arrives: the chunks go, a few at a time, to a blocking thread
+/// that parses them, so the body is never held whole (a list of 3000 allocations is
+/// megabytes, and growing one buffer for it briefly needs twice that).
+async fn decode_streaming<T: DeserializeOwned + Send + 'static>(
+    mut resp: reqwest::Response,
+) -> Result<T, BodyError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let decoder = tokio::task::spawn_blocking(move || {
+        let reader = std::io::BufReader::with_capacity(
+            16 * 1024,
+            ChunkReader {
+                chunks: rx,
+                current: bytes::Bytes::new(),
+            },
+        );
+        serde_json::from_reader::<_, T>(reader)
+    });
+    let mut broken = None;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if tx.send(chunk).await.is_err() {
+                    break; // The decoder stopped early: it has an error to tell.
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let decoded = decoder
+        .await
+        .map_err(|e| BodyError::Decode(format!("the decoder stopped: {e}")))?;
+    // A body cut short reads as truncated JSON: report the transport error, which is retried.
+    if let Some(e) = broken {
+        return Err(BodyError::Transport(e));
+    }
+    decoded.map_err(|e| BodyError::Decode(e.to_string()))
+}
+
+/// `io::Read` over body chunks sent from the async side.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
 }
 
 /// `index`/`wait` of a blocking query.
@@ -362,7 +570,18 @@ impl NomadClient {
         &self,
         blocking: Option<Blocking>,
     ) -> Result<Indexed<Vec<JobStub>>, NomadError> {
-        self.get("/jobs", &[], blocking).await
+        self.list_jobs_since(blocking, None)
+            .await
+            .map(|l| l.expect_fresh())
+    }
+
+    /// `GET /v1/jobs`, decoded only when Nomad's index differs from `known`.
+    pub async fn list_jobs_since(
+        &self,
+        blocking: Option<Blocking>,
+        known: Option<u64>,
+    ) -> Result<Listed<Vec<JobStub>>, NomadError> {
+        self.get_list("/jobs", &[], blocking, known).await
     }
 
     /// `GET /v1/job/:id`; `None` when Nomad has no such job.
@@ -381,11 +600,25 @@ impl NomadClient {
         filter: Option<&str>,
         blocking: Option<Blocking>,
     ) -> Result<Indexed<Vec<Allocation>>, NomadError> {
+        self.list_allocations_since(filter, blocking, None)
+            .await
+            .map(|l| l.expect_fresh())
+    }
+
+    /// `GET /v1/allocations`, decoded only when Nomad's index differs from `known`: the
+    /// index of a list moves whenever any item in it changes, so an equal index means the
+    /// list decoded last time is still what Nomad holds.
+    pub async fn list_allocations_since(
+        &self,
+        filter: Option<&str>,
+        blocking: Option<Blocking>,
+        known: Option<u64>,
+    ) -> Result<Listed<Vec<Allocation>>, NomadError> {
         let query: Vec<(&str, String)> = filter
             .map(|f| ("filter", f.to_string()))
             .into_iter()
             .collect();
-        self.get("/allocations", &query, blocking).await
+        self.get_list("/allocations", &query, blocking, known).await
     }
 
     /// `DELETE /v1/job/:id` (stop; with `purge`, remove).
@@ -451,6 +684,36 @@ impl NomadClient {
         Ok(Indexed { value, index })
     }
 
+    /// A GET of a list that may be long (every job, every allocation): decoded as the body
+    /// arrives, never buffered whole, and not decoded at all when the index is `known`.
+    async fn get_list<T: DeserializeOwned + Send + 'static>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        blocking: Option<Blocking>,
+        known: Option<u64>,
+    ) -> Result<Listed<T>, NomadError> {
+        self.send_with(
+            Method::GET,
+            path,
+            query,
+            None,
+            blocking,
+            true,
+            |resp, index| async move {
+                if index != 0 && Some(index) == known {
+                    // Read to the end (the connection is reused) without keeping anything.
+                    let mut resp = resp;
+                    while resp.chunk().await.map_err(BodyError::Transport)?.is_some() {}
+                    return Ok(Listed::Unchanged(index));
+                }
+                let value = decode_streaming(resp).await?;
+                Ok(Listed::Fresh(Indexed { value, index }))
+            },
+        )
+        .await
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -460,6 +723,38 @@ impl NomadClient {
         blocking: Option<Blocking>,
         idempotent: bool,
     ) -> Result<(Vec<u8>, u64), NomadError> {
+        self.send_with(
+            method,
+            path,
+            query,
+            body,
+            blocking,
+            idempotent,
+            |resp, index| async move {
+                let bytes = resp.bytes().await.map_err(BodyError::Transport)?;
+                Ok((bytes.to_vec(), index))
+            },
+        )
+        .await
+    }
+
+    /// Sends a request (retrying what may be retried) and hands a successful response, with
+    /// its `X-Nomad-Index`, to `on_success`, which reads the body.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with<R, F, Fut>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        blocking: Option<Blocking>,
+        idempotent: bool,
+        on_success: F,
+    ) -> Result<R, NomadError>
+    where
+        F: Fn(reqwest::Response, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<R, BodyError>>,
+    {
         let mut params: Vec<(&str, String)> = query.to_vec();
         if let Some(ns) = &self.namespace {
             params.push(("namespace", ns.clone()));
@@ -482,6 +777,7 @@ impl NomadClient {
                 let method = method.clone();
                 let body = body.clone();
                 let params = &params;
+                let on_success = &on_success;
                 async move {
                     let mut req = self
                         .http
@@ -519,6 +815,23 @@ impl NomadClient {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
+                    if status.is_success() {
+                        return on_success(resp, index).await.map_err(|e| match e {
+                            BodyError::Transport(source) => Attempt::Retry(
+                                NomadError::Transport {
+                                    method: method.clone(),
+                                    path: path.to_string(),
+                                    source,
+                                },
+                                None,
+                            ),
+                            BodyError::Decode(message) => Attempt::Fail(NomadError::Decode {
+                                method: method.clone(),
+                                path: path.to_string(),
+                                message,
+                            }),
+                        });
+                    }
                     let bytes = resp.bytes().await.map_err(|source| {
                         Attempt::Retry(
                             NomadError::Transport {
@@ -529,9 +842,6 @@ impl NomadClient {
                             None,
                         )
                     })?;
-                    if status.is_success() {
-                        return Ok((bytes.to_vec(), index));
-                    }
                     let e = NomadError::Status {
                         method,
                         path: path.to_string(),
@@ -584,6 +894,57 @@ mod tests {
     }
 
     #[test]
+    fn job_facts_keep_what_is_read() {
+        let job: Job = serde_json::from_str(&sample("hippo_job_read.json")).unwrap();
+        let facts = JobFacts::from(job.clone());
+        assert_eq!(facts.bindle_arg(), job.bindle_arg().as_deref());
+        assert_eq!(facts.desired_count, job.desired_count());
+        assert_eq!(facts.version, job.version);
+        assert_eq!(facts.job_modify_index, job.job_modify_index);
+        let env = job.spin_task().unwrap().env.clone().unwrap();
+        for (k, v) in &env {
+            assert_eq!(facts.env_var(k), Some(v.as_str()), "{k}");
+        }
+        assert_eq!(facts.env_var("NOT_SET"), None);
+        // A job without a spin task (or any task) has no env to compare.
+        let bare: Job = serde_json::from_value(serde_json::json!({"ID": "x"})).unwrap();
+        assert_eq!(JobFacts::from(bare).env, None);
+    }
+
+    #[test]
+    fn task_states_may_be_null_or_absent_and_keep_the_newest_events() {
+        let a: Allocation = serde_json::from_value(serde_json::json!({
+            "ID": "a", "JobID": "j", "TaskStates": null
+        }))
+        .unwrap();
+        assert_eq!(a.task_states, None);
+        let a: Allocation = serde_json::from_value(serde_json::json!({
+            "ID": "a", "JobID": "j", "TaskStates": {"spin": {"State": "dead", "Failed": true,
+                "Events": [{"Type": "c", "Time": 3}, {"Type": "a", "Time": 1},
+                           {"Type": "d", "Time": 4}, {"Type": "b", "Time": 2}]},
+                "sidecar": {"State": "running", "Events": null}}
+        }))
+        .unwrap();
+        let states = a.task_states.as_ref().unwrap();
+        assert_eq!(states.len(), 2);
+        assert!(a.is_failed());
+        let kept: Vec<&str> = states
+            .iter()
+            .find(|s| s.failed)
+            .and_then(|s| s.events.as_ref())
+            .unwrap()
+            .iter()
+            .map(|e| e.kind.as_str())
+            .collect();
+        assert_eq!(
+            kept,
+            ["b", "c", "d"],
+            "the oldest (a, at time 1) is dropped"
+        );
+        assert_eq!(a.last_events(2), ["c", "d"]);
+    }
+
+    #[test]
     fn nomad_doc_samples_parse() {
         let allocs: Vec<Allocation> =
             serde_json::from_str(&sample("allocations_list.docs.json")).unwrap();
@@ -611,33 +972,27 @@ mod tests {
         a.client_status = "pending".into();
         assert!(!a.is_healthy() && !a.is_failed());
         a.client_status = "failed".into();
-        a.task_states = Some(
-            [(
-                "spin".to_string(),
-                TaskState {
-                    state: "dead".into(),
-                    failed: true,
-                    events: Some(vec![
-                        TaskEvent {
-                            kind: "Received".into(),
-                            display_message: "Task received by client".into(),
-                            time: 1,
-                        },
-                        TaskEvent {
-                            kind: "Driver Failure".into(),
-                            display_message: "failed to launch command: spin not found".into(),
-                            time: 3,
-                        },
-                        TaskEvent {
-                            kind: "Task Setup".into(),
-                            display_message: "Building Task Directory".into(),
-                            time: 2,
-                        },
-                    ]),
+        a.task_states = Some(vec![TaskState {
+            state: "dead".into(),
+            failed: true,
+            events: Some(vec![
+                TaskEvent {
+                    kind: "Received".into(),
+                    display_message: "Task received by client".into(),
+                    time: 1,
                 },
-            )]
-            .into(),
-        );
+                TaskEvent {
+                    kind: "Driver Failure".into(),
+                    display_message: "failed to launch command: spin not found".into(),
+                    time: 3,
+                },
+                TaskEvent {
+                    kind: "Task Setup".into(),
+                    display_message: "Building Task Directory".into(),
+                    time: 2,
+                },
+            ]),
+        }]);
         assert!(a.is_failed());
         assert_eq!(
             a.last_events(2),

@@ -110,7 +110,9 @@ pub enum RevisionSource {
     /// `version:` — already on the Bindle server; checked, never pushed.
     Existing,
     /// `path:` — built from a local directory and pushed.
-    Local(Box<LocalBindle>),
+    /// Shared: the controller hands its apps to every cycle, and a bindle's parcel list and
+    /// invoice are most of an app's size.
+    Local(std::sync::Arc<LocalBindle>),
 }
 
 /// How a channel picks its active revision.

@@ -252,7 +252,7 @@ pub(super) fn validate(
                         parsed,
                         RevisionSpec {
                             version,
-                            source: RevisionSource::Local(Box::new(bindle)),
+                            source: RevisionSource::Local(std::sync::Arc::new(bindle)),
                         },
                         pfield,
                     )

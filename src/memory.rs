@@ -1,0 +1,31 @@
+//! How the binary keeps its resident memory small: the facts its allocator setup rests on.
+//!
+//! The binary's global allocator (`src/main.rs`, which may use `unsafe`; this library may not)
+//! is mimalloc, set up so that what the heap gives back reaches the OS at once:
+//! - *purge delay 0*: mimalloc v3 keeps freed pages committed for 1 s by default, and purges
+//!   them only when the allocator is next called; a controller that goes idle after a cycle
+//!   then keeps the cycle's peak resident until the next cycle.
+//! - *no transparent huge pages* for the process (`PR_SET_THP_DISABLE`, and mimalloc built
+//!   with `no_thp`): a 2 MiB huge page is resident whole however little of it is used, which
+//!   put 45 MiB of huge pages under a 23 MiB live heap (BENCHMARKS.md).
+//!
+//! It also counts the live heap into [`HEAP_LIVE_BYTES`], exported on `/metrics`, so that the
+//! heap and the allocator's own overhead can be told apart when resident memory grows.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bytes handed out by the allocator and not yet freed. Stays 0 where no counting allocator
+/// is installed (the library's own tests).
+pub static HEAP_LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The live heap, in bytes; `None` without a counting allocator.
+pub fn heap_live_bytes() -> Option<usize> {
+    match HEAP_LIVE_BYTES.load(Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (libmimalloc-sys names the options
+/// only for v2). `tests/allocator.rs` checks the number against the option's default.
+pub const MI_OPTION_PURGE_DELAY: i32 = 15;
