@@ -59,9 +59,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let view = shared.view();
-    let body = Json(json!({ "ready": view.ready, "role": view.role }));
-    if view.ready {
+    let ready = shared.ready();
+    let body = Json(json!({ "ready": ready, "role": shared.role() }));
+    if ready {
         (StatusCode::OK, body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
@@ -76,8 +76,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Json<super::StatusView> {
-    Json(shared.view())
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    ([("content-type", "application/json")], shared.status_json()).into_response()
 }
 
 async fn github(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {

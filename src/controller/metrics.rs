@@ -42,7 +42,13 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, view: &StatusView, stats: &RequestStats, queue_depth: usize) -> String {
+    pub fn render(
+        &self,
+        view: &StatusView,
+        role: super::Role,
+        stats: &RequestStats,
+        queue_depth: usize,
+    ) -> String {
         let mut out = String::new();
         let w = &mut out;
         header(
@@ -170,7 +176,7 @@ impl Metrics {
         let _ = writeln!(
             w,
             "hippo_gitops_leader {}",
-            u8::from(view.role != super::Role::Follower)
+            u8::from(role != super::Role::Follower)
         );
 
         header(
@@ -250,7 +256,12 @@ mod tests {
         stats.record("hippo", "GET", 200);
         stats.record("hippo", "GET", 200);
         stats.record("nomad", "PUT", 409);
-        let text = m.render(&StatusView::default(), &stats, 3);
+        let text = m.render(
+            &StatusView::default(),
+            crate::controller::Role::Leader,
+            &stats,
+            3,
+        );
         for line in [
             "hippo_gitops_reconcile_duration_seconds_bucket{le=\"0.05\"} 0",
             "hippo_gitops_reconcile_duration_seconds_bucket{le=\"0.1\"} 1",

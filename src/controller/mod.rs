@@ -193,6 +193,8 @@ pub struct DaemonAppStatus {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusView {
+    /// As of the last [`Shared::view`]; the HTTP answers take it live from the gate.
+    #[serde(skip)]
     pub role: Role,
     /// The first observation is done.
     pub ready: bool,
@@ -234,13 +236,35 @@ impl Shared {
         }
     }
 
+    /// `/status`: serialized under the read lock (a copy of 1000 apps' statuses per request
+    /// would be a megabyte each time), with the role as of now.
+    pub fn status_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            role: Role,
+            #[serde(flatten)]
+            view: &'a StatusView,
+        }
+        let view = self.view.read().expect("view lock");
+        serde_json::to_vec(&Body {
+            role: self.role(),
+            view: &view,
+        })
+        .expect("the status view serializes")
+    }
+
+    /// Whether the first observation is done.
+    pub fn ready(&self) -> bool {
+        self.view.read().expect("view lock").ready
+    }
+
     pub fn metrics_text(&self) -> String {
-        let view = self.view();
+        let view = self.view.read().expect("view lock");
         let depth = self.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
         self.metrics
             .lock()
             .expect("metrics lock")
-            .render(&view, &self.stats, depth)
+            .render(&view, self.role(), &self.stats, depth)
     }
 }
 
