@@ -100,6 +100,9 @@ pub enum ApplyError {
     /// Hippo accepted a change but the next observation shows it not done.
     #[error("{0}")]
     NotApplied(String),
+    /// A local bindle could not be packed again to push it (changed or gone since loaded).
+    #[error("{0}")]
+    LocalBindle(String),
     /// The write gate is closed: not the leader, or shutting down. Nothing was sent.
     #[error("not written: {0}")]
     NotWritten(#[from] WriteRefused),
@@ -122,6 +125,8 @@ impl ApplyError {
             ApplyError::NotReady { .. } => true,
             ApplyError::Unresolved(_) => true,
             ApplyError::NotApplied(_) => true,
+            // A reload (the file watcher's, or the next interval's) brings the new content.
+            ApplyError::LocalBindle(_) => true,
             ApplyError::NotWritten(_) => true,
             ApplyError::Planned { transient, .. } => *transient,
         }
@@ -148,6 +153,7 @@ impl ApplyError {
             ApplyError::NotReady { .. } => "Progressing",
             ApplyError::Unresolved(_) => "Unresolved",
             ApplyError::NotApplied(_) => "NotApplied",
+            ApplyError::LocalBindle(_) => "LocalBindleChanged",
             ApplyError::NotWritten(WriteRefused::ShuttingDown) => "ShuttingDown",
             ApplyError::NotWritten(_) => "NotLeader",
             ApplyError::Planned { reason, .. } => reason,
@@ -624,11 +630,18 @@ async fn apply_change(
             let local = locals.get(id).ok_or_else(|| {
                 ApplyError::Unresolved(format!("no local bindle {id} in the deploy files"))
             })?;
+            // Packed again from disk: the desired state keeps only what the bindle is.
+            let dir = local.dir.clone();
+            let summary = local.clone();
+            let packed = tokio::task::spawn_blocking(move || summary.pack())
+                .await
+                .map_err(|e| ApplyError::LocalBindle(format!("{}: {e}", dir.display())))?
+                .map_err(|e| ApplyError::LocalBindle(e.to_string()))?;
             let PushReport {
                 existed,
                 uploaded_parcels,
                 uploaded_bytes,
-            } = ctx.bindle.push(local).await?;
+            } = ctx.bindle.push(&packed).await?;
             Ok(format!(
                 "pushed bindle {id} ({uploaded_parcels} parcel(s), {uploaded_bytes} bytes uploaded{})",
                 if existed { ", resumed" } else { "" }

@@ -290,8 +290,11 @@ pub async fn spin_deploy_baseline(
             let spec::RevisionSource::Local(local) = &rev.source else {
                 continue;
             };
+            let packed = local
+                .pack()
+                .map_err(|e| step("baseline pack")(e.to_string()))?;
             ctx.bindle
-                .push(local)
+                .push(&packed)
                 .await
                 .map_err(|e| step("baseline push")(e.to_string()))?;
             let apps = hippo.list_apps().await.map_err(err)?;

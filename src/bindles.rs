@@ -17,7 +17,7 @@ use bindle::{
 use futures::{stream, StreamExt, TryStreamExt};
 
 use crate::{
-    package::LocalBindle,
+    package::{PackedBindle, ParcelSet},
     retry::{retry, Attempt, RetryPolicy},
     secret::Secret,
     stats::RequestStats,
@@ -172,33 +172,6 @@ pub struct ServerBindle {
     pub version: String,
     pub parcels: ParcelSet,
     pub yanked: bool,
-}
-
-/// A set of parcel digests, kept as one SHA-256 of the sorted set: whether two bindles carry
-/// the same parcels is all that is ever asked of it, and a controller keeps one for every
-/// version of every app.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ParcelSet([u8; 32]);
-
-impl ParcelSet {
-    pub fn of<'a>(shas: impl IntoIterator<Item = &'a str>) -> Self {
-        use sha2::Digest;
-        let mut sorted: Vec<&str> = shas.into_iter().collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let mut h = sha2::Sha256::new();
-        for sha in sorted {
-            h.update(sha.as_bytes());
-            h.update(b"\n");
-        }
-        ParcelSet(h.finalize().into())
-    }
-}
-
-impl std::fmt::Debug for ParcelSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ParcelSet({})", hex::encode(&self.0[..6]))
-    }
 }
 
 /// A bindle's versions on the server, sorted by version: a sorted list rather than a map, as
@@ -422,7 +395,7 @@ impl BindleClient {
     }
 
     /// Pushes `local` so that the server holds exactly its parcels under its id.
-    pub async fn push(&self, local: &LocalBindle) -> Result<PushReport, BindleError> {
+    pub async fn push(&self, local: &PackedBindle) -> Result<PushReport, BindleError> {
         let id = local.id.clone();
         let id_s = id.to_string();
         let mut invoice: Invoice = local.invoice.clone();
@@ -452,7 +425,7 @@ impl BindleClient {
                 let version = id.version_string();
                 match server.get(&version) {
                     Some(b) if b.yanked => return Err(BindleError::Yanked { id: id_s }),
-                    Some(b) if !local.same_parcels(&b.parcels) => {
+                    Some(b) if local.parcel_set() != b.parcels => {
                         return Err(BindleError::Conflict { id: id_s })
                     }
                     Some(_) => {}

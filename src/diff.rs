@@ -380,8 +380,8 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             },
             (RevisionSource::Local(local), None) => pushes.push(Op::PushBindle {
                 id: id.clone(),
-                parcels: local.parcels.len(),
-                bytes: local.total_bytes(),
+                parcels: local.parcel_count,
+                bytes: local.total_bytes,
                 resume: false,
             }),
             (RevisionSource::Local(local), Some(b)) => {
@@ -395,8 +395,8 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
                     match missing() {
                         Some(Ok(n)) if *n > 0 => pushes.push(Op::PushBindle {
                             id: id.clone(),
-                            parcels: local.parcels.len(),
-                            bytes: local.total_bytes(),
+                            parcels: local.parcel_count,
+                            bytes: local.total_bytes,
                             resume: true,
                         }),
                         Some(Err(e)) => plan.problems.push(problem(
@@ -847,14 +847,13 @@ pub fn max_satisfying<'a>(range: &str, numbers: &[&'a str]) -> Option<&'a str> {
 mod tests {
     use super::*;
     use crate::{
-        bindles::{BindleVersions, ParcelSet, ServerBindle},
+        bindles::{BindleVersions, ServerBindle},
         hippo::types::{EnvVar, Revision},
         nomad::JobFacts,
         observe::PartialFailure,
-        package::{LocalBindle, ParcelSource},
+        package::{LocalBindle, ParcelSet},
         spec::{Origin, RevisionSpec},
     };
-    use bindle::{BindleSpec, Invoice, Label, Parcel};
     use std::sync::Arc;
 
     fn uuid(n: u128) -> Uuid {
@@ -862,35 +861,11 @@ mod tests {
     }
 
     fn local(name: &str, version: &str, shas: &[&str]) -> LocalBindle {
-        let id = bindle::Id::try_from(format!("{name}/{version}")).unwrap();
-        let mut invoice = Invoice::new(BindleSpec {
-            id: id.clone(),
-            description: None,
-            authors: None,
-        });
-        invoice.parcel = Some(
-            shas.iter()
-                .map(|s| Parcel {
-                    label: Label {
-                        sha256: s.to_string(),
-                        media_type: "application/wasm".into(),
-                        name: s.to_string(),
-                        size: 10,
-                        annotations: None,
-                        feature: None,
-                        origin: None,
-                    },
-                    conditions: None,
-                })
-                .collect(),
-        );
         LocalBindle {
-            id,
-            invoice,
-            parcels: shas
-                .iter()
-                .map(|s| (s.to_string(), ParcelSource::Bytes(vec![0; 10])))
-                .collect(),
+            id: bindle::Id::try_from(format!("{name}/{version}")).unwrap(),
+            parcels: ParcelSet::of(shas.iter().copied()),
+            parcel_count: shas.len(),
+            total_bytes: 10 * shas.len() as u64,
             dir: "apps/x".into(),
         }
     }

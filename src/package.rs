@@ -73,9 +73,10 @@ impl ParcelSource {
     }
 }
 
-/// A bindle built from a local directory: an unsigned invoice with its final parcel list.
+/// A bindle built from a local directory, ready to push: an unsigned invoice with its final
+/// parcel list, and where each parcel's bytes are.
 #[derive(Debug, Clone)]
-pub struct LocalBindle {
+pub struct PackedBindle {
     pub id: Id,
     pub invoice: Invoice,
     /// sha256 → where to read the bytes.
@@ -84,15 +85,15 @@ pub struct LocalBindle {
     pub dir: PathBuf,
 }
 
-impl LocalBindle {
+impl PackedBindle {
     /// The set of parcel digests: two bindles with the same set carry the same content.
     pub fn parcel_shas(&self) -> BTreeSet<String> {
         self.parcels.keys().cloned().collect()
     }
 
-    /// Whether `set` is this bindle's set of parcel digests.
-    pub fn same_parcels(&self, set: &crate::bindles::ParcelSet) -> bool {
-        crate::bindles::ParcelSet::of(self.parcels.keys().map(String::as_str)) == *set
+    /// The parcel digests as one [`ParcelSet`].
+    pub fn parcel_set(&self) -> ParcelSet {
+        ParcelSet::of(self.parcels.keys().map(String::as_str))
     }
 
     /// Total size of all parcels, in bytes.
@@ -116,8 +117,88 @@ impl LocalBindle {
     }
 }
 
+/// What the desired state keeps of a local bindle: what it is (its id and its parcels' digest)
+/// and where it is. Packed, a bindle is kilobytes (its invoice and parcel list), and a
+/// controller keeps one for every revision of every app, for as long as it runs; the parcels'
+/// bytes stay on disk anyway, so the bindle is packed again from its directory to be pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalBindle {
+    pub id: Id,
+    pub parcels: ParcelSet,
+    pub parcel_count: usize,
+    pub total_bytes: u64,
+    /// The directory it was read from.
+    pub dir: PathBuf,
+}
+
+impl LocalBindle {
+    /// Whether `set` is this bindle's set of parcel digests.
+    pub fn same_parcels(&self, set: &ParcelSet) -> bool {
+        self.parcels == *set
+    }
+
+    /// Packs the bindle again from its directory, to push it; refused when what is there now
+    /// is not what was loaded (edited since: the next load picks the new content up).
+    pub fn pack(&self) -> Result<PackedBindle, PackageError> {
+        let packed = load(&self.dir)?;
+        if packed.id != self.id || packed.parcel_set() != self.parcels {
+            return Err(PackageError::invalid(
+                &self.dir,
+                format!(
+                    "changed on disk since it was loaded as {} (it is {} now); it is pushed once the deploy files are loaded again",
+                    self.id,
+                    packed.id
+                ),
+            ));
+        }
+        Ok(packed)
+    }
+}
+
+impl From<&PackedBindle> for LocalBindle {
+    fn from(b: &PackedBindle) -> Self {
+        LocalBindle {
+            id: b.id.clone(),
+            parcels: b.parcel_set(),
+            parcel_count: b.parcels.len(),
+            total_bytes: b.total_bytes(),
+            dir: b.dir.clone(),
+        }
+    }
+}
+
+/// A set of parcel digests, kept as one SHA-256 of the sorted set: whether two bindles carry
+/// the same parcels is all that is ever asked of it, and a controller keeps one for every
+/// version of every app (on the server's side too).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ParcelSet([u8; 32]);
+
+impl ParcelSet {
+    pub fn of<'a>(shas: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut sorted: Vec<&str> = shas.into_iter().collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut h = Sha256::new();
+        for sha in sorted {
+            h.update(sha.as_bytes());
+            h.update(b"\n");
+        }
+        ParcelSet(h.finalize().into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ParcelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParcelSet({})", hex::encode(&self.0[..6]))
+    }
+}
+
 /// Reads the app or bindle at `dir`.
-pub fn load(dir: &Path) -> Result<LocalBindle, PackageError> {
+pub fn load(dir: &Path) -> Result<PackedBindle, PackageError> {
     if !dir.exists() {
         return Err(PackageError::NotFound(dir.to_path_buf()));
     }
@@ -149,7 +230,7 @@ fn sha256_file(path: &Path) -> Result<(String, u64), PackageError> {
 // ---------------------------------------------------------------------------------------------
 // Standalone bindle
 
-fn load_standalone(dir: &Path) -> Result<LocalBindle, PackageError> {
+fn load_standalone(dir: &Path) -> Result<PackedBindle, PackageError> {
     let invoice_path = dir.join("invoice.toml");
     let text = fs::read_to_string(&invoice_path).map_err(PackageError::io(&invoice_path))?;
     let mut invoice: Invoice = toml::from_str(&text)
@@ -185,7 +266,7 @@ fn load_standalone(dir: &Path) -> Result<LocalBindle, PackageError> {
         }
         parcels.insert(sha.clone(), ParcelSource::File(path));
     }
-    Ok(LocalBindle {
+    Ok(PackedBindle {
         id: invoice.bindle.id.clone(),
         invoice,
         parcels,
@@ -239,7 +320,7 @@ struct Asset {
     path: PathBuf,
 }
 
-fn load_spin_app(dir: &Path) -> Result<LocalBindle, PackageError> {
+fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
     let manifest_path = dir.join("spin.toml");
     let text = fs::read_to_string(&manifest_path).map_err(PackageError::io(&manifest_path))?;
     let manifest: SpinManifest = toml::from_str(&text)
@@ -405,7 +486,7 @@ fn load_spin_app(dir: &Path) -> Result<LocalBindle, PackageError> {
     });
     invoice.parcel = Some(parcel_list);
     invoice.group = Some(groups);
-    Ok(LocalBindle {
+    Ok(PackedBindle {
         id,
         invoice,
         parcels,
@@ -609,6 +690,43 @@ route = "/..."
         assert!(text.contains("route = \"/...\""), "{text}");
         assert_eq!(b.parcels.len(), 4);
         assert_eq!(b.total_bytes(), manifest.label.size + 8 + 11 + 1);
+    }
+
+    #[test]
+    fn a_kept_bindle_is_packed_again_only_while_its_content_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "spin.toml", SPIN.as_bytes());
+        write(dir.path(), "hello.wasm", b"\0asm\x01\0\0\0");
+        write(dir.path(), "static/index.html", b"<h1>hi</h1>");
+        write(dir.path(), "assets/a.txt", b"a");
+        let packed = load(dir.path()).unwrap();
+        let kept = LocalBindle::from(&packed);
+        assert_eq!(kept.id, packed.id);
+        assert_eq!(kept.parcel_count, packed.parcels.len());
+        assert_eq!(kept.total_bytes, packed.total_bytes());
+        assert!(kept.same_parcels(&ParcelSet::of(
+            packed.parcel_shas().iter().map(String::as_str)
+        )));
+
+        let again = kept.pack().unwrap();
+        assert_eq!(again.parcel_shas(), packed.parcel_shas());
+        assert_eq!(again.invoice.parcel, packed.invoice.parcel);
+
+        // Edited after it was loaded: refused, nothing else is pushed in its name.
+        write(dir.path(), "static/index.html", b"<h1>changed</h1>");
+        let err = kept.pack().unwrap_err().to_string();
+        assert!(err.contains("changed on disk since it was loaded"), "{err}");
+        // Gone: refused too.
+        fs::remove_file(dir.path().join("hello.wasm")).unwrap();
+        assert!(kept.pack().is_err());
+    }
+
+    #[test]
+    fn parcel_sets_ignore_order_and_repeats_and_tell_contents_apart() {
+        assert_eq!(ParcelSet::of(["a", "b"]), ParcelSet::of(["b", "a", "b"]));
+        assert_ne!(ParcelSet::of(["a", "b"]), ParcelSet::of(["a"]));
+        // The separator keeps "ab" + "c" apart from "a" + "bc".
+        assert_ne!(ParcelSet::of(["ab", "c"]), ParcelSet::of(["a", "bc"]));
     }
 
     #[test]

@@ -440,6 +440,7 @@ fn a_changed_deploy_file_converges_within_seconds() {
     let mut d = Daemon::start(&dir, &sandbox_args(&["-f", "deploy-specs/"]));
     let before = d.until_all_ready(30);
     assert_eq!(before["source"]["kind"], "files");
+    assert_eq!(before["role"], "leader", "/status says the role as of now");
     assert_eq!(
         channel(&before, "weather", "production").unwrap()["hippoRevision"],
         "1.0.0"

@@ -272,6 +272,57 @@ async fn a_bindle_conflict_fails_that_app_while_the_others_converge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bindle_edited_after_loading_is_not_pushed_until_loaded_again() {
+    // The desired state keeps what a bindle is (its parcels' digest), not its bytes: a push
+    // packs it again from disk, and refuses content that is not what was planned.
+    let bed = Bed::start().await;
+    let dir = bed.path().join("repo");
+    spin_app(&dir.join("weather"), "weather", "1.0.0", "ours");
+    spin_app(&dir.join("shop"), "shop", "1.0.0", "shop");
+    let channels = "    - name: production\n      range: \"*\"\n";
+    std::fs::write(
+        dir.join("apps.yaml"),
+        format!(
+            "{}---\n{}",
+            app_doc("weather", &["weather"], channels, false),
+            app_doc("shop", &["shop"], channels, false)
+        ),
+    )
+    .unwrap();
+    let desired = load(&dir);
+    // Edited after the load, before the push.
+    spin_app(&dir.join("weather"), "weather", "1.0.0", "edited");
+
+    let (ctx, stats) = bed.context();
+    let report = apply::reconcile(&desired, &ctx).await.unwrap();
+    let weather = report.apps.iter().find(|a| a.app == "weather").unwrap();
+    let err = weather.error.as_ref().expect("weather fails");
+    assert_eq!(err.reason(), "LocalBindleChanged");
+    assert!(err.is_transient(), "a reload brings the new content");
+    assert!(err.to_string().contains("changed on disk"), "{err}");
+    assert!(report
+        .apps
+        .iter()
+        .find(|a| a.app == "shop")
+        .unwrap()
+        .converged());
+    let versions = ctx.bindle.versions("weather").await.unwrap();
+    assert!(versions.is_empty(), "nothing was pushed for weather");
+    assert_eq!(stats.uploaded_parcels(), 3, "shop's three parcels only");
+
+    // Loaded again: the edited content is what is pushed.
+    let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
+    assert!(
+        report.apps.iter().all(|a| a.converged()),
+        "{}",
+        status::run_text(&report)
+    );
+    let edited = package::load(&dir.join("weather")).unwrap();
+    let on_server = ctx.bindle.versions("weather").await.unwrap();
+    assert_eq!(on_server.get("1.0.0").unwrap().parcels, edited.parcel_set());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_revision_is_registered_once_and_moves_the_range_channel() {
     let bed = Bed::start().await;
     let dir = bed.path().join("repo");

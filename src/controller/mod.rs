@@ -922,9 +922,7 @@ pub fn fingerprint(app: &AppSpec) -> u64 {
             RevisionSource::Existing => 0u8.hash(&mut h),
             RevisionSource::Local(b) => {
                 1u8.hash(&mut h);
-                for sha in b.parcels.keys() {
-                    sha.hash(&mut h);
-                }
+                b.parcels.as_bytes().hash(&mut h);
             }
         }
     }

@@ -252,7 +252,9 @@ pub(super) fn validate(
                         parsed,
                         RevisionSpec {
                             version,
-                            source: RevisionSource::Local(std::sync::Arc::new(bindle)),
+                            source: RevisionSource::Local(std::sync::Arc::new(
+                                package::LocalBindle::from(&bindle),
+                            )),
                         },
                         pfield,
                     )
@@ -414,7 +416,7 @@ fn check_inside_root(resolved: &Path, root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn parcels_outside_root(bindle: &package::LocalBindle, root: &Path) -> Option<String> {
+fn parcels_outside_root(bindle: &package::PackedBindle, root: &Path) -> Option<String> {
     bindle.parcels.values().find_map(|src| match src {
         package::ParcelSource::File(p) => match p.canonicalize() {
             Ok(real) if !real.starts_with(root) => Some(format!(
