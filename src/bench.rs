@@ -513,6 +513,7 @@ async fn watch_idle(
     let rss_peak_kib = rss.iter().map(|r| r.0).max().unwrap_or_default();
     let heap_kib = heap.get(heap.len() / 2).copied().unwrap_or_default();
     let heap_peak_kib = heap.last().copied().unwrap_or_default();
+    // For analysis (BENCHMARKS.md): which mappings hold the memory at the end of the window.
     if let Some(dump) = std::env::var_os("HIPPO_GITOPS_BENCH_SMAPS") {
         let _ = std::fs::copy(format!("/proc/{pid}/smaps"), dump);
     }
