@@ -63,6 +63,18 @@ fn set_up_memory() {
     }
 }
 
+/// The async runtime: at most [`memory::DEFAULT_WORKER_THREADS`] workers unless
+/// `TOKIO_WORKER_THREADS` says otherwise (tokio reads it when no number is set here).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(cores.min(memory::DEFAULT_WORKER_THREADS));
+    }
+    builder.build()
+}
+
 fn main() -> ExitCode {
     set_up_memory();
     let cli = Cli::parse();
@@ -83,7 +95,7 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
