@@ -518,6 +518,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn load(files: &FileArgs) -> Result<DesiredState, ExitCode> {
     let options = LoadOptions {
         root: files.root.clone(),
+        pack_cache: None,
     };
     spec::load(&files.files, &options).map_err(|diagnostics| {
         for d in &diagnostics.0 {

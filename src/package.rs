@@ -167,6 +167,195 @@ impl From<&PackedBindle> for LocalBindle {
     }
 }
 
+/// A local bindle as the desired state needs it, with the root check made while it was packed.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub local: LocalBindle,
+    /// With a repository root: why a parcel resolves outside it (through a symlink), if one does.
+    pub outside_root: Option<String>,
+}
+
+/// Reads the bindle at `dir` for the desired state, through `cache` when given.
+pub fn load_for_spec(
+    dir: &Path,
+    root: Option<&Path>,
+    cache: Option<&PackCache>,
+) -> Result<Loaded, PackageError> {
+    match cache {
+        Some(cache) => cache.load(dir, root),
+        None => pack_for_spec(dir, root),
+    }
+}
+
+fn pack_for_spec(dir: &Path, root: Option<&Path>) -> Result<Loaded, PackageError> {
+    let packed = load(dir)?;
+    Ok(Loaded {
+        outside_root: root.and_then(|r| parcels_outside_root(&packed, r)),
+        local: LocalBindle::from(&packed),
+    })
+}
+
+/// Why a parcel of `bindle` resolves (through a symlink) outside `root`, if one does.
+pub fn parcels_outside_root(bindle: &PackedBindle, root: &Path) -> Option<String> {
+    bindle.parcels.values().find_map(|src| match src {
+        ParcelSource::File(p) => match p.canonicalize() {
+            Ok(real) if !real.starts_with(root) => Some(format!(
+                "{} resolves through a symlink to {}, outside the repository root {}",
+                p.display(),
+                real.display(),
+                root.display()
+            )),
+            _ => None,
+        },
+        ParcelSource::Bytes(_) => None,
+    })
+}
+
+/// Local bindles packed before, by directory, for the controller: it loads every deploy file
+/// again on each change, and packing hashes every parcel (100 apps with a 5 MB module each take
+/// 0.4 s). An entry is used again while every file packing reads (the manifest or invoice, each
+/// module and asset the globs find) has the same size, modification and change times and inode:
+/// the change time moves on every write and no tool sets it. Files changed in the last
+/// [`PackCache::SETTLE`] are not trusted that way (timestamps are coarser than writes can be
+/// apart), so a bindle still being written is packed afresh each time.
+#[derive(Debug)]
+pub struct PackCache {
+    entries: std::sync::Mutex<BTreeMap<PackKey, ([u8; 32], Loaded)>>,
+    settle: std::time::Duration,
+    packs: std::sync::atomic::AtomicUsize,
+}
+
+/// A bindle directory and the repository root it was checked against.
+type PackKey = (PathBuf, Option<PathBuf>);
+
+impl Default for PackCache {
+    fn default() -> Self {
+        PackCache::with_settle(PackCache::SETTLE)
+    }
+}
+
+impl PackCache {
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// A cache that trusts metadata of files changed more than `settle` ago.
+    pub fn with_settle(settle: std::time::Duration) -> Self {
+        PackCache {
+            entries: Default::default(),
+            settle,
+            packs: Default::default(),
+        }
+    }
+
+    /// How many times a bindle was packed (read and hashed) rather than reused.
+    pub fn packs(&self) -> usize {
+        self.packs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn load(&self, dir: &Path, root: Option<&Path>) -> Result<Loaded, PackageError> {
+        let key = (dir.to_path_buf(), root.map(Path::to_path_buf));
+        // No stamp (unreadable, or too fresh to trust): pack afresh, keep nothing.
+        let stamp = input_stamp(dir, self.settle).ok().flatten();
+        if let Some(stamp) = stamp {
+            let entries = self.entries.lock().expect("pack cache");
+            if let Some((s, loaded)) = entries.get(&key) {
+                if *s == stamp {
+                    return Ok(loaded.clone());
+                }
+            }
+        }
+        self.packs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let loaded = pack_for_spec(dir, root);
+        let mut entries = self.entries.lock().expect("pack cache");
+        match (&loaded, stamp) {
+            (Ok(l), Some(stamp)) => {
+                entries.insert(key, (stamp, l.clone()));
+            }
+            _ => {
+                entries.remove(&key);
+            }
+        }
+        loaded
+    }
+
+    /// Forgets the directories not in `keep` (apps removed from the deploy files).
+    pub fn retain(&self, keep: &BTreeSet<PathBuf>) {
+        self.entries
+            .lock()
+            .expect("pack cache")
+            .retain(|(dir, _), _| keep.contains(dir));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("pack cache").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A digest of everything packing `dir` reads, by file metadata rather than content; `None`
+/// when a file changed too recently to be judged by its metadata.
+fn input_stamp(dir: &Path, settle: std::time::Duration) -> Result<Option<[u8; 32]>, PackageError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let spin = dir.join("spin.toml");
+    if spin.is_file() {
+        let text = fs::read(&spin).map_err(PackageError::io(&spin))?;
+        h.update(&text);
+        let manifest: SpinManifest =
+            toml::from_slice(&text).map_err(|e| PackageError::invalid(&spin, e.to_string()))?;
+        for component in &manifest.component {
+            if let toml::Value::String(source) = &component.source {
+                files.push(dir.join(source));
+            }
+            files.extend(
+                collect_assets(dir, component, &spin)?
+                    .into_iter()
+                    .map(|a| a.path),
+            );
+        }
+    } else {
+        let invoice_path = dir.join("invoice.toml");
+        let text = fs::read(&invoice_path).map_err(PackageError::io(&invoice_path))?;
+        h.update(&text);
+        let invoice: Invoice = toml::from_slice(&text)
+            .map_err(|e| PackageError::invalid(&invoice_path, e.to_string()))?;
+        for parcel in invoice.parcel.iter().flatten() {
+            files.push(
+                dir.join("parcels")
+                    .join(format!("{}.dat", parcel.label.sha256)),
+            );
+        }
+    }
+    // Whole seconds, rounded so that a file changed within `settle` is never trusted.
+    let settled_before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.saturating_sub(settle)).as_secs() as i64)
+        .unwrap_or(0);
+    for path in files {
+        let m = fs::metadata(&path).map_err(PackageError::io(&path))?;
+        if !settle.is_zero() && (m.ctime() >= settled_before || m.mtime() >= settled_before) {
+            return Ok(None);
+        }
+        h.update(path.as_os_str().as_encoded_bytes());
+        for n in [
+            m.len() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ] {
+            h.update(n.to_le_bytes());
+        }
+        h.update(m.ino().to_le_bytes());
+        h.update(m.dev().to_le_bytes());
+    }
+    Ok(Some(h.finalize().into()))
+}
+
 /// A set of parcel digests, kept as one SHA-256 of the sorted set: whether two bindles carry
 /// the same parcels is all that is ever asked of it, and a controller keeps one for every
 /// version of every app (on the server's side too).
@@ -660,6 +849,14 @@ exclude_files = ["static/skip.txt"]
 route = "/..."
 "#;
 
+    /// The `SPIN` app with one module, one static page and one mounted asset.
+    fn hello_app(dir: &Path) {
+        write(dir, "spin.toml", SPIN.as_bytes());
+        write(dir, "hello.wasm", b"\0asm\x01\0\0\0");
+        write(dir, "static/index.html", b"<h1>hi</h1>");
+        write(dir, "assets/a.txt", b"a");
+    }
+
     #[test]
     fn spin_app_becomes_a_bindle_with_manifest_wasm_and_assets() {
         let dir = tempfile::tempdir().unwrap();
@@ -695,10 +892,7 @@ route = "/..."
     #[test]
     fn a_kept_bindle_is_packed_again_only_while_its_content_is_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "spin.toml", SPIN.as_bytes());
-        write(dir.path(), "hello.wasm", b"\0asm\x01\0\0\0");
-        write(dir.path(), "static/index.html", b"<h1>hi</h1>");
-        write(dir.path(), "assets/a.txt", b"a");
+        hello_app(dir.path());
         let packed = load(dir.path()).unwrap();
         let kept = LocalBindle::from(&packed);
         assert_eq!(kept.id, packed.id);
@@ -719,6 +913,71 @@ route = "/..."
         // Gone: refused too.
         fs::remove_file(dir.path().join("hello.wasm")).unwrap();
         assert!(kept.pack().is_err());
+    }
+
+    #[test]
+    fn the_pack_cache_reuses_a_bindle_until_a_file_packing_reads_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        hello_app(dir.path());
+        // Metadata trusted at once here; the settling rule has its own test below.
+        let cache = PackCache::with_settle(std::time::Duration::ZERO);
+        let first = cache.load(dir.path(), None).unwrap().local;
+        assert_eq!(cache.packs(), 1);
+        let again = cache.load(dir.path(), None).unwrap().local;
+        assert_eq!((cache.packs(), &again), (1, &first), "reused, nothing read");
+        assert_eq!(first, LocalBindle::from(&load(dir.path()).unwrap()));
+
+        // Each kind of change is noticed, and packs afresh.
+        let mut packs = 1;
+        let mut expect_repack = |what: &str, cache: &PackCache| {
+            let got = cache.load(dir.path(), None).unwrap().local;
+            packs += 1;
+            assert_eq!(cache.packs(), packs, "{what}");
+            assert_eq!(got, LocalBindle::from(&load(dir.path()).unwrap()), "{what}");
+            got
+        };
+        write(dir.path(), "static/index.html", b"<h1>changed</h1>");
+        let changed = expect_repack("an asset's content", &cache);
+        assert_ne!(changed.parcels, first.parcels);
+        write(dir.path(), "static/new/page.html", b"new");
+        let added = expect_repack("a new file the glob finds", &cache);
+        assert_eq!(added.parcel_count, changed.parcel_count + 1);
+        fs::remove_file(dir.path().join("static/new/page.html")).unwrap();
+        expect_repack("a file removed", &cache);
+        write(
+            dir.path(),
+            "spin.toml",
+            SPIN.replace("/...", "/x/...").as_bytes(),
+        );
+        expect_repack("the manifest", &cache);
+        write(dir.path(), "static/skip.txt", b"excluded by the manifest");
+        let before = cache.packs();
+        cache.load(dir.path(), None).unwrap();
+        assert_eq!(
+            cache.packs(),
+            before,
+            "a file packing does not read changes nothing"
+        );
+
+        // A bindle that cannot be packed is an error every time, never a stale entry.
+        fs::remove_file(dir.path().join("hello.wasm")).unwrap();
+        assert!(cache.load(dir.path(), None).is_err());
+        assert!(cache.load(dir.path(), None).is_err());
+        cache.retain(&BTreeSet::new());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn files_changed_within_the_settling_time_are_packed_every_time() {
+        // Timestamps are coarser than writes can be apart: a file written just now could be
+        // written again with the same size and times, so it is not judged by them.
+        let dir = tempfile::tempdir().unwrap();
+        hello_app(dir.path());
+        let cache = PackCache::default();
+        cache.load(dir.path(), None).unwrap();
+        cache.load(dir.path(), None).unwrap();
+        assert_eq!(cache.packs(), 2);
+        assert!(cache.is_empty());
     }
 
     #[test]

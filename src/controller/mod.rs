@@ -368,6 +368,7 @@ impl Daemon {
             specs: BTreeMap::new(),
             git: None,
             previous_origin: BTreeMap::new(),
+            pack_cache: Arc::default(),
         };
         let task = tokio::spawn(async move {
             let _watcher = watcher;
@@ -420,6 +421,8 @@ struct Loop {
     git: Option<GitRepo>,
     /// Which file each app came from at the last load, to stall an app whose file went bad.
     previous_origin: BTreeMap<String, PathBuf>,
+    /// Local bindles packed by earlier loads: a reload hashes only what changed.
+    pack_cache: Arc<crate::package::PackCache>,
 }
 
 impl Loop {
@@ -552,10 +555,12 @@ impl Loop {
         };
         let result = match (self.git.as_mut(), files) {
             (Some(repo), _) => match repo.sync().await {
-                Ok(_) => repo.load().await,
+                Ok(_) => repo.load(self.pack_cache.clone()).await,
                 Err(e) => Err(e),
             },
-            (None, Some((paths, root))) => source::load_files(paths, root).await,
+            (None, Some((paths, root))) => {
+                source::load_files(paths, root, self.pack_cache.clone()).await
+            }
             (None, None) => return,
         };
         let mut loaded = match result {
@@ -591,6 +596,18 @@ impl Loop {
             .into_iter()
             .map(|a| (a.name.clone(), a))
             .collect();
+        // Bindles no longer named (or whose file was left out) are packed afresh if they return.
+        self.pack_cache.retain(
+            &self
+                .specs
+                .values()
+                .flat_map(|a| a.revisions.iter())
+                .filter_map(|r| match &r.source {
+                    RevisionSource::Local(b) => Some(b.dir.clone()),
+                    RevisionSource::Existing => None,
+                })
+                .collect(),
+        );
         // Apps whose file went bad keep their last origin, to be shown as stalled.
         self.previous_origin.retain(|app, file| {
             loaded.rejected.contains_key(file) && !self.specs.contains_key(app)

@@ -6,13 +6,17 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::Stdio,
+    sync::Arc,
     time::Duration,
 };
 
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::spec::{self, DesiredState, Diagnostic, LoadOptions};
+use crate::{
+    package::PackCache,
+    spec::{self, DesiredState, Diagnostic, LoadOptions},
+};
 
 use super::Trigger;
 
@@ -64,11 +68,18 @@ pub enum SourceError {
 }
 
 /// Loads the deploy files of a Files source, off the async threads (local bindles are hashed).
-pub async fn load_files(paths: Vec<PathBuf>, root: Option<PathBuf>) -> Result<Loaded, SourceError> {
-    let partial =
-        tokio::task::spawn_blocking(move || spec::load_partial(&paths, &LoadOptions { root }))
-            .await
-            .map_err(|e| SourceError::Load(e.to_string()))?;
+pub async fn load_files(
+    paths: Vec<PathBuf>,
+    root: Option<PathBuf>,
+    pack_cache: Arc<PackCache>,
+) -> Result<Loaded, SourceError> {
+    let options = LoadOptions {
+        root,
+        pack_cache: Some(pack_cache),
+    };
+    let partial = tokio::task::spawn_blocking(move || spec::load_partial(&paths, &options))
+        .await
+        .map_err(|e| SourceError::Load(e.to_string()))?;
     Ok(Loaded {
         desired: partial.state,
         rejected: partial.rejected,
@@ -208,9 +219,9 @@ impl GitRepo {
     }
 
     /// Loads the deploy files at the checked-out commit. `path:`s must stay inside the clone.
-    pub async fn load(&self) -> Result<Loaded, SourceError> {
+    pub async fn load(&self, pack_cache: Arc<PackCache>) -> Result<Loaded, SourceError> {
         let path = self.checkout.join(&self.config.path);
-        let mut loaded = load_files(vec![path], Some(self.checkout.clone())).await?;
+        let mut loaded = load_files(vec![path], Some(self.checkout.clone()), pack_cache).await?;
         loaded.commit = self.head.clone();
         Ok(loaded)
     }

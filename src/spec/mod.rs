@@ -64,6 +64,8 @@ impl fmt::Display for Diagnostics {
 pub struct LoadOptions {
     /// When set, every `path:` must resolve (after symlinks) inside this directory.
     pub root: Option<PathBuf>,
+    /// The controller's: local bindles packed by an earlier load, reused while unchanged.
+    pub pack_cache: Option<std::sync::Arc<crate::package::PackCache>>,
 }
 
 /// The validated desired state of every app named in the deploy files.

@@ -1,7 +1,7 @@
 //! Semantic checks on parsed deploy files. Pure apart from reading local app directories.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     path::{Component, Path, PathBuf},
 };
 
@@ -121,7 +121,7 @@ pub(super) fn validate(
     let mut app_names: HashMap<String, Origin> = HashMap::new();
     let mut domains: HashMap<String, Origin> = HashMap::new();
     // (storageId, version) → parcel digests, to catch two files pushing different content.
-    let mut pushed: HashMap<(String, String), (BTreeSet<String>, Origin)> = HashMap::new();
+    let mut pushed: HashMap<(String, String), (package::ParcelSet, Origin)> = HashMap::new();
 
     for doc in &docs {
         let raw = &doc.raw;
@@ -201,31 +201,37 @@ pub(super) fn validate(
                             continue;
                         }
                     }
-                    let bindle = match package::load(&resolved) {
-                        Ok(b) => b,
+                    let loaded = package::load_for_spec(
+                        &resolved,
+                        root.as_deref(),
+                        options.pack_cache.as_deref(),
+                    );
+                    let bindle = match loaded {
+                        Ok(package::Loaded {
+                            outside_root: Some(msg),
+                            ..
+                        }) => {
+                            problems.push(doc.diag(&pfield, msg));
+                            continue;
+                        }
+                        Ok(l) => l.local,
                         Err(e) => {
                             problems.push(doc.diag(&pfield, e.to_string()));
                             continue;
                         }
                     };
-                    if let Some(root) = &root {
-                        if let Some(msg) = parcels_outside_root(&bindle, root) {
-                            problems.push(doc.diag(&pfield, msg));
-                            continue;
-                        }
-                    }
-                    if bindle.name() != storage_id {
+                    if bindle.id.name() != storage_id {
                         problems.push(doc.diag(
                             &pfield,
                             format!(
                                 "the bindle at {} is named {:?}, but this app's storageId is {storage_id:?}; they must be equal",
                                 resolved.display(),
-                                bindle.name()
+                                bindle.id.name()
                             ),
                         ));
                         continue;
                     }
-                    let version = bindle.version();
+                    let version = bindle.id.version_string();
                     let parsed = match check_version(&version) {
                         Ok(v) => v,
                         Err(msg) => {
@@ -234,7 +240,7 @@ pub(super) fn validate(
                         }
                     };
                     let key = (storage_id.clone(), version.clone());
-                    let shas = bindle.parcel_shas();
+                    let shas = bindle.parcels;
                     match pushed.get(&key) {
                         Some((other, at)) if *other != shas => {
                             problems.push(doc.diag(
@@ -252,9 +258,7 @@ pub(super) fn validate(
                         parsed,
                         RevisionSpec {
                             version,
-                            source: RevisionSource::Local(std::sync::Arc::new(
-                                package::LocalBindle::from(&bindle),
-                            )),
+                            source: RevisionSource::Local(std::sync::Arc::new(bindle)),
                         },
                         pfield,
                     )
@@ -414,21 +418,6 @@ fn check_inside_root(resolved: &Path, root: &Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn parcels_outside_root(bindle: &package::PackedBindle, root: &Path) -> Option<String> {
-    bindle.parcels.values().find_map(|src| match src {
-        package::ParcelSource::File(p) => match p.canonicalize() {
-            Ok(real) if !real.starts_with(root) => Some(format!(
-                "{} resolves through a symlink to {}, outside the repository root {}",
-                p.display(),
-                real.display(),
-                root.display()
-            )),
-            _ => None,
-        },
-        package::ParcelSource::Bytes(_) => None,
-    })
 }
 
 #[cfg(test)]
