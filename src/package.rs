@@ -170,7 +170,8 @@ impl From<&PackedBindle> for LocalBindle {
 /// A local bindle as the desired state needs it, with the root check made while it was packed.
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    pub local: LocalBindle,
+    /// Shared with the desired state: the cache keeps no copy of its own.
+    pub local: std::sync::Arc<LocalBindle>,
     /// With a repository root: why a parcel resolves outside it (through a symlink), if one does.
     pub outside_root: Option<String>,
 }
@@ -191,7 +192,7 @@ fn pack_for_spec(dir: &Path, root: Option<&Path>) -> Result<Loaded, PackageError
     let packed = load(dir)?;
     Ok(Loaded {
         outside_root: root.and_then(|r| parcels_outside_root(&packed, r)),
-        local: LocalBindle::from(&packed),
+        local: std::sync::Arc::new(LocalBindle::from(&packed)),
     })
 }
 
@@ -925,7 +926,8 @@ route = "/..."
         assert_eq!(cache.packs(), 1);
         let again = cache.load(dir.path(), None).unwrap().local;
         assert_eq!((cache.packs(), &again), (1, &first), "reused, nothing read");
-        assert_eq!(first, LocalBindle::from(&load(dir.path()).unwrap()));
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "shared, not copied");
+        assert_eq!(*first, LocalBindle::from(&load(dir.path()).unwrap()));
 
         // Each kind of change is noticed, and packs afresh.
         let mut packs = 1;
@@ -933,7 +935,11 @@ route = "/..."
             let got = cache.load(dir.path(), None).unwrap().local;
             packs += 1;
             assert_eq!(cache.packs(), packs, "{what}");
-            assert_eq!(got, LocalBindle::from(&load(dir.path()).unwrap()), "{what}");
+            assert_eq!(
+                *got,
+                LocalBindle::from(&load(dir.path()).unwrap()),
+                "{what}"
+            );
             got
         };
         write(dir.path(), "static/index.html", b"<h1>changed</h1>");

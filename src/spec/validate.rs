@@ -258,7 +258,7 @@ pub(super) fn validate(
                         parsed,
                         RevisionSpec {
                             version,
-                            source: RevisionSource::Local(std::sync::Arc::new(bindle)),
+                            source: RevisionSource::Local(bindle),
                         },
                         pfield,
                     )
