@@ -196,14 +196,6 @@ impl BindleVersions {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &ServerBindle> {
-        self.0.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

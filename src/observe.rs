@@ -12,9 +12,8 @@ use std::{
 
 use futures::{stream, StreamExt};
 
-pub use crate::bindles::BindleVersions;
 use crate::{
-    bindles::{BindleClient, BindleError},
+    bindles::{BindleClient, BindleError, BindleVersions},
     hippo::{
         types::{App, Channel, Revision},
         HippoClient, HippoError,

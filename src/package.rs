@@ -86,7 +86,8 @@ pub struct PackedBindle {
 }
 
 impl PackedBindle {
-    /// The set of parcel digests: two bindles with the same set carry the same content.
+    /// The set of parcel digests, for tests to compare (the code compares [`ParcelSet`]s).
+    #[cfg(test)]
     pub fn parcel_shas(&self) -> BTreeSet<String> {
         self.parcels.keys().cloned().collect()
     }

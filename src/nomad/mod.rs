@@ -285,7 +285,6 @@ impl Allocation {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allocations {
     by_job: BTreeMap<String, Vec<Allocation>>,
-    len: usize,
 }
 
 impl Allocations {
@@ -298,26 +297,21 @@ impl Allocations {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.by_job.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Allocation> {
-        self.by_job.values().flatten()
+        self.by_job.is_empty()
     }
 }
 
 impl From<Vec<Allocation>> for Allocations {
     fn from(list: Vec<Allocation>) -> Self {
-        let len = list.len();
         let mut by_job: BTreeMap<String, Vec<Allocation>> = BTreeMap::new();
         for a in list {
             by_job.entry(a.job_id.clone()).or_default().push(a);
         }
-        Allocations { by_job, len }
+        Allocations { by_job }
     }
 }
 
