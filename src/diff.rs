@@ -814,34 +814,7 @@ fn env_change(current: &Channel, desired: &BTreeMap<String, String>) -> EnvChang
     change
 }
 
-/// The highest revision number matching `range`, as Hippo selects it (HIPPO-API.md §6.2):
-/// node-semver's max-satisfying, or for `P:<range>-<name>-*` the match with the greatest
-/// timestamp. Numbers that are not versions never match.
-pub fn max_satisfying<'a>(range: &str, numbers: &[&'a str]) -> Option<&'a str> {
-    if let Some(rule) = range.get(..2).filter(|p| p.eq_ignore_ascii_case("P:")) {
-        let _ = rule;
-        let body = range[2..].strip_suffix("-*")?;
-        let (inner, name) = body.rsplit_once('-')?;
-        let r = nodejs_semver::Range::parse(inner).ok()?;
-        return numbers
-            .iter()
-            .filter_map(|n| {
-                let (version, rest) = n.split_once('-')?;
-                let stamp = rest.strip_prefix(name)?.strip_prefix('-')?;
-                let v = nodejs_semver::Version::parse(version).ok()?;
-                r.satisfies(&v).then_some((stamp, *n))
-            })
-            .max_by(|a, b| a.0.cmp(b.0))
-            .map(|(_, n)| n);
-    }
-    let r = nodejs_semver::Range::parse(range).ok()?;
-    numbers
-        .iter()
-        .filter_map(|n| nodejs_semver::Version::parse(n).ok().map(|v| (v, *n)))
-        .filter(|(v, _)| r.satisfies(v))
-        .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, n)| n)
-}
+pub use crate::range_rule::max_satisfying;
 
 #[cfg(test)]
 mod tests {
@@ -1495,25 +1468,5 @@ mod tests {
         let mut idle = ch.clone();
         idle.active_revision = None;
         assert_eq!(channel_health(n, &idle, ""), ChannelHealth::Idle);
-    }
-
-    #[test]
-    fn max_satisfying_follows_node_semver_and_hippo_prerelease_rules() {
-        let n = ["1.0.0", "1.2.0", "2.0.0", "1.3.0-beta.1", "not-a-version"];
-        assert_eq!(max_satisfying("^1.0", &n), Some("1.2.0"));
-        assert_eq!(max_satisfying("*", &n), Some("2.0.0"));
-        assert_eq!(max_satisfying(">=1.0.0 <2.0.0", &n), Some("1.2.0"));
-        assert_eq!(max_satisfying("1.x || >=2.0.0", &n), Some("2.0.0"));
-        assert_eq!(max_satisfying("^3", &n), None);
-        let p = [
-            "1.0.0-beta-20220101",
-            "1.0.0-beta-20220301",
-            "1.0.0-rc-20230101",
-            "2.0.0-beta-20240101",
-        ];
-        assert_eq!(
-            max_satisfying("P:^1.0.0-beta-*", &p),
-            Some("1.0.0-beta-20220301")
-        );
     }
 }
