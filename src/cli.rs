@@ -44,8 +44,10 @@ pub struct Cli {
         long,
         global = true,
         env = "HIPPO_GITOPS_LOG",
-        // The embedded bindle server logs every request at info.
-        default_value = "info,bindle=warn,warp=warn,sled=warn"
+        // The embedded bindle server logs every request at info, and every 4xx it answers at
+        // warn, though a 409 for a parcel that exists is a normal part of a push (our client
+        // reports what matters).
+        default_value = "info,bindle=warn,warp=error,sled=warn"
     )]
     pub log_level: String,
     /// Log format on stderr.
