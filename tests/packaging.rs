@@ -1516,6 +1516,17 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
 
 // ---- the GitHub Actions example ----
 
+/// The `run:` scripts of every step of every job of a workflow.
+fn run_scripts(workflow: &Value) -> Vec<String> {
+    workflow["jobs"]
+        .as_object()
+        .expect("jobs")
+        .values()
+        .flat_map(|job| job["steps"].as_array().cloned().unwrap_or_default())
+        .filter_map(|step| step["run"].as_str().map(str::to_string))
+        .collect()
+}
+
 #[test]
 fn github_actions_example_validates_plans_and_reconciles() {
     let path = Path::new("examples/github-actions/hippo-gitops.yml");
@@ -1530,13 +1541,7 @@ fn github_actions_example_validates_plans_and_reconciles() {
         "and on pushes to main"
     );
 
-    let runs: Vec<String> = workflow["jobs"]
-        .as_object()
-        .expect("jobs")
-        .values()
-        .flat_map(|job| job["steps"].as_array().cloned().unwrap_or_default())
-        .filter_map(|step| step["run"].as_str().map(str::to_string))
-        .collect();
+    let runs = run_scripts(&workflow);
     let has = |needle: &str| runs.iter().any(|r| r.contains(needle));
     assert!(has("hippo-gitops validate -f"), "validates");
     assert!(
@@ -1853,12 +1858,7 @@ fn release_workflow_publishes_checksummed_binaries_for_linux_and_macos() {
     ] {
         assert!(targets.contains(target), "builds {target}: {targets:?}");
     }
-    let runs: String = jobs
-        .values()
-        .flat_map(|job| job["steps"].as_array().cloned().unwrap_or_default())
-        .filter_map(|step| step["run"].as_str().map(str::to_string))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let runs = run_scripts(&workflow).join("\n");
     assert!(
         runs.contains("--locked") && runs.contains("--release"),
         "builds --release --locked"
