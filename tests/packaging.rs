@@ -400,7 +400,11 @@ fn env_vars_the_binary_reads() -> BTreeSet<String> {
         .output()
         .expect("runs hippo-gitops reconcile --help");
     assert!(out.status.success(), "reconcile --help exits 0");
-    let help = String::from_utf8_lossy(&out.stdout);
+    // Help text wraps, even between `[env:` and the name: read it as one line.
+    let help = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let vars: BTreeSet<String> = help
         .split("[env: ")
         .skip(1)
