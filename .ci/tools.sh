@@ -22,6 +22,11 @@ SHELLCHECK_DEB_VERSION=0.9.0-1
 
 HIPPO_GITOPS_TOOLS="${HIPPO_GITOPS_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/hippo-gitops/ci-tools}"
 
+# Go's own install directory, in case it is not on PATH.
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  PATH="$PATH:/usr/local/go/bin"
+fi
+
 # `go install MODULE/cmd/NAME@VERSION` into $HIPPO_GITOPS_TOOLS/NAME-VERSION/.
 ci_tools_go_install() {
   local name=$1 module=$2 version=$3
