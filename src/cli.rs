@@ -912,7 +912,10 @@ async fn status_command(mut args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(
         if report
             .iter()
-            .all(|a| a.condition.kind == status::ConditionType::Ready)
+            .all(|a| matches!(
+                a.condition.kind,
+                status::ConditionType::Ready | status::ConditionType::Suspended
+            ))
         {
             ExitCode::SUCCESS
         } else {
