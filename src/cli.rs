@@ -910,13 +910,12 @@ async fn status_command(mut args: StatusArgs) -> anyhow::Result<ExitCode> {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(
-        if report
-            .iter()
-            .all(|a| matches!(
+        if report.iter().all(|a| {
+            matches!(
                 a.condition.kind,
                 status::ConditionType::Ready | status::ConditionType::Suspended
-            ))
-        {
+            )
+        }) {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(2)

@@ -376,7 +376,10 @@ pub fn run_text(report: &RunReport) -> String {
                         "fix the deploy file or the server state named above, then run again",
                     )
                 };
-                format!("{}: {kind} [{}]: {e}{done}; next: {next}", app.app, c.reason)
+                format!(
+                    "{}: {kind} [{}]: {e}{done}; next: {next}",
+                    app.app, c.reason
+                )
             }
         };
         out.push_str(&line);

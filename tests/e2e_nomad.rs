@@ -168,7 +168,8 @@ async fn a_failing_allocation_fails_fast_with_the_tasks_reason() {
         "fails fast, not at the 5m timeout"
     );
     assert!(
-        stdout.contains("weather: not converged [AllocationFailed]: channel production: allocation"),
+        stdout
+            .contains("weather: not converged [AllocationFailed]: channel production: allocation"),
         "{stdout}"
     );
     assert!(stdout.contains("spin: no such file"), "{stdout}");
@@ -181,7 +182,10 @@ async fn a_failing_allocation_fails_fast_with_the_tasks_reason() {
         .find(|l| l.starts_with("weather") && l.contains("production"))
         .unwrap();
     assert!(line.contains("Reconciling (AllocationFailed)"), "{stdout}");
-    assert!(line.contains("0/1"), "a failed allocation is not counted healthy: {line}");
+    assert!(
+        line.contains("0/1"),
+        "a failed allocation is not counted healthy: {line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
