@@ -278,45 +278,82 @@ impl ParsedDocument {
 /// Expands `-f` arguments: files as given, directories to every `*.yaml`/`*.yml` below them in
 /// sorted order (hidden directories such as `.git` are skipped).
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found = Vec::new();
-            walk_yaml(path, &mut found);
-            found.sort();
-            if found.is_empty() {
-                problems.push(file_problem(
-                    path,
-                    "no *.yaml or *.yml files in this directory",
-                ));
-            }
-            out.extend(found);
-        } else if path.is_file() {
-            out.push(path.clone());
-        } else {
-            problems.push(file_problem(path, "no such file or directory"));
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
+    let found = gather_files(paths);
+    if found.missing.is_empty() && found.unreadable.is_empty() {
+        Ok(found.files)
     } else {
-        Err(Diagnostics(problems))
+        Err(Diagnostics([found.missing, found.unreadable].concat()))
     }
 }
 
-fn walk_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+/// The deploy files below the `-f` arguments, with what is missing kept apart from what could
+/// not be read (an I/O error such as `EMFILE`: not an empty directory).
+struct Gathered {
+    files: Vec<PathBuf>,
+    /// Paths that don't exist, and directories without deploy files.
+    missing: Vec<Diagnostic>,
+    /// Paths that exist but could not be read.
+    unreadable: Vec<Diagnostic>,
+}
+
+fn gather_files(paths: &[PathBuf]) -> Gathered {
+    let mut found = Gathered {
+        files: Vec::new(),
+        missing: Vec::new(),
+        unreadable: Vec::new(),
     };
-    for entry in entries.flatten() {
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                let mut files = Vec::new();
+                walk_yaml(path, &mut files, &mut found.unreadable);
+                files.sort();
+                if files.is_empty() && found.unreadable.is_empty() {
+                    found.missing.push(file_problem(
+                        path,
+                        "no *.yaml or *.yml files in this directory",
+                    ));
+                }
+                found.files.extend(files);
+            }
+            Ok(m) if m.is_file() => found.files.push(path.clone()),
+            Ok(_) => found
+                .missing
+                .push(file_problem(path, "not a regular file or directory")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => found
+                .missing
+                .push(file_problem(path, "no such file or directory")),
+            Err(e) => found
+                .unreadable
+                .push(file_problem(path, &format!("cannot read: {e}"))),
+        }
+    }
+    found
+}
+
+fn walk_yaml(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Diagnostic>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            unreadable.push(file_problem(dir, &format!("cannot read: {e}")));
+            return;
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                unreadable.push(file_problem(dir, &format!("cannot read: {e}")));
+                continue;
+            }
+        };
         let path = entry.path();
         let hidden = path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with('.'));
         if path.is_dir() {
             if !hidden {
-                walk_yaml(&path, out);
+                walk_yaml(&path, out, unreadable);
             }
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
@@ -364,23 +401,27 @@ pub struct PartialLoad {
     pub state: DesiredState,
     /// Files left out, with every problem found in them.
     pub rejected: BTreeMap<PathBuf, Vec<Diagnostic>>,
+    /// Paths that exist but could not be read (an I/O error, not a problem of the files). When
+    /// there are any, `state` and `rejected` are empty: what was read is not the whole source.
+    pub unreadable: Vec<Diagnostic>,
 }
 
 /// As [`load`], leaving out the files with problems instead of failing. Problems that involve
 /// two files (the same app in both) leave out the file they are reported in.
 pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
     let mut rejected: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
-    let mut files = Vec::new();
-    for path in paths {
-        match collect_files(std::slice::from_ref(path)) {
-            Ok(found) => files.extend(found),
-            Err(d) => {
-                for p in d.0 {
-                    rejected.entry(p.file.clone()).or_default().push(p);
-                }
-            }
-        }
+    let found = gather_files(paths);
+    let unreadable = |unreadable| PartialLoad {
+        unreadable,
+        ..PartialLoad::default()
+    };
+    if !found.unreadable.is_empty() {
+        return unreadable(found.unreadable);
     }
+    for p in found.missing {
+        rejected.entry(p.file.clone()).or_default().push(p);
+    }
+    let files = found.files;
     loop {
         let mut problems = Vec::new();
         let mut docs = Vec::new();
@@ -391,12 +432,23 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
         for file in &remaining {
             match std::fs::read_to_string(file) {
                 Ok(text) => parse_documents(file, &text, &mut docs, &mut problems),
-                Err(e) => problems.push(file_problem(file, &format!("cannot read: {e}"))),
+                // Removed since the walk: like a file that was never there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    problems.push(file_problem(file, &format!("cannot read: {e}")))
+                }
+                Err(e) => {
+                    return unreadable(vec![file_problem(file, &format!("cannot read: {e}"))])
+                }
             }
         }
         let state = validate::validate(docs, options, &mut problems);
         if problems.is_empty() {
-            return PartialLoad { state, rejected };
+            return PartialLoad {
+                state,
+                rejected,
+                unreadable: Vec::new(),
+            };
         }
         let before = rejected.len();
         for p in problems {
@@ -410,6 +462,7 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
             return PartialLoad {
                 state: DesiredState::default(),
                 rejected,
+                unreadable: Vec::new(),
             };
         }
     }
