@@ -430,6 +430,31 @@ fn commits_to_a_git_branch_are_applied_and_their_sha_reported() {
         "only the last applied commit is reported:\n{metrics}"
     );
     assert_eq!(applied_file(), second);
+
+    // A commit that removes every deploy file: the empty-set guard keeps every app (and the
+    // last applied commit), and says why.
+    git(&work, &["rm", "--quiet", "-r", "deploy-specs"]);
+    git(&work, &["commit", "--quiet", "-m", "remove everything"]);
+    git(&work, &["push", "--quiet", &url, "HEAD:refs/heads/main"]);
+    let r = post(
+        d.addr,
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &sign(secret, push)),
+        ],
+        push,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = d.until(20, "the empty commit refused", |addr| {
+        let s = status(addr)?;
+        s["source"]["error"].is_string().then_some(s)
+    });
+    assert!(all_ready(&s), "no app dropped: {s}");
+    assert_eq!(s["source"]["lastAppliedCommit"], second.as_str());
+    let error = s["source"]["error"].as_str().unwrap();
+    assert!(error.contains("keeping the 2 app(s)"), "{error}");
+    assert_eq!(metric(&d.metrics(), "hippo_gitops_source_error"), Some(1.0));
     d.terminate();
 
     let state = hippo_state(&home.join("sb"));

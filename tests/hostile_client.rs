@@ -155,9 +155,13 @@ fn slow_clients_beyond_the_fd_limit_neither_stop_it_nor_drop_an_app() {
     }
     let attack = attacker.join().unwrap();
     eprintln!("attack: {attack:?}; /status during it: {answered} answered, {unanswered} not");
+    // The server serves a quarter of its fd limit at once; the attack held twice that (the
+    // rest queued in the kernel), and on the code before the limit it held more than the
+    // whole fd limit.
     assert!(
-        attack.opened > FD_LIMIT as usize,
-        "the attack opened fewer connections than the fd limit: {attack:?}"
+        attack.most_at_once > FD_LIMIT as usize / 2,
+        "the attack never held more than {} connections: {attack:?}",
+        FD_LIMIT / 2
     );
 
     // Answers again within seconds.

@@ -323,21 +323,47 @@ fn gather_files(paths: &[PathBuf]) -> Gathered {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => found
                 .missing
                 .push(file_problem(path, "no such file or directory")),
-            Err(e) => found
+            Err(e) if is_read_failure(&e) => found
                 .unreadable
+                .push(file_problem(path, &format!("cannot read: {e}"))),
+            Err(e) => found
+                .missing
                 .push(file_problem(path, &format!("cannot read: {e}"))),
         }
     }
     found
 }
 
+/// Whether an I/O error means the source can't be read right now (out of file descriptors or
+/// memory, an I/O error, no permission: an unreadable checkout) rather than something about one
+/// path (a symlink loop, not a directory). Such a failure must never be taken for an empty or a
+/// smaller source.
+pub fn is_read_failure(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        PermissionDenied | OutOfMemory | Interrupted | WouldBlock | TimedOut
+    ) || e.raw_os_error().is_some_and(|code| {
+        [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::ENOBUFS,
+            libc::EIO,
+        ]
+        .contains(&code)
+    })
+}
+
 fn walk_yaml(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Diagnostic>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) => {
+        // Only a failure to read counts: a directory that vanished meanwhile has no files.
+        Err(e) if is_read_failure(&e) => {
             unreadable.push(file_problem(dir, &format!("cannot read: {e}")));
             return;
         }
+        Err(_) => return,
     };
     for entry in entries {
         let entry = match entry {
@@ -434,12 +460,11 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
                 Ok(text) => parse_documents(file, &text, &mut docs, &mut problems),
                 // Removed since the walk: like a file that was never there.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    problems.push(file_problem(file, &format!("cannot read: {e}")))
-                }
-                Err(e) => {
+                Err(e) if is_read_failure(&e) => {
                     return unreadable(vec![file_problem(file, &format!("cannot read: {e}"))])
                 }
+                // Not UTF-8, a symlink loop: a problem of this file.
+                Err(e) => problems.push(file_problem(file, &format!("cannot read: {e}"))),
             }
         }
         let state = validate::validate(docs, options, &mut problems);
@@ -635,5 +660,34 @@ fn strip_location(msg: &str) -> String {
     match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod read_failure_tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_a_read_failure_and_a_symlink_loop_is_not() {
+        let fail = |code| is_read_failure(&std::io::Error::from_raw_os_error(code));
+        assert!(fail(libc::EMFILE));
+        assert!(fail(libc::ENFILE));
+        assert!(fail(libc::EACCES));
+        assert!(fail(libc::EIO));
+        assert!(!fail(libc::ELOOP));
+        assert!(!fail(libc::ENOTDIR));
+        assert!(!fail(libc::ENOENT));
+        assert!(!is_read_failure(&std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8"
+        )));
+    }
+
+    #[test]
+    fn a_symlink_loop_among_the_files_is_that_file_s_problem_not_an_unreadable_source() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("loop.yaml", dir.path().join("loop.yaml")).unwrap();
+        let partial = load_partial(&[dir.path().to_path_buf()], &LoadOptions::default());
+        assert!(partial.unreadable.is_empty(), "{:?}", partial.unreadable);
     }
 }
