@@ -22,6 +22,7 @@ pub mod observe;
 pub mod package;
 pub mod private_file;
 pub mod progress;
+pub mod range_rule;
 pub mod retry;
 pub mod sandbox;
 pub mod secret;

@@ -9,7 +9,7 @@ use super::{
     AppSpec, ChannelSpec, DesiredState, Diagnostic, LoadOptions, Origin, ParsedDocument,
     RevisionSource, RevisionSpec, Selector, API_VERSION,
 };
-use crate::package;
+use crate::{package, range_rule};
 
 /// `^[a-zA-Z0-9_-]{1,max}$`
 fn is_name(s: &str, max: usize) -> bool {
@@ -54,34 +54,21 @@ fn is_env_key(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Checks a range the way Hippo evaluates it: node-semver syntax, or Hippo's own prerelease form
-/// `P:<range>-<name>-*`.
+/// Checks a range the way Hippo evaluates it (the one parser, [`crate::range_rule`]):
+/// node-semver syntax, or Hippo's own prerelease form `P:<range>-<name>-*`.
 pub(crate) fn check_range(range: &str) -> Result<(), String> {
     if range.trim().is_empty() {
         return Err("must not be empty (Hippo rejects an empty range rule)".into());
     }
-    let inner = match range.get(..2) {
-        Some(p) if p.eq_ignore_ascii_case("P:") => {
-            let body = &range[2..];
-            let Some(stripped) = body.strip_suffix("-*") else {
-                return Err("a prerelease rule `P:...` must end with `-*`".into());
-            };
-            match stripped.rfind('-') {
-                Some(i) if i > 0 => stripped[..i].to_string(),
-                _ => return Err("a prerelease rule must read `P:<range>-<name>-*`".into()),
-            }
-        }
-        _ => range.to_string(),
-    };
-    if inner.contains(',') {
+    if let Some(inner) = range_rule::range_part(range).filter(|r| r.contains(',')) {
         // The `semver` crate's requirement syntax; Hippo's node-semver parser does not take it.
         return Err(format!(
             "invalid node-semver range {inner:?}: comparators are separated by spaces, not commas (write \">=1.0.0 <2.0.0\")"
         ));
     }
-    nodejs_semver::Range::parse(&inner)
+    range_rule::RangeRule::parse(range)
         .map(|_| ())
-        .map_err(|e| format!("invalid node-semver range {inner:?}: {e}"))
+        .map_err(|e| e.to_string())
 }
 
 fn check_version(v: &str) -> Result<semver::Version, String> {
@@ -446,6 +433,8 @@ mod tests {
             "1.2.3 - 2.3.4",
             "^1 || ^2",
             "P:^1.0-beta-*",
+            "P:^1.0-my-feature-*",
+            "p:*-a-b-c-*",
         ] {
             assert!(check_range(ok).is_ok(), "{ok}");
         }
