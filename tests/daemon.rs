@@ -670,3 +670,48 @@ async fn reconcile_once_on_a_source_with_no_app_prunes_nothing() {
     assert!(has_job(&nb, orphan));
     assert_eq!(nb.bed.hippo.snapshot().apps.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_watcher_cannot_see_is_applied_by_the_interval_rescan() {
+    let bed = Bed::start().await;
+    // The deploy file is watched; the app it points at lives outside the watched directory, so
+    // rebuilding it sends the watcher nothing (as a lost event would).
+    let deploy = bed.path().join("deploy");
+    std::fs::create_dir_all(&deploy).unwrap();
+    let app_dir = bed.path().join("apps/outside");
+    common::spin_app(&app_dir, "outside", "1.0.0", "first build");
+    std::fs::write(
+        deploy.join("outside.yaml"),
+        common::app_doc(
+            "outside",
+            &["../apps/outside"],
+            "    - name: production\n      range: \"*\"\n",
+            false,
+        ),
+    )
+    .unwrap();
+    let (ctx, stats) = bed.context();
+    let mut cfg = config(&deploy, "single");
+    cfg.interval = Duration::from_millis(500);
+    assert!(cfg.watch, "the watcher is on");
+    let d = Daemon::start(cfg, ctx, stats).await.unwrap();
+    let active = |bed: &Bed| {
+        let st = bed.hippo.snapshot();
+        let channel = st.channels.iter().find(|c| c.name == "production")?;
+        st.revisions
+            .iter()
+            .find(|r| Some(r.id) == channel.active_revision_id)
+            .map(|r| r.revision_number.clone())
+    };
+    eventually(20, "outside Ready on 1.0.0", || {
+        all_ready(&d.shared.view(), &["outside"]) && active(&bed).as_deref() == Some("1.0.0")
+    })
+    .await;
+
+    common::spin_app(&app_dir, "outside", "1.1.0", "second build");
+    eventually(10, "the rebuilt app (1.1.0) applied", || {
+        active(&bed).as_deref() == Some("1.1.0")
+    })
+    .await;
+    d.shutdown().await.unwrap();
+}
