@@ -96,6 +96,8 @@ pub struct AppSpec {
     pub revisions: Vec<RevisionSpec>,
     pub channels: Vec<ChannelSpec>,
     pub prune: bool,
+    /// Leave the app alone: no writes, shown as `Suspended` (Flux's `suspend`, for incidents).
+    pub suspend: bool,
     pub origin: Origin,
 }
 
@@ -135,6 +137,9 @@ pub struct ChannelSpec {
     pub domain: Option<String>,
     /// The full set of environment variables; keys not listed are removed.
     pub env: BTreeMap<String, String>,
+    /// A rule change that selects no revision may leave the channel with none (its job is
+    /// removed); without it such a change is refused (`NoMatchingRevision`).
+    pub allow_empty: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +184,9 @@ struct RawAppSpec {
     /// Delete channels of this app that are not listed here.
     #[serde(default)]
     prune: bool,
+    /// Leave this app alone (no writes at all) until set back to false.
+    #[serde(default)]
+    suspend: bool,
 }
 
 /// A revision: exactly one of `version` (already on the Bindle server, checked but never
@@ -207,6 +215,10 @@ struct RawChannel {
     domain: Option<String>,
     /// The full set of environment variables; keys not listed are removed.
     env: Option<BTreeMap<String, ScalarString>>,
+    /// Allow a rule that selects no revision to leave the channel with none (Hippo then removes
+    /// its job). Without it, such a change is refused and the channel keeps its revision.
+    #[serde(default, rename = "allowEmpty")]
+    allow_empty: bool,
 }
 
 /// A string that may be written as a YAML number or bool (`PORT: 8080`, `revision: 1.0`

@@ -361,6 +361,7 @@ pub(super) fn validate(
                     selector,
                     domain: ch.domain.clone(),
                     env,
+                    allow_empty: ch.allow_empty,
                 });
             }
         }
@@ -372,6 +373,7 @@ pub(super) fn validate(
                 revisions: revisions.into_iter().map(|(_, r)| r).collect(),
                 channels,
                 prune: raw.spec.prune,
+                suspend: raw.spec.suspend,
                 origin: here("metadata.name"),
             });
         }
