@@ -17,7 +17,7 @@ use bindle::{
 use futures::{stream, StreamExt, TryStreamExt};
 
 use crate::{
-    package::{PackedBindle, ParcelSet},
+    package::{PackedBindle, ParcelSet, ParcelSource},
     retry::{retry, Attempt, RetryPolicy},
     secret::Secret,
     stats::RequestStats,
@@ -483,15 +483,19 @@ impl BindleClient {
                         .parcels
                         .get(&sha)
                         .ok_or_else(|| BindleError::Conflict { id: id_s.clone() })?;
-                    let bytes = source.read().map_err(|e| BindleError::Local {
-                        id: id_s.clone(),
-                        sha: sha.clone(),
-                        source: e,
-                    })?;
-                    let size = bytes.len() as u64;
+                    let size = match source {
+                        ParcelSource::File(path) => std::fs::metadata(path)
+                            .map_err(|e| BindleError::Local {
+                                id: id_s.clone(),
+                                sha: sha.clone(),
+                                source: e,
+                            })?
+                            .len(),
+                        ParcelSource::Bytes(bytes) => bytes.len() as u64,
+                    };
                     let r = self
                         .call("upload parcel", &id_s, "POST", 200, || {
-                            self.client.create_parcel(id.clone(), &sha, bytes.clone())
+                            self.upload_parcel(&id, &sha, source)
                         })
                         .await?;
                     match r {
@@ -537,6 +541,31 @@ impl BindleClient {
             uploaded_parcels: uploads.iter().filter(|(_, n)| *n > 0).count(),
             uploaded_bytes: uploads.iter().map(|(_, n)| n).sum(),
         })
+    }
+}
+
+impl BindleClient {
+    /// One upload attempt. A file parcel is streamed from disk in small chunks (opened again
+    /// for each attempt), so memory does not grow with the parcel's size; only the generated
+    /// manifest (a few hundred bytes) is sent from memory.
+    async fn upload_parcel(
+        &self,
+        id: &Id,
+        sha: &str,
+        source: &ParcelSource,
+    ) -> Result<(), ClientError> {
+        match source {
+            ParcelSource::File(path) => {
+                self.client
+                    .create_parcel_from_file(id.clone(), sha, path)
+                    .await
+            }
+            ParcelSource::Bytes(bytes) => {
+                self.client
+                    .create_parcel(id.clone(), sha, bytes.clone())
+                    .await
+            }
+        }
     }
 }
 

@@ -902,7 +902,12 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
             stats.clone(),
             Arc::new(Progress::stderr()),
         )?;
-        ctx.options.prune_orphans = args.prune_orphans;
+        // The empty-set guard: deploy files that define no app (emptied, or a checkout gone
+        // wrong) prune nothing.
+        if desired.apps.is_empty() && args.prune_orphans {
+            tracing::warn!("the deploy files define no app: orphaned Nomad jobs are left alone (an empty source never prunes)");
+        }
+        ctx.options.prune_orphans = args.prune_orphans && !desired.apps.is_empty();
         ctx.options.wait = (!args.no_wait).then_some(args.timeout);
         anyhow::Ok(apply::reconcile(&desired, &ctx).await?)
     }

@@ -20,6 +20,7 @@ pub mod memory;
 pub mod nomad;
 pub mod observe;
 pub mod package;
+pub mod private_file;
 pub mod progress;
 pub mod range_rule;
 pub mod retry;

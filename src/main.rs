@@ -79,6 +79,14 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     builder.build()
 }
 
+/// Colour only on a terminal (a log file or a pipe gets plain text), and never with `NO_COLOR`
+/// set to anything but the empty string (no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
 fn main() -> ExitCode {
     set_up_memory();
     let cli = match cli::parse_args() {
@@ -97,6 +105,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         // Clears a terminal's progress line before each log line.
         .with_writer(hippo_gitops::progress::LogWriter)
+        .with_ansi(colour_logs())
         .with_target(false);
     match cli.log_format {
         LogFormat::Text => builder.init(),

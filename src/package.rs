@@ -65,7 +65,8 @@ pub enum ParcelSource {
 }
 
 impl ParcelSource {
-    /// Reads the parcel's bytes.
+    /// Reads the parcel's bytes, whole: for tests only (a push streams file parcels).
+    #[cfg(test)]
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
         match self {
             ParcelSource::File(p) => fs::read(p),

@@ -186,15 +186,7 @@ fn load_or_create_secrets(dir: &Path) -> Result<(SecretKeyEntry, PathBuf, String
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)?.write_all(text.as_bytes())
+    crate::private_file::replace(path, text.as_bytes())
 }
 
 impl Sandbox {

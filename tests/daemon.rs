@@ -548,3 +548,170 @@ async fn an_idle_controller_reads_three_hippo_lists_and_two_nomad_lists_per_cycl
     assert_eq!(app_writes(&stats), writes, "idle means no writes");
     d.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The empty-set guard (issue 14.1): deploy files that vanish or come back empty prune nothing.
+
+fn has_job(nb: &NomadBed, id: &str) -> bool {
+    nb.nomad.jobs().iter().any(|j| j["ID"] == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_vanishes_or_comes_back_empty_keeps_the_apps_and_prunes_nothing() {
+    let nb = NomadBed::start().await;
+    let files = copy_examples(nb.bed.path());
+    let (mut ctx, stats) = replica(&nb);
+    ctx.options.prune_orphans = true;
+    let mut cfg = config(&files, "single");
+    cfg.leader = None;
+    let d = Daemon::start(cfg, ctx, stats).await.unwrap();
+    let apps = ["weather", "invoices"];
+    eventually(20, "every app Ready", || all_ready(&d.shared.view(), &apps)).await;
+
+    /// How the source goes empty.
+    type Emptying = fn(&Path);
+    let cases: [(&str, Emptying); 2] = [
+        ("the directory deleted", |files| {
+            std::fs::rename(files, files.with_extension("gone")).unwrap()
+        }),
+        ("every file emptied", |files| {
+            for entry in std::fs::read_dir(files).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    std::fs::write(path, "").unwrap();
+                }
+            }
+        }),
+    ];
+    for (i, (what, empty)) in cases.into_iter().enumerate() {
+        empty(&files);
+        eventually(10, &format!("{what}: the source reported in error"), || {
+            d.shared.view().source.error.is_some()
+        })
+        .await;
+        // An orphan appears while the source is empty: pruning stays off.
+        let orphan = format!("0b8f3c7e-8d51-4bde-9d64-1d2c3b4a5f6{i}");
+        nb.add_orphan_job(&orphan).await;
+        let cycles_then = cycles(&d);
+        eventually(10, &format!("{what}: three more cycles"), || {
+            cycles(&d) >= cycles_then + 3
+        })
+        .await;
+        let view = d.shared.view();
+        assert!(
+            all_ready(&view, &apps),
+            "{what}: every app is kept: {:?}",
+            view.apps
+        );
+        let error = view.source.error.clone().unwrap();
+        assert!(
+            error.contains("define no") && error.contains("keeping the 2 app(s)"),
+            "{what}: {error}"
+        );
+        assert!(has_job(&nb, &orphan), "{what}: the orphan was pruned");
+        assert!(
+            d.shared
+                .metrics_text()
+                .contains("hippo_gitops_source_error 1"),
+            "{what}"
+        );
+        assert_eq!(nb.bed.hippo.snapshot().apps.len(), 2, "{what}");
+
+        // The files come back: the error clears and pruning resumes.
+        let _ = std::fs::remove_dir_all(files.with_extension("gone"));
+        let _ = std::fs::remove_dir_all(&files);
+        copy_examples(nb.bed.path());
+        eventually(10, &format!("{what}: the source read again"), || {
+            d.shared.view().source.error.is_none()
+        })
+        .await;
+        eventually(
+            10,
+            &format!("{what}: the orphan pruned once the source is back"),
+            || !has_job(&nb, &orphan),
+        )
+        .await;
+        assert!(d
+            .shared
+            .metrics_text()
+            .contains("hippo_gitops_source_error 0"));
+    }
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_once_on_a_source_with_no_app_prunes_nothing() {
+    let nb = NomadBed::start().await;
+    let specs = copy_examples(nb.bed.path());
+    let specs_s = specs.to_string_lossy().into_owned();
+    let (code, stdout, stderr) = nb.run(&["reconcile", "--once", "-f", &specs_s]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let orphan = "0b8f3c7e-8d51-4bde-9d64-1d2c3b4a5f69";
+    nb.add_orphan_job(orphan).await;
+    // Every deploy file emptied (comments only), and one that was never a deploy file at all.
+    for entry in std::fs::read_dir(&specs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::write(path, "# emptied by a bad merge\n").unwrap();
+        }
+    }
+    let (_, stdout, stderr) = nb
+        .run(&["reconcile", "--once", "--prune-orphans", "-f", &specs_s])
+        .await;
+    assert!(
+        has_job(&nb, orphan),
+        "an empty source pruned an orphan:\n{stdout}{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&specs);
+    let (code, stdout, stderr) = nb
+        .run(&["reconcile", "--once", "--prune-orphans", "-f", &specs_s])
+        .await;
+    assert_ne!(code, 0, "a missing source is an error:\n{stdout}{stderr}");
+    assert!(has_job(&nb, orphan));
+    assert_eq!(nb.bed.hippo.snapshot().apps.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_watcher_cannot_see_is_applied_by_the_interval_rescan() {
+    let bed = Bed::start().await;
+    // The deploy file is watched; the app it points at lives outside the watched directory, so
+    // rebuilding it sends the watcher nothing (as a lost event would).
+    let deploy = bed.path().join("deploy");
+    std::fs::create_dir_all(&deploy).unwrap();
+    let app_dir = bed.path().join("apps/outside");
+    common::spin_app(&app_dir, "outside", "1.0.0", "first build");
+    std::fs::write(
+        deploy.join("outside.yaml"),
+        common::app_doc(
+            "outside",
+            &["../apps/outside"],
+            "    - name: production\n      range: \"*\"\n",
+            false,
+        ),
+    )
+    .unwrap();
+    let (ctx, stats) = bed.context();
+    let mut cfg = config(&deploy, "single");
+    cfg.interval = Duration::from_millis(500);
+    assert!(cfg.watch, "the watcher is on");
+    let d = Daemon::start(cfg, ctx, stats).await.unwrap();
+    let active = |bed: &Bed| {
+        let st = bed.hippo.snapshot();
+        let channel = st.channels.iter().find(|c| c.name == "production")?;
+        st.revisions
+            .iter()
+            .find(|r| Some(r.id) == channel.active_revision_id)
+            .map(|r| r.revision_number.clone())
+    };
+    eventually(20, "outside Ready on 1.0.0", || {
+        all_ready(&d.shared.view(), &["outside"]) && active(&bed).as_deref() == Some("1.0.0")
+    })
+    .await;
+
+    common::spin_app(&app_dir, "outside", "1.1.0", "second build");
+    eventually(10, "the rebuilt app (1.1.0) applied", || {
+        active(&bed).as_deref() == Some("1.1.0")
+    })
+    .await;
+    d.shutdown().await.unwrap();
+}

@@ -12,11 +12,9 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -24,412 +22,9 @@ use common::{assert_examples_converged, assert_no_duplicates, hippo_state};
 use hippo_gitops::{controller::webhook::sign, emulator::hippo::EmulatorState};
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hippo-gitops")
-}
+mod controller_child;
 
-/// How often conditions are polled.
-const POLL: Duration = Duration::from_millis(50);
-
-// ---------------------------------------------------------------------------------------------
-// The child process.
-
-/// A running `hippo-gitops reconcile` controller. Dropping it kills the process (a panicking
-/// test leaves nothing behind).
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    /// Every stderr line so far (a thread keeps reading them).
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    /// Starts `hippo-gitops reconcile ARGS` in `dir` (state in `dir/state`) and waits until its
-    /// HTTP server listens.
-    fn start(dir: &Path, args: &[&str]) -> Daemon {
-        let mut cmd = Command::new(bin());
-        cmd.arg("reconcile")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // Nothing from the environment running the tests may point the child elsewhere.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if ["HIPPO_", "BINDLE_", "NOMAD_"]
-                .iter()
-                .any(|p| k.starts_with(p))
-            {
-                cmd.env_remove(&*k);
-            }
-        }
-        // `info` for hippo-gitops, so the "HTTP server listening" line appears (the embedded
-        // bindle server logs every request at info: kept at warn, as the binary's default does).
-        cmd.env("HIPPO_GITOPS_LOG", "info,bindle=warn,warp=warn,sled=warn")
-            .env("HIPPO_GITOPS_STATE_DIR", dir.join("state"))
-            .env("NO_COLOR", "1");
-        let mut child = cmd.spawn().expect("starts the binary");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        lines.lock().unwrap().push(line.clone());
-                        let _ = tx.send(line);
-                    }
-                }
-            }
-        });
-        let mut daemon = Daemon {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let marker = "HTTP server listening on http://";
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(i) = line.find(marker) {
-                        let rest = &line[i + marker.len()..];
-                        let end = rest
-                            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-                            .unwrap_or(rest.len());
-                        daemon.addr = rest[..end]
-                            .parse()
-                            .unwrap_or_else(|e| panic!("address in {line:?}: {e}"));
-                        return daemon;
-                    }
-                }
-                Err(_) => panic!(
-                    "the controller did not report its HTTP address (exit: {:?}):\n{}",
-                    daemon.child.try_wait(),
-                    daemon.log_text()
-                ),
-            }
-        }
-    }
-
-    fn log_text(&self) -> String {
-        let log = self.log.lock().unwrap();
-        let from = log.len().saturating_sub(80);
-        log[from..].join("\n")
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// Polls `f` every [`POLL`] until it answers `Some`; panics after `secs`, or at once if the
-    /// process exits.
-    fn until<T>(&mut self, secs: u64, what: &str, mut f: impl FnMut(SocketAddr) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f(self.addr) {
-                return v;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "the controller exited ({status}) while waiting for {what}:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {secs}s waiting for {what}; last /status: {}\nlog:\n{}",
-                get(self.addr, "/status")
-                    .map(|r| r.body)
-                    .unwrap_or_else(|e| e.to_string()),
-                self.log_text()
-            );
-            std::thread::sleep(POLL);
-        }
-    }
-
-    /// Waits until `/status` shows both example apps Ready; answers that status.
-    fn until_all_ready(&mut self, secs: u64) -> Value {
-        self.until(secs, "every app Ready", |addr| {
-            let status = status(addr)?;
-            all_ready(&status).then_some(status)
-        })
-    }
-
-    fn status(&self) -> Value {
-        status(self.addr).expect("/status answers")
-    }
-
-    fn metrics(&self) -> String {
-        let r = get(self.addr, "/metrics").expect("/metrics answers");
-        assert_eq!(r.status, 200);
-        r.body
-    }
-
-    /// SIGTERM.
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM");
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then asserts a graceful exit (code 0) within 20 s.
-    fn terminate(&mut self) {
-        self.sigterm();
-        let status = self.wait_exit(Duration::from_secs(20));
-        let Some(status) = status else {
-            panic!(
-                "the controller did not stop within 20s of SIGTERM:\n{}",
-                self.log_text()
-            )
-        };
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "SIGTERM is a graceful shutdown, exit 0:\n{}",
-            self.log_text()
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A tiny HTTP/1.1 client (one request per connection).
-
-struct Response {
-    status: u16,
-    body: String,
-}
-
-impl Response {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-}
-
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut payload = raw[split + 4..].to_vec();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        payload = dechunk(&payload).ok_or_else(|| bad("bad chunked body"))?;
-    }
-    Ok(Response {
-        status,
-        body: String::from_utf8_lossy(&payload).into_owned(),
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
-}
-
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    request(addr, "GET", path, &[], b"")
-}
-
-fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    request(addr, "POST", path, headers, body).unwrap_or_else(|e| panic!("POST {path}: {e}"))
-}
-
-fn status(addr: SocketAddr) -> Option<Value> {
-    let r = get(addr, "/status").ok()?;
-    (r.status == 200).then(|| r.json())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading /status, /metrics and the sandbox's state.
-
-fn app<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["apps"].as_array()?.iter().find(|a| a["app"] == name)
-}
-
-fn condition(status: &Value, name: &str) -> Option<String> {
-    app(status, name)?["condition"]["type"]
-        .as_str()
-        .map(String::from)
-}
-
-fn channel<'a>(status: &'a Value, app_name: &str, name: &str) -> Option<&'a Value> {
-    app(status, app_name)?["channels"]
-        .as_array()?
-        .iter()
-        .find(|c| c["channel"] == name)
-}
-
-fn all_ready(status: &Value) -> bool {
-    ["weather", "invoices"]
-        .iter()
-        .all(|a| condition(status, a).as_deref() == Some("Ready"))
-}
-
-/// The value of the sample named exactly `series` (name and labels), if present.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().expect("a number"))
-}
-
-/// Like [`metric`], for a sample that must be there.
-fn metrics_value(text: &str, series: &str) -> f64 {
-    metric(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-}
-
-/// weather.yaml as edited by [`edit_weather`]: production on 1.1.0 with `RUST_LOG=debug`.
-fn assert_weather_edit_applied(state: &EmulatorState) {
-    let weather = state.apps.iter().find(|a| a.name == "weather").unwrap();
-    let production = state
-        .channels
-        .iter()
-        .find(|c| c.app_id == weather.id && c.name == "production")
-        .unwrap();
-    let active = state
-        .revisions
-        .iter()
-        .find(|r| Some(r.id) == production.active_revision_id)
-        .map(|r| r.revision_number.as_str());
-    assert_eq!(active, Some("1.1.0"), "production follows ~1.1.0 now");
-    let env: Vec<(&str, &str)> = state
-        .environment_variables
-        .iter()
-        .filter(|e| e.channel_id == production.id)
-        .map(|e| (e.key.as_str(), e.value.as_str()))
-        .collect();
-    assert_eq!(env, [("RUST_LOG", "debug")]);
-}
-
-/// The example's weather.yaml, edited: production's range `~1.0.0` → `~1.1.0` (a redeploy on
-/// another revision) and its env `RUST_LOG: info` → `debug`.
-fn edited_weather(text: &str) -> String {
-    let out = text
-        .replace("range: \"~1.0.0\"", "range: \"~1.1.0\"")
-        .replace("RUST_LOG: info", "RUST_LOG: debug");
-    assert!(
-        out.contains("range: \"~1.1.0\"") && out.contains("RUST_LOG: debug"),
-        "the example weather.yaml changed shape:\n{text}"
-    );
-    out
-}
-
-/// Edits weather.yaml the way editors save: a new file renamed over the old one.
-fn edit_weather(specs: &Path) {
-    let file = specs.join("weather.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    let tmp = specs.join(".weather.yaml.swp");
-    std::fs::write(&tmp, edited_weather(&text)).unwrap();
-    std::fs::rename(tmp, file).unwrap();
-}
-
-/// A fresh "checkout": the example deploy files in an empty directory, and where its sandbox
-/// keeps its state.
-fn checkout() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    common::copy_examples(&dir);
-    let sandbox = dir.join("sb");
-    (tmp, dir, sandbox)
-}
-
-/// `--sandbox --sandbox-dir sb --listen 127.0.0.1:0`, then `extra`. Rollouts (100 ms in the
-/// sandbox) are looked at again after 200 ms instead of 5 s.
-fn sandbox_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--sandbox",
-        "--sandbox-dir",
-        "sb",
-        "--listen",
-        "127.0.0.1:0",
-        "--interval",
-        "60s",
-        "--rollout-interval",
-        "200ms",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
+use controller_child::*;
 
 // ---------------------------------------------------------------------------------------------
 // The tests.
@@ -495,7 +90,51 @@ fn a_changed_deploy_file_converges_within_seconds() {
     let state = hippo_state(&sb);
     assert_examples_converged(&state);
     assert_weather_edit_applied(&state);
+    assert_state_files_private(&sb);
     eprintln!("the edit reached Hippo {in_hippo:?} after it was saved");
+}
+
+/// Every file the sandbox keeps its state in (Hippo's with live tokens and env values, Nomad's,
+/// the keys, the password) is readable by its owner only. The Bindle server's store (sled) is
+/// left out: it holds the parcels, which are not secret.
+fn assert_state_files_private(sandbox: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(sandbox).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let files: Vec<(String, std::fs::Metadata)> = if meta.is_dir() {
+            std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name() != "db")
+                .map(|e| {
+                    (
+                        format!("{name}/{}", e.file_name().to_string_lossy()),
+                        e.metadata().unwrap(),
+                    )
+                })
+                .filter(|(_, m)| m.is_file())
+                .collect()
+        } else {
+            vec![(name, meta)]
+        };
+        for (name, meta) in files {
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "{name} in the sandbox is readable by others: {:o}",
+                meta.permissions().mode()
+            );
+            seen.push(name);
+        }
+    }
+    assert!(
+        seen.iter().any(|n| n == "hippo.json") && seen.iter().any(|n| n.ends_with(".toml")),
+        "the sandbox's state files: {seen:?}"
+    );
 }
 
 #[test]
@@ -508,7 +147,10 @@ fn webhooks_trigger_a_reconcile_only_when_authenticated() {
     );
     // And one without a secret (started now, so both converge at the same time).
     let (_tmp2, dir2, _) = checkout();
-    let no_secret = Daemon::start(&dir2, &sandbox_args(&["-f", "deploy-specs/"]));
+    // Also without NO_COLOR: its log goes to a pipe, which gets no colour anyway.
+    let no_secret = Daemon::start_with(&dir2, &sandbox_args(&["-f", "deploy-specs/"]), |cmd| {
+        cmd.env_remove("NO_COLOR");
+    });
     // Once every app is Ready nothing is due before the 60s interval: the loop is idle, so
     // every cycle from now on is one the test caused.
     d.until_all_ready(30);
@@ -580,6 +222,13 @@ fn webhooks_trigger_a_reconcile_only_when_authenticated() {
     fence_no_webhook_cycle(&mut d, &dir2.join("deploy-specs"));
     assert_eq!(d.log_count("webhook accepted"), 0);
     d.terminate();
+    assert!(d.log_count("webhook refused") > 0);
+    assert_eq!(
+        d.log_count("\x1b["),
+        0,
+        "ANSI colour in a log written to a pipe:\n{}",
+        d.log_text()
+    );
 }
 
 /// Asserts that no webhook cycle ran or is queued. The controller takes its triggers in order:
@@ -741,18 +390,22 @@ fn commits_to_a_git_branch_are_applied_and_their_sha_reported() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["triggered"], false, "a push to another branch");
 
-    let push = br#"{"ref":"refs/heads/main"}"#;
-    let r = post(
-        d.addr,
-        "/hooks/github",
-        &[
-            ("X-GitHub-Event", "push"),
-            ("X-Hub-Signature-256", &sign(secret, push)),
-        ],
-        push,
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    assert_eq!(r.json()["triggered"], true);
+    // GitHub's push hook for main: fetch now.
+    let pushed = |addr| {
+        let push = br#"{"ref":"refs/heads/main"}"#;
+        let r = post(
+            addr,
+            "/hooks/github",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &sign(secret, push)),
+            ],
+            push,
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!(r.json()["triggered"], true);
+    };
+    pushed(d.addr);
     let s = d.until(20, "the second commit applied", |addr| {
         let s = status(addr)?;
         (s["source"]["lastAppliedCommit"] == second.as_str()).then_some(s)
@@ -781,6 +434,22 @@ fn commits_to_a_git_branch_are_applied_and_their_sha_reported() {
         "only the last applied commit is reported:\n{metrics}"
     );
     assert_eq!(applied_file(), second);
+
+    // A commit that removes every deploy file: the empty-set guard keeps every app (and the
+    // last applied commit), and says why.
+    git(&work, &["rm", "--quiet", "-r", "deploy-specs"]);
+    git(&work, &["commit", "--quiet", "-m", "remove everything"]);
+    git(&work, &["push", "--quiet", &url, "HEAD:refs/heads/main"]);
+    pushed(d.addr);
+    let s = d.until(20, "the empty commit refused", |addr| {
+        let s = status(addr)?;
+        s["source"]["error"].is_string().then_some(s)
+    });
+    assert!(all_ready(&s), "no app dropped: {s}");
+    assert_eq!(s["source"]["lastAppliedCommit"], second.as_str());
+    let error = s["source"]["error"].as_str().unwrap();
+    assert!(error.contains("keeping the 2 app(s)"), "{error}");
+    assert_eq!(metric(&d.metrics(), "hippo_gitops_source_error"), Some(1.0));
     d.terminate();
 
     let state = hippo_state(&home.join("sb"));

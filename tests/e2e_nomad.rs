@@ -194,20 +194,7 @@ async fn orphans_are_reported_and_removed_only_when_asked() {
     let specs = copy_examples(nb.bed.path());
     let specs_s = specs.to_string_lossy().into_owned();
     let orphan = "0b8f3c7e-8d51-4bde-9d64-1d2c3b4a5f60";
-    let mut job = serde_json::from_str::<serde_json::Value>(include_str!(
-        "fixtures/nomad/hippo_job_register_request.json"
-    ))
-    .unwrap()["Job"]
-        .clone();
-    job["ID"] = orphan.into();
-    job["Name"] = orphan.into();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/jobs", nb.nomad.url()))
-        .json(&serde_json::json!({ "Job": job }))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    nb.add_orphan_job(orphan).await;
 
     let (code, stdout, _) = nb.run(&["plan", "-f", &specs_s, "--output", "json"]).await;
     assert_eq!(code, 2, "{stdout}");

@@ -136,6 +136,18 @@ impl Metrics {
 
         header(
             w,
+            "hippo_gitops_source_error",
+            "gauge",
+            "1 while the deploy files can't be read or define no app: the last desired state stays in force and nothing is pruned.",
+        );
+        let _ = writeln!(
+            w,
+            "hippo_gitops_source_error {}",
+            u8::from(view.source.error.is_some())
+        );
+
+        header(
+            w,
             "hippo_gitops_requests_total",
             "counter",
             "Requests to Hippo, Bindle and Nomad by method and status code (0: no answer).",
@@ -277,6 +289,7 @@ mod tests {
             "hippo_gitops_requests_total{service=\"nomad\",method=\"PUT\",code=\"409\"} 1",
             "hippo_gitops_queue_depth 3",
             "hippo_gitops_ready 0",
+            "hippo_gitops_source_error 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -45,7 +45,7 @@ use crate::{
     diff,
     gate::WriteGate,
     secret::Secret,
-    spec::{AppSpec, DesiredState, RevisionSource},
+    spec::{self, AppSpec, DesiredState, RevisionSource},
     stats::RequestStats,
     status::{self, AppStatus, Condition, ConditionType},
 };
@@ -68,6 +68,8 @@ pub enum Trigger {
     LostLeadership,
     /// An app's backoff or progress check is due (internal).
     AppDue,
+    /// Reading the deploy files failed (or found no app) earlier: try again (internal).
+    SourceRetry,
 }
 
 impl Trigger {
@@ -80,6 +82,7 @@ impl Trigger {
             Trigger::BecameLeader => "leader",
             Trigger::LostLeadership => "leader",
             Trigger::AppDue => "backoff",
+            Trigger::SourceRetry => "source-retry",
         }
     }
 }
@@ -95,6 +98,9 @@ pub struct ControllerConfig {
     pub progress_interval: Duration,
     /// HTTP address; `None`: no HTTP server.
     pub listen: Option<SocketAddr>,
+    /// HTTP connections served at once; `None`: a quarter of the process's file descriptor
+    /// limit ([`http::max_connections`]).
+    pub max_connections: Option<usize>,
     pub webhook_secret: Option<Secret>,
     /// Leader election; used only when Nomad is configured.
     pub leader: Option<LeaderConfig>,
@@ -112,6 +118,7 @@ impl ControllerConfig {
             backoff: BackoffPolicy::default(),
             progress_interval: Duration::from_secs(5),
             listen: None,
+            max_connections: None,
             webhook_secret: None,
             leader: Some(LeaderConfig::new("hippo-gitops/leader")),
             shutdown_grace: Duration::from_secs(30),
@@ -148,7 +155,9 @@ pub struct SourceStatus {
     /// The last commit every app converged at.
     pub last_applied_commit: Option<String>,
     pub last_applied_at: Option<DateTime<Utc>>,
-    /// The last failure to fetch or load, if the latest attempt failed.
+    /// Why the latest attempt to fetch or load did not replace the desired state (the source
+    /// could not be read, or defined no app): the last state loaded stays in force, nothing is
+    /// pruned, and the attempt is repeated with backoff.
     pub error: Option<String>,
 }
 
@@ -331,7 +340,8 @@ impl Daemon {
 
         let http = match config.listen {
             Some(addr) => {
-                let (bound, server) = http::serve(addr, shared.clone(), stop_rx.clone())?;
+                let max = config.max_connections.unwrap_or_else(http::max_connections);
+                let (bound, server) = http::serve(addr, shared.clone(), max, stop_rx.clone())?;
                 tracing::info!(addr = %bound, "HTTP server listening on http://{bound} (/healthz /readyz /metrics /status /hooks/*)");
                 Some((bound, server))
             }
@@ -359,9 +369,13 @@ impl Daemon {
             }
         };
 
+        let prune_orphans = ctx.options.prune_orphans;
         let looper = Loop {
             config,
             ctx,
+            prune_orphans,
+            source_failures: 0,
+            source_retry_at: None,
             shared: shared.clone(),
             schedule: Schedule::default(),
             loaded: Loaded::default(),
@@ -423,14 +437,22 @@ struct Loop {
     previous_origin: BTreeMap<String, PathBuf>,
     /// Local bindles packed by earlier loads: a reload hashes only what changed.
     pack_cache: Arc<crate::package::PackCache>,
+    /// `--prune-orphans` as configured; off while the source is in error (empty-set guard).
+    prune_orphans: bool,
+    /// Failed reads of the source in a row (the backoff exponent).
+    source_failures: u32,
+    /// When to read the source again after a failure.
+    source_retry_at: Option<Instant>,
 }
 
 impl Loop {
     async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, mut stop: watch::Receiver<bool>) {
         self.schedule = Schedule::new(self.config.backoff, self.config.progress_interval);
         let git_interval = self.init_source();
-        let poll_files =
-            matches!(self.config.source, SourceConfig::Files { .. }) && !self.config.watch;
+        // Files are read again on every interval, watched or not: a lost or dropped watcher
+        // event (a full queue, a directory replaced) never leaves a change unapplied. Cheap: a
+        // bindle whose files are unchanged is not hashed again (PackCache).
+        let rescan_files = matches!(self.config.source, SourceConfig::Files { .. });
         let far = Duration::from_secs(365 * 86400);
         let mut next_interval = Instant::now();
         let mut next_git = Instant::now() + git_interval.unwrap_or(far);
@@ -447,7 +469,7 @@ impl Loop {
             // an interval, a webhook (someone asked for a reconcile) or a new leader, all.
             if !matches!(
                 trigger,
-                Trigger::AppDue | Trigger::FileChanged | Trigger::GitPoll
+                Trigger::AppDue | Trigger::FileChanged | Trigger::GitPoll | Trigger::SourceRetry
             ) {
                 self.schedule.mark_all_due(Instant::now().into_std());
             }
@@ -487,6 +509,7 @@ impl Loop {
                 .map(Instant::from_std)
                 .unwrap_or(next_interval);
             let wake = next_interval.min(app_due);
+            let source_retry = self.source_retry_at;
             trigger = tokio::select! {
                 _ = stop.changed() => break,
                 t = triggers.recv() => match t {
@@ -497,6 +520,7 @@ impl Loop {
                     if Instant::now() >= next_interval { Trigger::Interval } else { Trigger::AppDue }
                 }
                 _ = tokio::time::sleep_until(next_git), if git_interval.is_some() => Trigger::GitPoll,
+                _ = tokio::time::sleep_until(source_retry.unwrap_or(next_interval)), if source_retry.is_some() => Trigger::SourceRetry,
             };
             if trigger == Trigger::GitPoll {
                 next_git = Instant::now() + git_interval.unwrap_or(far);
@@ -505,7 +529,7 @@ impl Loop {
                 // Editors write a file in several steps: take the burst as one change.
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
-            reload = reloads(trigger) || (poll_files && trigger == Trigger::Interval);
+            reload = reloads(trigger) || (rescan_files && trigger == Trigger::Interval);
             while let Ok(t) = triggers.try_recv() {
                 reload |= reloads(t);
                 if trigger == Trigger::AppDue {
@@ -566,22 +590,32 @@ impl Loop {
         let mut loaded = match result {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "could not update the deploy files; keeping the last ones loaded");
-                self.shared.view.write().expect("view lock").source.error = Some(e.to_string());
+                self.source_failed(format!("{e}: keeping the last desired state"));
                 return;
             }
         };
+        self.log_new_problems(&loaded.rejected);
+        let empty = empty_source(&loaded);
+        if let (Some(why), false) = (&empty, self.specs.is_empty()) {
+            // The empty-set guard: a source that suddenly names no app is taken as a mistake
+            // (a deleted directory, a commit that removed everything, every file broken), never
+            // as "remove them all". The files' problems are shown all the same.
+            self.shared.view.write().expect("view lock").rejected_files =
+                rejected_files(&loaded.rejected);
+            self.loaded.rejected = loaded.rejected;
+            self.source_failed(format!(
+                "{why}: keeping the {} app(s) last loaded and pruning nothing (an empty source is never applied; to stop managing every app, stop the controller)",
+                self.specs.len()
+            ));
+            return;
+        }
         if loaded.commit.is_some() && loaded.commit != self.loaded.commit {
             tracing::info!(
                 commit = loaded.commit.as_deref().unwrap_or_default(),
                 "new commit checked out"
             );
         }
-        for problems in loaded.rejected.values() {
-            for p in problems {
-                tracing::error!("{p} (this file is left out until it is fixed; the others go on)");
-            }
-        }
+
         let fingerprints: Vec<(String, u64)> = loaded
             .desired
             .apps
@@ -616,24 +650,59 @@ impl Loop {
             self.previous_origin
                 .insert(a.name.clone(), a.origin.file.clone());
         }
+        if self.source_failures > 0 {
+            tracing::info!("the deploy files are read again");
+        }
+        self.source_failures = 0;
+        self.source_retry_at = None;
+        self.ctx.options.prune_orphans = self.prune_orphans && empty.is_none();
+        if let Some(why) = &empty {
+            tracing::warn!("{why}: nothing to reconcile, nothing pruned");
+        }
         {
             let mut view = self.shared.view.write().expect("view lock");
-            view.source.error = None;
+            view.source.error = empty;
             view.source.commit = loaded.commit.clone();
-            view.rejected_files = loaded
-                .rejected
-                .iter()
-                .map(|(file, problems)| RejectedFile {
-                    file: file.clone(),
-                    problems: problems.iter().map(|p| p.to_string()).collect(),
-                })
-                .collect();
+            view.rejected_files = rejected_files(&loaded.rejected);
         }
         // The apps live on in `specs` only: one copy of 1000 apps' invoices is enough.
         self.loaded = Loaded {
             desired: DesiredState::default(),
             ..loaded
         };
+    }
+
+    /// Every reload reads every file: a file's problems are logged when they first appear.
+    fn log_new_problems(&self, rejected: &BTreeMap<PathBuf, Vec<spec::Diagnostic>>) {
+        for (file, problems) in rejected {
+            if self.loaded.rejected.get(file) == Some(problems) {
+                continue;
+            }
+            for p in problems {
+                tracing::error!("{p} (this file is left out until it is fixed; the others go on)");
+            }
+        }
+    }
+
+    /// The source could not be read, or was refused as empty: the desired state stays as it
+    /// was, orphans are not pruned, and the source is read again after a backoff (at most the
+    /// interval).
+    fn source_failed(&mut self, error: String) {
+        self.source_failures += 1;
+        let delay = self
+            .config
+            .backoff
+            .delay(self.source_failures)
+            .min(self.config.interval);
+        self.source_retry_at = Some(Instant::now() + delay);
+        self.ctx.options.prune_orphans = false;
+        let mut view = self.shared.view.write().expect("view lock");
+        if view.source.error.as_deref() != Some(error.as_str()) {
+            tracing::warn!(retry_in = ?delay, "{error}");
+        } else {
+            tracing::debug!(retry_in = ?delay, "{error}");
+        }
+        view.source.error = Some(error);
     }
 
     /// Reconciles (leader) or observes (follower) the apps due, and updates the status.
@@ -859,6 +928,27 @@ impl Loop {
     }
 }
 
+/// Why `loaded` counts as an empty source (no valid app in it), if it does.
+fn empty_source(loaded: &Loaded) -> Option<String> {
+    if !loaded.desired.apps.is_empty() {
+        return None;
+    }
+    Some(match loaded.rejected.values().flatten().next() {
+        Some(problem) => format!("the deploy files define no valid app ({problem})"),
+        None => "the deploy files define no app".to_string(),
+    })
+}
+
+fn rejected_files(rejected: &BTreeMap<PathBuf, Vec<spec::Diagnostic>>) -> Vec<RejectedFile> {
+    rejected
+        .iter()
+        .map(|(file, problems)| RejectedFile {
+            file: file.clone(),
+            problems: problems.iter().map(|p| p.to_string()).collect(),
+        })
+        .collect()
+}
+
 /// Boxes a future as `Send` at its concrete lifetimes: rustc can't prove the stream
 /// combinators inside apply `Send` for every lifetime (rust-lang/rust#102211), which
 /// `tokio::spawn` would otherwise ask of the whole loop.
@@ -878,7 +968,7 @@ fn wall_clock(t: std::time::Instant) -> DateTime<Utc> {
 fn reloads(t: Trigger) -> bool {
     matches!(
         t,
-        Trigger::FileChanged | Trigger::GitPoll | Trigger::Webhook(_)
+        Trigger::FileChanged | Trigger::GitPoll | Trigger::Webhook(_) | Trigger::SourceRetry
     )
 }
 

@@ -65,6 +65,10 @@ pub enum SourceError {
     Spawn(std::io::Error),
     #[error("loading the deploy files: {0}")]
     Load(String),
+    /// An I/O error reading the deploy files (not a problem in them): what could be read is not
+    /// the whole source, so it must not replace the desired state.
+    #[error("reading the deploy files: {}", .0.join("; "))]
+    Unreadable(Vec<String>),
 }
 
 /// Loads the deploy files of a Files source, off the async threads (local bindles are hashed).
@@ -80,6 +84,11 @@ pub async fn load_files(
     let partial = tokio::task::spawn_blocking(move || spec::load_partial(&paths, &options))
         .await
         .map_err(|e| SourceError::Load(e.to_string()))?;
+    if !partial.unreadable.is_empty() {
+        return Err(SourceError::Unreadable(
+            partial.unreadable.iter().map(|d| d.to_string()).collect(),
+        ));
+    }
     Ok(Loaded {
         desired: partial.state,
         rejected: partial.rejected,
@@ -135,12 +144,9 @@ impl GitRepo {
             .filter(|s| !s.is_empty())
     }
 
-    /// Records `sha` as applied (temporary file, then rename).
+    /// Records `sha` as applied (temporary file, then rename; owner-only like every state file).
     pub fn record_applied(&self, sha: &str) -> std::io::Result<()> {
-        let path = self.applied_file();
-        let tmp = path.with_extension("applied.tmp");
-        std::fs::write(&tmp, format!("{sha}\n"))?;
-        std::fs::rename(tmp, path)
+        crate::private_file::replace(&self.applied_file(), format!("{sha}\n").as_bytes())
     }
 
     /// Owns everything it needs, so the future is `Send` whatever the borrows around it.

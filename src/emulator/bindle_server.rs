@@ -148,9 +148,11 @@ fn load_or_create_host_key(path: &PathBuf) -> Result<SecretKeyEntry, BindleServe
     let mut file = SecretKeyFile::default();
     file.key.push(key.clone());
     let text = toml::to_string(&file).map_err(|e| BindleServerError::Start(e.to_string()))?;
-    std::fs::write(path, text).map_err(|source| BindleServerError::Io {
-        context: format!("writing {}", path.display()),
-        source,
+    crate::private_file::replace(path, text.as_bytes()).map_err(|source| {
+        BindleServerError::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        }
     })?;
     Ok(key)
 }

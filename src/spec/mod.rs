@@ -290,45 +290,108 @@ impl ParsedDocument {
 /// Expands `-f` arguments: files as given, directories to every `*.yaml`/`*.yml` below them in
 /// sorted order (hidden directories such as `.git` are skipped).
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found = Vec::new();
-            walk_yaml(path, &mut found);
-            found.sort();
-            if found.is_empty() {
-                problems.push(file_problem(
-                    path,
-                    "no *.yaml or *.yml files in this directory",
-                ));
-            }
-            out.extend(found);
-        } else if path.is_file() {
-            out.push(path.clone());
-        } else {
-            problems.push(file_problem(path, "no such file or directory"));
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
+    let found = gather_files(paths);
+    if found.missing.is_empty() && found.unreadable.is_empty() {
+        Ok(found.files)
     } else {
-        Err(Diagnostics(problems))
+        Err(Diagnostics([found.missing, found.unreadable].concat()))
     }
 }
 
-fn walk_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+/// The deploy files below the `-f` arguments, with what is missing kept apart from what could
+/// not be read (an I/O error such as `EMFILE`: not an empty directory).
+struct Gathered {
+    files: Vec<PathBuf>,
+    /// Paths that don't exist, and directories without deploy files.
+    missing: Vec<Diagnostic>,
+    /// Paths that exist but could not be read.
+    unreadable: Vec<Diagnostic>,
+}
+
+fn gather_files(paths: &[PathBuf]) -> Gathered {
+    let mut found = Gathered {
+        files: Vec::new(),
+        missing: Vec::new(),
+        unreadable: Vec::new(),
     };
-    for entry in entries.flatten() {
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                let mut files = Vec::new();
+                walk_yaml(path, &mut files, &mut found.unreadable);
+                files.sort();
+                if files.is_empty() && found.unreadable.is_empty() {
+                    found.missing.push(file_problem(
+                        path,
+                        "no *.yaml or *.yml files in this directory",
+                    ));
+                }
+                found.files.extend(files);
+            }
+            Ok(m) if m.is_file() => found.files.push(path.clone()),
+            Ok(_) => found
+                .missing
+                .push(file_problem(path, "not a regular file or directory")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => found
+                .missing
+                .push(file_problem(path, "no such file or directory")),
+            Err(e) if is_read_failure(&e) => found
+                .unreadable
+                .push(file_problem(path, &format!("cannot read: {e}"))),
+            Err(e) => found
+                .missing
+                .push(file_problem(path, &format!("cannot read: {e}"))),
+        }
+    }
+    found
+}
+
+/// Whether an I/O error means the source can't be read right now (out of file descriptors or
+/// memory, an I/O error, no permission: an unreadable checkout) rather than something about one
+/// path (a symlink loop, not a directory). Such a failure must never be taken for an empty or a
+/// smaller source.
+pub fn is_read_failure(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        PermissionDenied | OutOfMemory | Interrupted | WouldBlock | TimedOut
+    ) || e.raw_os_error().is_some_and(|code| {
+        [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::ENOBUFS,
+            libc::EIO,
+        ]
+        .contains(&code)
+    })
+}
+
+fn walk_yaml(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Diagnostic>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Only a failure to read counts: a directory that vanished meanwhile has no files.
+        Err(e) if is_read_failure(&e) => {
+            unreadable.push(file_problem(dir, &format!("cannot read: {e}")));
+            return;
+        }
+        Err(_) => return,
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                unreadable.push(file_problem(dir, &format!("cannot read: {e}")));
+                continue;
+            }
+        };
         let path = entry.path();
         let hidden = path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with('.'));
         if path.is_dir() {
             if !hidden {
-                walk_yaml(&path, out);
+                walk_yaml(&path, out, unreadable);
             }
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
@@ -376,23 +439,27 @@ pub struct PartialLoad {
     pub state: DesiredState,
     /// Files left out, with every problem found in them.
     pub rejected: BTreeMap<PathBuf, Vec<Diagnostic>>,
+    /// Paths that exist but could not be read (an I/O error, not a problem of the files). When
+    /// there are any, `state` and `rejected` are empty: what was read is not the whole source.
+    pub unreadable: Vec<Diagnostic>,
 }
 
 /// As [`load`], leaving out the files with problems instead of failing. Problems that involve
 /// two files (the same app in both) leave out the file they are reported in.
 pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
     let mut rejected: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
-    let mut files = Vec::new();
-    for path in paths {
-        match collect_files(std::slice::from_ref(path)) {
-            Ok(found) => files.extend(found),
-            Err(d) => {
-                for p in d.0 {
-                    rejected.entry(p.file.clone()).or_default().push(p);
-                }
-            }
-        }
+    let found = gather_files(paths);
+    let unreadable = |unreadable| PartialLoad {
+        unreadable,
+        ..PartialLoad::default()
+    };
+    if !found.unreadable.is_empty() {
+        return unreadable(found.unreadable);
     }
+    for p in found.missing {
+        rejected.entry(p.file.clone()).or_default().push(p);
+    }
+    let files = found.files;
     loop {
         let mut problems = Vec::new();
         let mut docs = Vec::new();
@@ -403,12 +470,22 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
         for file in &remaining {
             match std::fs::read_to_string(file) {
                 Ok(text) => parse_documents(file, &text, &mut docs, &mut problems),
+                // Removed since the walk: like a file that was never there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if is_read_failure(&e) => {
+                    return unreadable(vec![file_problem(file, &format!("cannot read: {e}"))])
+                }
+                // Not UTF-8, a symlink loop: a problem of this file.
                 Err(e) => problems.push(file_problem(file, &format!("cannot read: {e}"))),
             }
         }
         let state = validate::validate(docs, options, &mut problems);
         if problems.is_empty() {
-            return PartialLoad { state, rejected };
+            return PartialLoad {
+                state,
+                rejected,
+                unreadable: Vec::new(),
+            };
         }
         let before = rejected.len();
         for p in problems {
@@ -422,6 +499,7 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
             return PartialLoad {
                 state: DesiredState::default(),
                 rejected,
+                unreadable: Vec::new(),
             };
         }
     }
@@ -594,5 +672,34 @@ fn strip_location(msg: &str) -> String {
     match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod read_failure_tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_a_read_failure_and_a_symlink_loop_is_not() {
+        let fail = |code| is_read_failure(&std::io::Error::from_raw_os_error(code));
+        assert!(fail(libc::EMFILE));
+        assert!(fail(libc::ENFILE));
+        assert!(fail(libc::EACCES));
+        assert!(fail(libc::EIO));
+        assert!(!fail(libc::ELOOP));
+        assert!(!fail(libc::ENOTDIR));
+        assert!(!fail(libc::ENOENT));
+        assert!(!is_read_failure(&std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8"
+        )));
+    }
+
+    #[test]
+    fn a_symlink_loop_among_the_files_is_that_file_s_problem_not_an_unreadable_source() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("loop.yaml", dir.path().join("loop.yaml")).unwrap();
+        let partial = load_partial(&[dir.path().to_path_buf()], &LoadOptions::default());
+        assert!(partial.unreadable.is_empty(), "{:?}", partial.unreadable);
     }
 }

@@ -311,6 +311,24 @@ impl NomadBed {
             .unwrap()
     }
 
+    /// Registers a Hippo-shaped job under `id`, a GUID no Hippo channel has: an orphan.
+    pub async fn add_orphan_job(&self, id: &str) {
+        let mut job = serde_json::from_str::<serde_json::Value>(include_str!(
+            "../fixtures/nomad/hippo_job_register_request.json"
+        ))
+        .unwrap()["Job"]
+            .clone();
+        job["ID"] = id.into();
+        job["Name"] = id.into();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/jobs", self.nomad.url()))
+            .json(&serde_json::json!({ "Job": job }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    }
+
     pub fn job_id(&self, app: &str, channel: &str) -> String {
         let state = self.bed.hippo.snapshot();
         let app = state.apps.iter().find(|a| a.name == app).unwrap();

@@ -402,19 +402,9 @@ async fn load_state(path: &Path) -> Result<Option<EmulatorState>, HippoEmulatorE
 }
 
 /// Atomic replace: a crash mid-write leaves the previous file intact.
+/// Readable by its owner only: it holds live bearer tokens and env values.
 async fn save_state(path: &Path, state: &EmulatorState) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(state)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    let mut tmp_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
+    crate::private_file::replace_async(path, serde_json::to_vec_pretty(state)?).await
 }
 
 /// `Hippo:Administrators`: the configured password wins over a stored one.

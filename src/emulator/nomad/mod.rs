@@ -543,19 +543,9 @@ async fn load_state(path: &Path) -> Result<Option<State>, NomadEmulatorError> {
         })
 }
 
-/// Atomic replace: a crash mid-write leaves the previous file intact.
+/// Atomic replace, readable by its owner only (it holds variables, the lock's holder).
 async fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    let mut tmp_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
+    crate::private_file::replace_async(path, bytes.to_vec()).await
 }
 
 /// Emulator-only control for demos and black-box tests (not part of Nomad's API, hence outside
