@@ -227,6 +227,61 @@ impl NomadObserver {
     }
 }
 
+impl NomadObserver {
+    /// Waits, with one blocking query (`index`/`wait`), for the allocations list to move past
+    /// the one last read, and answers the jobs whose allocations changed since then: created
+    /// or modified (`ModifyIndex` above the old index) or gone from the list. Empty when `wait`
+    /// ran out with nothing new. The list read replaces the kept one, so the next observation
+    /// need not decode it again. With no list kept yet, one plain read makes one (no job is
+    /// answered: there is nothing to compare with).
+    pub async fn wait_for_allocation_change(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<BTreeSet<String>, NomadError> {
+        let kept = self.cache.lock().expect("nomad cache").allocations.clone();
+        let Some((since, old)) = kept else {
+            let listed = self.client.list_allocations_since(None, None, None).await?;
+            self.keep_allocations(fresh_or_kept(listed, None, Allocations::from));
+            return Ok(BTreeSet::new());
+        };
+        let blocking = Blocking { index: since, wait };
+        let listed = self
+            .client
+            .list_allocations_since(None, Some(blocking), Some(since))
+            .await?;
+        let (index, new) = match listed {
+            Listed::Unchanged(_) => return Ok(BTreeSet::new()),
+            Listed::Fresh(Indexed { value, index }) => (index, Arc::new(Allocations::from(value))),
+        };
+        // An index that went back (a Nomad cluster restored from a snapshot) says nothing about
+        // what moved: every job counts as changed.
+        let changed = new
+            .jobs()
+            .filter(|(_, allocs)| index < since || allocs.iter().any(|a| a.modify_index > since))
+            .map(|(job, _)| job.to_string())
+            .chain(
+                old.jobs()
+                    .filter(|(job, _)| new.of(job).is_empty())
+                    .map(|(job, _)| job.to_string()),
+            )
+            .collect();
+        self.keep_allocations((index, new));
+        Ok(changed)
+    }
+
+    /// Keeps `list` unless a newer one was kept meanwhile (a cycle observed while this waited).
+    fn keep_allocations(&self, list: (u64, Arc<Allocations>)) {
+        let mut cache = self.cache.lock().expect("nomad cache");
+        if cache
+            .allocations
+            .as_ref()
+            .is_none_or(|(kept, _)| *kept <= list.0)
+        {
+            cache.allocations = Some(list);
+        }
+    }
+}
+
 /// The Nomad jobs the deploy files' channels should have: Hippo names each job after its
 /// channel's GUID, and schedules one only for a channel with an active revision.
 pub fn wanted_jobs(apps: &[AppSpec], snapshot: &Snapshot) -> BTreeSet<String> {

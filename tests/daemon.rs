@@ -715,3 +715,267 @@ async fn a_change_the_watcher_cannot_see_is_applied_by_the_interval_rescan() {
     .await;
     d.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 14.4–14.6: drift seen between cycles, states that mean what they say, alertable metrics.
+
+/// Log lines of this thread's tracing (the test runs on one thread, the controller's tasks
+/// with it), captured as text without colours.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn start() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+        let logs = CapturedLogs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(text))
+            .map(String::from)
+            .collect()
+    }
+}
+
+fn app_status(d: &Daemon, app: &str) -> serde_json::Value {
+    let status: serde_json::Value = serde_json::from_slice(&d.shared.status_json()).unwrap();
+    status["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == app)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn cycles_by(d: &Daemon, trigger: &str) -> u64 {
+    let prefix = format!("hippo_gitops_reconcile_cycles_total{{trigger=\"{trigger}\"}} ");
+    d.shared
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()).map(|n| n.parse().unwrap()))
+        .unwrap_or(0)
+}
+
+/// The example alert rules of docs/controller.md (the ```yaml block under "Alerting").
+fn documented_alert_rules() -> serde_yaml::Value {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/controller.md"))
+            .unwrap();
+    let section = doc
+        .split("### Alerting")
+        .nth(1)
+        .expect("docs/controller.md has an Alerting section");
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the Alerting section has a yaml block");
+    serde_yaml::from_str(block).unwrap()
+}
+
+#[tokio::test]
+async fn an_allocation_failure_is_noticed_between_intervals_and_the_recovery_logged_once() {
+    let (logs, _guard) = CapturedLogs::start();
+    let nb = NomadBed::start().await;
+    let files = copy_examples(nb.bed.path());
+    let (ctx, stats) = replica(&nb);
+    let mut cfg = config(&files, "single");
+    cfg.leader = None;
+    // The interval can't be what notices the failure: its first tick is 54 s away at least.
+    cfg.interval = Duration::from_secs(60);
+    let d = Daemon::start(cfg, ctx, stats).await.unwrap();
+    eventually(30, "every app Ready", || {
+        all_ready(&d.shared.view(), &["weather", "invoices"])
+    })
+    .await;
+    let nomad_cycles = cycles_by(&d, "nomad");
+
+    let job = nb.job_id("weather", "production");
+    let failed_at = tokio::time::Instant::now();
+    nb.nomad.fail_allocations(
+        &job,
+        "failed to launch command with executor: spin: no such file",
+    );
+    eventually(
+        10,
+        "the controller to show weather's failed allocation",
+        || app_status(&d, "weather")["condition"]["reason"] == "AllocationFailed",
+    )
+    .await;
+    eprintln!(
+        "the failed allocation was noticed after {:?}",
+        failed_at.elapsed()
+    );
+    assert!(
+        cycles_by(&d, "nomad") > nomad_cycles,
+        "noticed through the Nomad watch"
+    );
+    let weather = app_status(&d, "weather");
+    assert_eq!(weather["condition"]["type"], "Reconciling", "{weather}");
+    assert!(weather["failures"].as_u64().unwrap() >= 1, "{weather}");
+    assert!(
+        weather["nextAttemptAt"].is_string(),
+        "retried, and when: {weather}"
+    );
+    let production = weather["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "production")
+        .unwrap();
+    assert_eq!(production["condition"]["reason"], "AllocationFailed");
+
+    // The condition metric: the new series, and the Ready one gone.
+    let metrics = d.shared.metrics_text();
+    let weather_conditions: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("hippo_gitops_app_condition{app=\"weather\""))
+        .collect();
+    assert_eq!(
+        weather_conditions,
+        vec![
+            r#"hippo_gitops_app_condition{app="weather",condition="Reconciling",reason="AllocationFailed"} 1"#
+        ]
+    );
+    assert!(
+        metrics.contains(
+            r#"hippo_gitops_app_condition{app="invoices",condition="Ready",reason="UpToDate"} 1"#
+        ),
+        "{metrics}"
+    );
+    // Every metric the documented alert rules use is one the controller exports.
+    let rules = documented_alert_rules();
+    let mut used = 0;
+    for rule in rules["groups"][0]["rules"].as_sequence().unwrap() {
+        let expr = rule["expr"].as_str().unwrap();
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("hippo_gitops_"))
+        {
+            used += 1;
+            assert!(
+                metrics.contains(&format!("\n{name}{{")) || metrics.contains(&format!("\n{name} ")),
+                "the alert {} uses {name}, which /metrics does not have:\n{metrics}",
+                rule["alert"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    assert!(used > 0, "the rules use the controller's metrics");
+
+    // Nomad recovers and a new revision rolls out (a reschedule after a failed deployment is
+    // never judged healthy): weather is Ready again, and that is logged once.
+    nb.nomad.heal_allocations(&job);
+    let spec = files.join("weather.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace("range: \"~1.0.0\"", "range: \"^1.0.0\""),
+    )
+    .unwrap();
+    eventually(30, "weather Ready on 1.1.0", || {
+        all_ready(&d.shared.view(), &["weather"])
+    })
+    .await;
+    // Two more cycles (one trigger at a time: triggers queued together make one cycle).
+    for _ in 0..2 {
+        let next = cycles(&d) + 1;
+        d.shared
+            .triggers
+            .send(Trigger::Webhook(
+                hippo_gitops::controller::webhook::Provider::Generic,
+            ))
+            .await
+            .unwrap();
+        eventually(10, "another cycle", || cycles(&d) >= next).await;
+    }
+    let app_lines = logs.lines_with("app weather healthy again");
+    assert_eq!(app_lines.len(), 1, "{app_lines:?}");
+    assert!(app_lines[0].contains("app=\"weather\""), "{}", app_lines[0]);
+    assert!(app_lines[0].contains("INFO"), "{}", app_lines[0]);
+    let channel_lines = logs.lines_with("weather/production healthy again");
+    assert_eq!(channel_lines.len(), 1, "{channel_lines:?}");
+    assert!(logs.lines_with("invoices healthy again").is_empty());
+    assert!(logs.lines_with("weather/canary healthy again").is_empty());
+    d.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_cycles_write_nothing_and_what_was_applied_stays_visible() {
+    // Allocations take 300 ms to be judged healthy: the cycle that applies is followed by
+    // rollout checks that change nothing.
+    let nb = NomadBed::start_with(common::NomadBedOptions {
+        healthy_delay: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let files = copy_examples(nb.bed.path());
+    let (ctx, stats) = replica(&nb);
+    let mut cfg = config(&files, "single");
+    cfg.leader = None;
+    let d = Daemon::start(cfg, ctx, stats).await.unwrap();
+    eventually(30, "every app Ready", || {
+        all_ready(&d.shared.view(), &["weather", "invoices"])
+    })
+    .await;
+    let c = cycles(&d);
+    eventually(10, "two idle cycles", || cycles(&d) >= c + 2).await;
+    assert!(
+        d.shared.metrics_text().lines().any(|l| l
+            .starts_with("hippo_gitops_reconciles_total{result=\"progressing\"}")
+            && !l.ends_with(" 0")),
+        "a rollout check followed the cycle that applied"
+    );
+
+    let status: serde_json::Value = serde_json::from_slice(&d.shared.status_json()).unwrap();
+    assert_eq!(status["lastReconcile"]["wrote"], false, "{status}");
+    let last_applied = &status["lastApplied"];
+    assert_ne!(last_applied["id"], status["lastReconcile"]["id"]);
+    assert!(last_applied["at"].is_string(), "{last_applied}");
+    for app in ["weather", "invoices"] {
+        let changes = last_applied["changes"][app].as_array();
+        assert!(
+            changes.is_some_and(|c| !c.is_empty()),
+            "{app} in {last_applied}"
+        );
+        let entry = status["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["app"] == app)
+            .unwrap();
+        assert_eq!(entry["applied"], serde_json::json!([]), "idle: {entry}");
+        let kept = &entry["lastApplied"];
+        assert!(
+            kept["changes"].as_array().is_some_and(|c| !c.is_empty()),
+            "{app}: {entry}"
+        );
+        // The metric says when.
+        let at = chrono::DateTime::parse_from_rfc3339(kept["at"].as_str().unwrap()).unwrap();
+        let line = format!(
+            "hippo_gitops_app_last_change_timestamp_seconds{{app=\"{app}\"}} {}",
+            at.timestamp()
+        );
+        let metrics = d.shared.metrics_text();
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    d.shutdown().await.unwrap();
+}

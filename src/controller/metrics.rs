@@ -124,6 +124,37 @@ impl Metrics {
         }
         header(
             w,
+            "hippo_gitops_app_condition",
+            "gauge",
+            "1 for each app's current condition (kstatus type and reason): one series per app, so an app's old condition is gone once it changes.",
+        );
+        for a in &view.apps {
+            let _ = writeln!(
+                w,
+                "hippo_gitops_app_condition{{app=\"{}\",condition=\"{:?}\",reason=\"{}\"}} 1",
+                escape(&a.status.app),
+                a.status.condition.kind,
+                escape(&a.status.condition.reason)
+            );
+        }
+        header(
+            w,
+            "hippo_gitops_app_last_change_timestamp_seconds",
+            "gauge",
+            "When the controller last applied a change to the app (Unix time); no series until it has, since it started.",
+        );
+        for a in &view.apps {
+            if let Some(applied) = &a.last_applied {
+                let _ = writeln!(
+                    w,
+                    "hippo_gitops_app_last_change_timestamp_seconds{{app=\"{}\"}} {}",
+                    escape(&a.status.app),
+                    applied.at.timestamp()
+                );
+            }
+        }
+        header(
+            w,
             "hippo_gitops_rejected_files",
             "gauge",
             "Deploy files left out for their problems.",
@@ -254,6 +285,10 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        controller::DaemonAppStatus,
+        status::{Condition, ConditionType},
+    };
 
     #[test]
     fn histogram_buckets_are_cumulative() {
@@ -298,6 +333,78 @@ mod tests {
         }
         // No commit applied yet: no info series.
         assert!(!text.contains("last_applied_commit_info"));
+    }
+
+    fn app(name: &str, kind: ConditionType, reason: &str) -> DaemonAppStatus {
+        DaemonAppStatus::unreconciled(
+            name,
+            Condition {
+                kind,
+                status: true,
+                reason: reason.into(),
+                message: "m".into(),
+            },
+        )
+    }
+
+    fn render(view: &StatusView) -> String {
+        Metrics::default().render(
+            view,
+            crate::controller::Role::Single,
+            &RequestStats::default(),
+            0,
+        )
+    }
+
+    fn series<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect()
+    }
+
+    #[test]
+    fn each_app_exports_its_current_condition_only() {
+        let mut view = StatusView {
+            apps: vec![
+                app("weather", ConditionType::Ready, "UpToDate"),
+                app("we\"ird\\app\n", ConditionType::Stalled, "BindleConflict"),
+            ],
+            ..Default::default()
+        };
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        view.apps[0].last_applied = Some(crate::controller::AppliedChanges {
+            id: "c1".into(),
+            at,
+            changes: vec!["updated channel production".into()],
+        });
+        let text = render(&view);
+        assert_eq!(
+            series(&text, "hippo_gitops_app_condition"),
+            vec![
+                r#"hippo_gitops_app_condition{app="weather",condition="Ready",reason="UpToDate"} 1"#,
+                r#"hippo_gitops_app_condition{app="we\"ird\\app\n",condition="Stalled",reason="BindleConflict"} 1"#,
+            ]
+        );
+        assert_eq!(
+            series(&text, "hippo_gitops_app_last_change_timestamp_seconds"),
+            vec![r#"hippo_gitops_app_last_change_timestamp_seconds{app="weather"} 1700000000"#],
+            "only apps the controller changed have a last change"
+        );
+
+        // weather fails: its Ready series goes, the new one takes its place.
+        view.apps[0].status.condition.kind = ConditionType::Reconciling;
+        view.apps[0].status.condition.reason = "AllocationFailed".into();
+        let text = render(&view);
+        let weather: Vec<&str> = series(&text, "hippo_gitops_app_condition")
+            .into_iter()
+            .filter(|l| l.contains(r#"app="weather""#))
+            .collect();
+        assert_eq!(
+            weather,
+            vec![
+                r#"hippo_gitops_app_condition{app="weather",condition="Reconciling",reason="AllocationFailed"} 1"#
+            ]
+        );
     }
 
     #[test]

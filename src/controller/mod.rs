@@ -18,12 +18,13 @@
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod nomad_watch;
 pub mod schedule;
 pub mod source;
 pub mod webhook;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     hash::{Hash, Hasher},
     net::SocketAddr,
     path::PathBuf,
@@ -70,6 +71,8 @@ pub enum Trigger {
     AppDue,
     /// Reading the deploy files failed (or found no app) earlier: try again (internal).
     SourceRetry,
+    /// Allocations of managed apps' Nomad jobs changed ([`nomad_watch`]): those apps are due.
+    NomadChanged,
 }
 
 impl Trigger {
@@ -83,6 +86,7 @@ impl Trigger {
             Trigger::LostLeadership => "leader",
             Trigger::AppDue => "backoff",
             Trigger::SourceRetry => "source-retry",
+            Trigger::NomadChanged => "nomad",
         }
     }
 }
@@ -179,8 +183,29 @@ pub struct CycleSummary {
     pub started_at: DateTime<Utc>,
     pub duration_seconds: f64,
     pub apps: usize,
-    /// `false` for a follower's cycle: observed only.
+    /// Whether the cycle changed anything (applied a change, deleted an orphan). A follower's
+    /// cycle, an idle one and a rollout check write nothing.
     pub wrote: bool,
+}
+
+/// The changes one cycle made to one app.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedChanges {
+    /// The cycle (`reconcileId`).
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub changes: Vec<String>,
+}
+
+/// The last cycle that changed anything, and what it changed per app.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedCycle {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    /// App → the changes made to it.
+    pub changes: BTreeMap<String, Vec<String>>,
 }
 
 /// One app: the same fields as `hippo-gitops status`, plus the controller's schedule.
@@ -194,8 +219,29 @@ pub struct DaemonAppStatus {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The cycle that last reconciled the app.
     pub reconcile_id: Option<String>,
-    /// Changes made to it in that cycle.
+    /// Changes made to it in that cycle (often none: a rollout check, an idle cycle).
     pub applied: Vec<String>,
+    /// The last cycle that changed the app, kept until another one does (since the controller
+    /// started).
+    pub last_applied: Option<AppliedChanges>,
+}
+
+impl DaemonAppStatus {
+    /// An app no cycle has reconciled, shown with `condition`.
+    pub fn unreconciled(app: &str, condition: Condition) -> Self {
+        DaemonAppStatus {
+            status: AppStatus {
+                app: app.to_string(),
+                condition,
+                channels: Vec::new(),
+            },
+            failures: 0,
+            next_attempt_at: None,
+            reconcile_id: None,
+            applied: Vec::new(),
+            last_applied: None,
+        }
+    }
 }
 
 /// What `/status` serves.
@@ -209,6 +255,8 @@ pub struct StatusView {
     pub ready: bool,
     pub source: SourceStatus,
     pub last_reconcile: Option<CycleSummary>,
+    /// The last cycle that changed anything (`lastReconcile` moves on with every cycle).
+    pub last_applied: Option<AppliedCycle>,
     pub rejected_files: Vec<RejectedFile>,
     pub apps: Vec<DaemonAppStatus>,
 }
@@ -369,6 +417,18 @@ impl Daemon {
             }
         };
 
+        let (managed_jobs, managed_rx) = watch::channel(Arc::default());
+        let nomad_changed: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let nomad_watch = ctx.nomad.clone().map(|observer| {
+            nomad_watch::spawn(
+                observer,
+                managed_rx,
+                nomad_changed.clone(),
+                trigger_tx.clone(),
+                stop_rx.clone(),
+            )
+        });
+
         let prune_orphans = ctx.options.prune_orphans;
         let looper = Loop {
             config,
@@ -383,6 +443,10 @@ impl Daemon {
             git: None,
             previous_origin: BTreeMap::new(),
             pack_cache: Arc::default(),
+            managed_jobs,
+            nomad_changed,
+            failing: BTreeSet::new(),
+            failing_channels: BTreeSet::new(),
         };
         let task = tokio::spawn(async move {
             let _watcher = watcher;
@@ -391,6 +455,9 @@ impl Daemon {
             let _ = release_tx.send(true);
             if let Some(e) = elector {
                 let _ = e.await;
+            }
+            if let Some(w) = nomad_watch {
+                let _ = w.await;
             }
             if let Some((_, server)) = http {
                 let _ = server.await;
@@ -443,6 +510,14 @@ struct Loop {
     source_failures: u32,
     /// When to read the source again after a failure.
     source_retry_at: Option<Instant>,
+    /// The managed apps' Nomad jobs, for [`nomad_watch`].
+    managed_jobs: watch::Sender<Arc<nomad_watch::ManagedJobs>>,
+    /// Apps whose Nomad allocations changed since the last cycle ([`nomad_watch`]).
+    nomad_changed: Arc<Mutex<BTreeSet<String>>>,
+    /// Apps whose last result was a failure, and channels whose last health was `Failed`: their
+    /// recovery is logged once.
+    failing: BTreeSet<String>,
+    failing_channels: BTreeSet<(String, String)>,
 }
 
 impl Loop {
@@ -465,11 +540,21 @@ impl Loop {
             if reload {
                 self.reload().await;
             }
-            // A file change or a new commit makes the apps it changed due (update_desired did);
-            // an interval, a webhook (someone asked for a reconcile) or a new leader, all.
+            // A file change or a new commit makes the apps it changed due (update_desired did),
+            // a change on Nomad the apps whose jobs it touched; an interval, a webhook (someone
+            // asked for a reconcile) or a new leader, all.
+            let moved_on_nomad =
+                std::mem::take(&mut *self.nomad_changed.lock().expect("nomad changes"));
+            for app in &moved_on_nomad {
+                self.schedule.mark_due(app);
+            }
             if !matches!(
                 trigger,
-                Trigger::AppDue | Trigger::FileChanged | Trigger::GitPoll | Trigger::SourceRetry
+                Trigger::AppDue
+                    | Trigger::FileChanged
+                    | Trigger::GitPoll
+                    | Trigger::SourceRetry
+                    | Trigger::NomadChanged
             ) {
                 self.schedule.mark_all_due(Instant::now().into_std());
             }
@@ -630,6 +715,9 @@ impl Loop {
             .into_iter()
             .map(|a| (a.name.clone(), a))
             .collect();
+        self.failing.retain(|app| self.specs.contains_key(app));
+        self.failing_channels
+            .retain(|(app, _)| self.specs.contains_key(app));
         // Bindles no longer named (or whose file was left out) are packed afresh if they return.
         self.pack_cache.retain(
             &self
@@ -734,7 +822,9 @@ impl Loop {
                 match send(apply::reconcile(&desired, &self.ctx)).await {
                     Ok(report) => {
                         observed = true;
-                        wrote = true;
+                        wrote = report.apps.iter().any(|r| !r.applied.is_empty())
+                            || report.orphans.iter().any(|(_, deleted)| matches!(deleted, Ok(true)));
+                        self.update_managed_jobs(&report.snapshot);
                         let plan = diff::diff(&desired.apps, &report.snapshot);
                         let statuses = status::app_statuses(&desired, &plan, &report.snapshot);
                         for (result, mut st) in report.apps.into_iter().zip(statuses) {
@@ -742,6 +832,7 @@ impl Loop {
                             let retry_in = self.schedule.record(&result.app, outcome, std::time::Instant::now());
                             self.count(outcome);
                             log_result(&result, outcome, retry_in);
+                            self.log_recovery(&result, outcome);
                             if result.error.is_some() {
                                 st.condition = status::condition(&result);
                             }
@@ -775,6 +866,7 @@ impl Loop {
                 match send(apply::plan(&desired, &self.ctx)).await {
                     Ok((plan, snapshot)) => {
                         observed = true;
+                        self.update_managed_jobs(&snapshot);
                         for st in status::app_statuses(&desired, &plan, &snapshot) {
                             self.count(Outcome::Skipped);
                             entries.push(self.entry(st, &id, Vec::new()));
@@ -795,10 +887,15 @@ impl Loop {
         if observed {
             self.shared.view.write().expect("view lock").ready = true;
         }
+        let applied: BTreeMap<String, Vec<String>> = entries
+            .iter()
+            .filter(|e| !e.applied.is_empty())
+            .map(|e| (e.status.app.clone(), e.applied.clone()))
+            .collect();
         self.publish(
             entries,
             Some(CycleSummary {
-                id,
+                id: id.clone(),
                 trigger: trigger.label(),
                 started_at,
                 duration_seconds: seconds,
@@ -806,8 +903,58 @@ impl Loop {
                 wrote,
             }),
         );
-        if wrote {
+        if !applied.is_empty() {
+            self.shared.view.write().expect("view lock").last_applied = Some(AppliedCycle {
+                id,
+                at: Utc::now(),
+                changes: applied,
+            });
+        }
+        if leader && observed {
             self.record_commit();
+        }
+    }
+
+    /// Tells [`nomad_watch`] the managed apps' jobs, as `snapshot` shows them.
+    fn update_managed_jobs(&self, snapshot: &crate::observe::Snapshot) {
+        if self.ctx.nomad.is_none() {
+            return;
+        }
+        let jobs = nomad_watch::managed_jobs(self.specs.values(), snapshot);
+        self.managed_jobs.send_if_modified(|kept| {
+            let modified = **kept != jobs;
+            if modified {
+                *kept = Arc::new(jobs);
+            }
+            modified
+        });
+    }
+
+    /// Logs, once per recovery, an app that failed and is Ready again, and a channel whose
+    /// allocations failed and are healthy again.
+    fn log_recovery(&mut self, result: &apply::AppResult, outcome: Outcome) {
+        let app = result.app.as_str();
+        for (channel, health) in &result.health {
+            let key = (result.app.clone(), channel.clone());
+            match health {
+                diff::ChannelHealth::Failed { .. } => {
+                    self.failing_channels.insert(key);
+                }
+                diff::ChannelHealth::Ready { .. } if self.failing_channels.remove(&key) => {
+                    tracing::info!(app, channel = %channel, "{app}/{channel} healthy again");
+                }
+                _ => {}
+            }
+        }
+        match (&result.error, outcome) {
+            (Some(ApplyError::NotWritten(_)), _) => {}
+            (Some(_), _) => {
+                self.failing.insert(result.app.clone());
+            }
+            (None, Outcome::Converged) if self.failing.remove(app) => {
+                tracing::info!(app, "app {app} healthy again");
+            }
+            _ => {}
         }
     }
 
@@ -826,12 +973,18 @@ impl Loop {
             .count_result(label);
     }
 
-    /// `failures` and `next_attempt_at` are filled in from the schedule by [`Self::publish`].
+    /// `failures` and `next_attempt_at` are filled in from the schedule by [`Self::publish`],
+    /// and `last_applied` kept from the app's earlier entry when this cycle changed nothing.
     fn entry(&self, status: AppStatus, id: &str, applied: Vec<String>) -> DaemonAppStatus {
         DaemonAppStatus {
             next_attempt_at: None,
             failures: 0,
             reconcile_id: Some(id.to_string()),
+            last_applied: (!applied.is_empty()).then(|| AppliedChanges {
+                id: id.to_string(),
+                at: Utc::now(),
+                changes: applied.clone(),
+            }),
             applied,
             status,
         }
@@ -845,7 +998,10 @@ impl Loop {
             .drain(..)
             .map(|a| (a.status.app.clone(), a))
             .collect();
-        for e in entries {
+        for mut e in entries {
+            if let Some(earlier) = apps.remove(&e.status.app) {
+                e.last_applied = e.last_applied.or(earlier.last_applied);
+            }
             apps.insert(e.status.app.clone(), e);
         }
         apps.retain(|name, _| {
@@ -867,28 +1023,18 @@ impl Loop {
                         .join("; ")
                 })
                 .unwrap_or_default();
-            let entry = apps.entry(app.clone()).or_insert_with(|| DaemonAppStatus {
-                status: AppStatus {
-                    app: app.clone(),
-                    condition: Condition {
-                        kind: ConditionType::Stalled,
-                        status: true,
-                        reason: String::new(),
-                        message: String::new(),
-                    },
-                    channels: Vec::new(),
-                },
-                failures: 0,
-                next_attempt_at: None,
-                reconcile_id: None,
-                applied: Vec::new(),
-            });
-            entry.status.condition = Condition {
+            let condition = Condition {
                 kind: ConditionType::Stalled,
                 status: true,
                 reason: "InvalidDeployFile".into(),
                 message: format!("left out until its deploy file is fixed: {problems}"),
             };
+            match apps.get_mut(app) {
+                Some(entry) => entry.status.condition = condition,
+                None => {
+                    apps.insert(app.clone(), DaemonAppStatus::unreconciled(app, condition));
+                }
+            }
         }
         // Keep the schedule's view of each app current (backoff moves between cycles).
         for a in apps.values_mut() {
@@ -984,8 +1130,7 @@ fn outcome_of(result: &apply::AppResult) -> Outcome {
         }
         None => Outcome::Converged,
         Some(ApplyError::NotWritten(_)) => Outcome::Skipped,
-        // Nomad may recover by itself (a node comes back): keep looking, with backoff.
-        Some(ApplyError::AllocationFailed { .. }) => Outcome::Retry,
+        // A failed allocation among them: Nomad may recover by itself (a node comes back).
         Some(e) if e.is_transient() => Outcome::Retry,
         Some(_) => Outcome::Terminal,
     }

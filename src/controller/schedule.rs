@@ -109,6 +109,14 @@ impl Schedule {
         }
     }
 
+    /// Something the app depends on changed (its Nomad allocations): it is due now, backoff or
+    /// not, unless it is stalled.
+    pub fn mark_due(&mut self, app: &str) {
+        if let Some(e) = self.apps.get_mut(app).filter(|e| !e.stalled) {
+            e.due = true;
+        }
+    }
+
     /// The apps to reconcile now, removed from the queue.
     pub fn take_due(&mut self, now: Instant) -> Vec<String> {
         let mut out = Vec::new();
@@ -284,6 +292,17 @@ mod tests {
         assert_eq!(s.record("a", Outcome::Progressing, t0), Some(5 * S));
         assert_eq!(s.queue_depth(), 1);
         assert_eq!(s.take_due(t0 + 5 * S), vec!["a"]);
+        // A change on Nomad makes a backing-off app due, never a stalled one.
+        s.record("a", Outcome::Retry, t0 + 5 * S);
+        assert!(s.take_due(t0 + 5 * S).is_empty());
+        s.mark_due("a");
+        s.mark_due("unknown");
+        assert_eq!(s.take_due(t0 + 5 * S), vec!["a"]);
+        s.record("a", Outcome::Terminal, t0 + 5 * S);
+        s.mark_due("a");
+        assert!(s.take_due(t0 + 5 * S).is_empty());
+        s.update_desired(&apps(&[("a", 2)]));
+        s.take_due(t0);
         // Skipped (a follower, or shutting down) changes nothing.
         assert_eq!(s.record("a", Outcome::Skipped, t0), None);
         assert_eq!(s.state_of("a"), Some((0, None, false)));

@@ -228,6 +228,10 @@ pub struct Allocation {
     pub task_states: Option<Vec<TaskState>>,
     #[serde(default)]
     pub create_index: u64,
+    /// Raised by every change to the allocation: the controller's watch tells from it which
+    /// jobs' allocations moved since the index it blocked on.
+    #[serde(default)]
+    pub modify_index: u64,
 }
 
 fn task_state_values<'de, D: serde::Deserializer<'de>>(
@@ -308,6 +312,13 @@ impl Allocations {
             .get(job_id)
             .map(Vec::as_slice)
             .unwrap_or_default()
+    }
+
+    /// Each job with its allocations.
+    pub fn jobs(&self) -> impl Iterator<Item = (&str, &[Allocation])> {
+        self.by_job
+            .iter()
+            .map(|(job, a)| (job.as_str(), a.as_slice()))
     }
 
     pub fn len(&self) -> usize {
