@@ -642,6 +642,20 @@ pub fn error_exit_code(e: &anyhow::Error) -> ExitCode {
     }
 }
 
+/// An error and its causes on one line, each cause once: our errors often say their source's
+/// message already, and `{:#}` would repeat it at every level of the chain.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 /// Parses the command line. Help and version go to stdout with exit 0; any usage error goes to
 /// stderr with [`EXIT_USAGE`].
 pub fn parse_args() -> Result<Cli, ExitCode> {

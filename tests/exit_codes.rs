@@ -103,6 +103,45 @@ fn reconcile_help_is_grouped_under_headings() {
     assert_eq!(section_of("--hippo-nomad-namespace"), "Nomad:");
     assert_eq!(section_of("--log-level"), "Output and logs:");
     assert_eq!(section_of("--git-url"), "Controller: Git source:");
-    assert_eq!(section_of("--leader-ttl"), "Controller: leader election and shutdown:");
+    assert_eq!(
+        section_of("--leader-ttl"),
+        "Controller: leader election and shutdown:"
+    );
     assert_eq!(section_of("--timeout"), "One-shot run (--once):");
+}
+
+#[test]
+fn an_unreachable_hippo_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.yaml"),
+        "apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: a\nspec:\n  revisions:\n    - version: 1.0.0\n  channels:\n    - name: c\n      range: \"*\"\n",
+    )
+    .unwrap();
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let env = [
+        ("HIPPO_URL", "http://127.0.0.1:1".to_string()),
+        ("HIPPO_USERNAME", "u".into()),
+        ("HIPPO_PASSWORD", "p".into()),
+        ("BINDLE_SERVER_URL", "http://127.0.0.1:1/v1".into()),
+        (
+            "HIPPO_GITOPS_STATE_DIR",
+            dir.path().join("state").to_string_lossy().into_owned(),
+        ),
+    ];
+    let args: Vec<String> = ["reconcile", "--once", "-f", "app.yaml"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (code, _, stderr) = run_binary(&args, &env, dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(
+        line.matches("Connection refused").count(),
+        1,
+        "the cause once, not once per level of the error chain: {line}"
+    );
 }

@@ -125,6 +125,7 @@ pub fn fast_retry() -> RetryPolicy {
         initial: Duration::from_millis(5),
         max_interval: Duration::from_millis(50),
         max_elapsed: Duration::from_secs(5),
+        max_unreachable: Duration::from_secs(5),
     }
 }
 
@@ -196,7 +197,10 @@ pub fn copy_examples(to: &Path) -> PathBuf {
         "      domain: weather.example.com\n      env:\n        RUST_LOG: info\n",
         1,
     );
-    assert_ne!(text, with_env, "the example's production channel has a domain line");
+    assert_ne!(
+        text, with_env,
+        "the example's production channel has a domain line"
+    );
     std::fs::write(&weather, with_env).unwrap();
     to.join("deploy-specs")
 }
