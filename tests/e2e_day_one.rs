@@ -226,7 +226,19 @@ fn the_shipped_example_converges_without_a_warning() {
         "HIPPO_GITOPS_STATE_DIR",
         scratch.path().join("state").to_string_lossy().into_owned(),
     )];
-    let (code, stdout, stderr) = common::run_binary(&args, &env, repo);
+    // As a user runs it: the default log filter (run_binary would set its own).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hippo-gitops"))
+        .args(&args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("HIPPO_GITOPS_LOG")
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("weather: ready"), "{stdout}");
     assert!(
