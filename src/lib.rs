@@ -27,3 +27,4 @@ pub mod secret;
 pub mod spec;
 pub mod stats;
 pub mod status;
+pub mod walk;

@@ -190,6 +190,24 @@ pub fn load_for_spec(
 }
 
 fn pack_for_spec(dir: &Path, root: Option<&Path>) -> Result<Loaded, PackageError> {
+    if let Some(root) = root {
+        // The manifest or invoice is read (and its parse errors quoted) before any parcel.
+        for name in ["spin.toml", "invoice.toml"] {
+            let path = dir.join(name);
+            if let Ok(real) = path.canonicalize() {
+                if !real.starts_with(root) {
+                    return Err(PackageError::invalid(
+                        &path,
+                        format!(
+                            "resolves through a symlink to {}, outside the repository root {}; not read",
+                            real.display(),
+                            root.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     let packed = load(dir)?;
     Ok(Loaded {
         outside_root: root.and_then(|r| parcels_outside_root(&packed, r)),
@@ -514,6 +532,7 @@ struct Asset {
 fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
     let manifest_path = dir.join("spin.toml");
     let text = fs::read_to_string(&manifest_path).map_err(PackageError::io(&manifest_path))?;
+    check_manifest_version(&manifest_path, &text)?;
     let manifest: SpinManifest = toml::from_str(&text)
         .map_err(|e| PackageError::invalid(&manifest_path, format!("invalid spin.toml: {e}")))?;
     let schema = manifest
@@ -685,6 +704,29 @@ fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
     })
 }
 
+/// A Spin v2 manifest (`spin_manifest_version = 2`) has no top-level `name`: say which version
+/// it is before its fields are read as v1's.
+fn check_manifest_version(manifest_path: &Path, text: &str) -> Result<(), PackageError> {
+    let Ok(toml::Value::Table(table)) = toml::from_str::<toml::Value>(text) else {
+        return Ok(()); // The syntax error is reported when the manifest is read.
+    };
+    let version = match table.get("spin_manifest_version") {
+        Some(toml::Value::Integer(n)) => n.to_string(),
+        Some(toml::Value::String(s)) => s.clone(),
+        _ => return Ok(()),
+    };
+    if version == "1" {
+        return Ok(());
+    }
+    Err(PackageError::invalid(
+        manifest_path,
+        format!(
+            "manifest version {} is not supported (Hippo runs Spin manifest v1)",
+            crate::spec::excerpt::short(&version)
+        ),
+    ))
+}
+
 fn bindle_component(
     c: &SpinComponent,
     wasm_sha: &str,
@@ -741,8 +783,7 @@ fn collect_assets(
     for mount in &component.files {
         match mount {
             FileMount::Pattern(pattern) => {
-                let full = dir.join(pattern);
-                let entries = glob::glob(&full.to_string_lossy()).map_err(|e| {
+                let bad_pattern = |e: glob::PatternError| {
                     PackageError::invalid(
                         manifest_path,
                         format!(
@@ -750,11 +791,11 @@ fn collect_assets(
                             component.id
                         ),
                     )
-                })?;
-                for entry in entries {
-                    let path = entry.map_err(|e| {
-                        PackageError::invalid(manifest_path, format!("reading files: {e}"))
-                    })?;
+                };
+                for path in glob_files(dir, pattern).map_err(|e| match e {
+                    GlobError::Pattern(e) => bad_pattern(e),
+                    GlobError::Walk(e) => e,
+                })? {
                     if !path.is_file() {
                         continue;
                     }
@@ -811,21 +852,54 @@ fn relative(path: &Path, base: &Path) -> String {
         .join("/")
 }
 
+/// Every regular file below `root`, sorted; symlink loops end (each directory is entered once).
 fn walk_files(root: &Path) -> Result<Vec<PathBuf>, PackageError> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).map_err(PackageError::io(&d))? {
-            let path = entry.map_err(PackageError::io(&d))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.is_file() {
-                out.push(path);
-            }
+    let entries =
+        crate::walk::entries(root, |_| true).map_err(|e| PackageError::io(&e.dir)(e.source))?;
+    Ok(entries.into_iter().filter(|p| p.is_file()).collect())
+}
+
+enum GlobError {
+    Pattern(glob::PatternError),
+    Walk(PackageError),
+}
+
+/// The paths below `dir` matching `pattern` (as `glob::glob` would find them, `*` within one
+/// path component), found by walking the pattern's literal leading directories with
+/// [`crate::walk`], so that symlink loops end.
+fn glob_files(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, GlobError> {
+    let full = dir.join(pattern);
+    let mut base = PathBuf::new();
+    let mut rest = Vec::new();
+    for c in full.components() {
+        let part = c.as_os_str().to_string_lossy();
+        if rest.is_empty() && !part.contains(['*', '?', '[']) {
+            base.push(c);
+        } else {
+            rest.push(part.into_owned());
         }
     }
-    out.sort();
-    Ok(out)
+    if rest.is_empty() {
+        return Ok(if base.exists() { vec![base] } else { vec![] });
+    }
+    let matcher = glob::Pattern::new(&rest.join("/")).map_err(GlobError::Pattern)?;
+    if !base.is_dir() {
+        return Ok(vec![]);
+    }
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let entries = crate::walk::entries(&base, |_| true)
+        .map_err(|e| GlobError::Walk(PackageError::io(&e.dir)(e.source)))?;
+    Ok(entries
+        .into_iter()
+        .filter(|p| {
+            p.strip_prefix(&base)
+                .is_ok_and(|rel| matcher.matches_path_with(rel, options))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -1023,7 +1097,10 @@ route = "/..."
         );
         write(dir.path(), "hello.wasm", b"x");
         let err = load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("version 1"), "{err}");
+        assert!(
+            err.ends_with("manifest version 2 is not supported (Hippo runs Spin manifest v1)"),
+            "{err}"
+        );
     }
 
     #[test]
