@@ -337,7 +337,11 @@ pub async fn reconcile_from(
                 failed.insert(app, e);
             }
         }
+        let before = (stage == Stage::Register && ctx.nomad.is_none()).then(|| snapshot.clone());
         refresh(&mut snapshot, stage, &pushed, desired, ctx).await?;
+        if let Some(before) = before {
+            start_moved_channels(ctx, desired, &before, &snapshot, &mut applied, &mut failed).await;
+        }
     }
 
     let orphans = handle_orphans(ctx, &snapshot).await;
@@ -714,6 +718,7 @@ async fn apply_change(
             channel_id,
             target,
             current,
+            start_job,
             ..
         } => {
             let domain = target
@@ -737,6 +742,9 @@ async fn apply_change(
                 .update_channel(&body)
                 .await
                 .map_err(hippo_err(format!("updating channel {channel}")))?;
+            if *start_job {
+                start_channel_job(ctx, *channel_id, channel).await?;
+            }
             Ok(change.describe().replacen("update", "updated", 1))
         }
         Op::SetEnv {
@@ -773,6 +781,61 @@ async fn apply_change(
                 .await
                 .map_err(hippo_err(format!("deleting channel {channel}")))?;
             Ok(format!("deleted channel {channel} (prune)"))
+        }
+    }
+}
+
+/// `desired-status Running`: Hippo (re)starts the channel's job. Idempotent.
+async fn start_channel_job(ctx: &Context, id: Uuid, channel: &str) -> Result<(), ApplyError> {
+    ctx.gate.check()?;
+    ctx.hippo
+        .set_desired_status(id, DesiredStatus::Running)
+        .await
+        .map_err(hippo_err(format!("starting the job of channel {channel}")))
+}
+
+/// Without Nomad to verify on: the channels that Hippo itself moved to another revision
+/// while registering (range re-evaluation sends Hippo's own PUT, which in v0.19 may start no
+/// job) get `desired-status Running`, as a PUT of ours would.
+async fn start_moved_channels(
+    ctx: &Context,
+    desired: &DesiredState,
+    before: &Snapshot,
+    after: &Snapshot,
+    applied: &mut BTreeMap<String, Vec<String>>,
+    failed: &mut BTreeMap<String, ApplyError>,
+) {
+    for app in &after.apps {
+        let managed = desired.apps.iter().any(|a| a.name == app.name);
+        if !managed || failed.contains_key(&app.name) {
+            continue;
+        }
+        for ch in after.channels_of(app) {
+            let Some(now) = &ch.active_revision else {
+                continue;
+            };
+            let was = before
+                .channels
+                .iter()
+                .find(|c| c.id == ch.id)
+                .and_then(|c| c.active_revision.as_ref());
+            if was.map(|r| r.id) == Some(now.id) {
+                continue;
+            }
+            match start_channel_job(ctx, ch.id, &ch.name).await {
+                Ok(()) => {
+                    let text = format!(
+                        "started channel {}'s job through Hippo (moved to {} by the registration)",
+                        ch.name, now.revision_number
+                    );
+                    tracing::info!(app = %app.name, "{text}");
+                    applied.entry(app.name.clone()).or_default().push(text);
+                }
+                Err(e) => {
+                    tracing::warn!(app = %app.name, error = %e, "change failed");
+                    failed.insert(app.name.clone(), e);
+                }
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 //! itself and refuses to go on when they differ, resumes a partial push from the server's
 //! missing-parcel list, and only reports success once that list is empty.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use bindle::{
     client::{tokens::TokenManager, Client, ClientBuilder, ClientError},
@@ -455,6 +455,12 @@ impl BindleClient {
             }
         };
 
+        // A parcel listed at several names (equal files at two paths) is missing once.
+        let missing: Vec<String> = missing
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let to_upload: u64 = missing
             .iter()
             .filter_map(|sha| {

@@ -12,7 +12,7 @@ use crate::{
     bindles::{BindleClient, BindleConfig},
     config::{self, HippoSettings},
     hippo::{HippoClient, HippoClientConfig},
-    nomad::{NomadClient, NomadConfig},
+    nomad::{self, NomadClient, NomadConfig},
     observe::NomadObserver,
     progress::Progress,
     sandbox::{self, Sandbox, SandboxConfig, SandboxFaults},
@@ -164,6 +164,29 @@ pub struct SandboxCommandArgs {
     /// Faults to inject (see `reconcile --help`).
     #[arg(long, env = "HIPPO_GITOPS_SANDBOX_FAULTS", value_name = "SPEC")]
     pub sandbox_faults: Option<SandboxFaults>,
+    #[command(flatten)]
+    pub emulation: SandboxEmulationArgs,
+}
+
+/// How faithfully the sandbox's emulators reproduce what real Hippo and Nomad do slowly or
+/// oddly.
+#[derive(Debug, Args)]
+pub struct SandboxEmulationArgs {
+    /// Emulated Nomad: how long a running allocation waits for its deployment's health verdict
+    /// (Nomad's min_healthy_time; Hippo's jobs get 10s). `Healthy` is null until then.
+    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_HEALTH_DELAY", default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub sandbox_health_delay: Duration,
+    /// Emulated Hippo: reproduce v0.19's quirk where a channel PUT starts no Nomad job while
+    /// the channel's desired status was never set.
+    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_PUT_STARTS_NO_JOB")]
+    pub sandbox_put_starts_no_job: bool,
+}
+
+impl SandboxEmulationArgs {
+    fn apply(&self, config: &mut SandboxConfig) {
+        config.health_delay = self.sandbox_health_delay;
+        config.hippo_put_starts_no_job = self.sandbox_put_starts_no_job;
+    }
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +277,8 @@ pub struct SandboxArgs {
     /// or one spec for all (`error=0.2,latency=50ms`).
     #[arg(long, env = "HIPPO_GITOPS_SANDBOX_FAULTS", value_name = "SPEC")]
     pub sandbox_faults: Option<SandboxFaults>,
+    #[command(flatten)]
+    pub emulation: SandboxEmulationArgs,
 }
 
 impl SandboxArgs {
@@ -263,6 +288,7 @@ impl SandboxArgs {
         }
         let mut config = SandboxConfig::new(&self.sandbox_dir);
         config.faults = self.sandbox_faults.unwrap_or_default();
+        self.emulation.apply(&mut config);
         let sandbox = Sandbox::start(config).await?;
         eprintln!(
             "sandbox: started in {} (Bindle: the real bindle server; Hippo and Nomad: emulators)",
@@ -488,9 +514,14 @@ pub struct ConnectionArgs {
         value_name = "TOKEN"
     )]
     pub nomad_token: Option<String>,
-    /// Nomad namespace.
+    /// The controller's own Nomad namespace (its leader lock variable). Nomad sets
+    /// NOMAD_NAMESPACE in every task, so a controller run by Nomad gets its job's namespace.
     #[arg(long, env = "NOMAD_NAMESPACE", value_name = "NAMESPACE")]
     pub nomad_namespace: Option<String>,
+    /// The Nomad namespace Hippo's jobs are read in: Hippo registers them in `default`,
+    /// whatever namespace the controller runs in.
+    #[arg(long, env = "HIPPO_GITOPS_HIPPO_NAMESPACE", default_value = nomad::DEFAULT_NAMESPACE, value_name = "NAMESPACE")]
+    pub hippo_nomad_namespace: String,
     /// Nomad region.
     #[arg(long, env = "NOMAD_REGION", value_name = "REGION")]
     pub nomad_region: Option<String>,
@@ -663,6 +694,7 @@ pub fn context_with_progress(
             let mut nc = NomadConfig::new(addr);
             nc.token = conn.nomad_token.clone().map(Secret::new);
             nc.namespace = conn.nomad_namespace.clone();
+            nc.hippo_namespace = conn.hippo_nomad_namespace.clone();
             nc.region = conn.nomad_region.clone();
             nc.ca_cert = conn.nomad_cacert.clone();
             nc.client_cert = conn.nomad_client_cert.clone();
@@ -878,6 +910,7 @@ async fn sandbox_command(args: SandboxCommandArgs) -> anyhow::Result<ExitCode> {
     let mut config = SandboxConfig::new(&args.sandbox_dir);
     config.listen_base = args.listen_base;
     config.faults = args.sandbox_faults.unwrap_or_default();
+    args.emulation.apply(&mut config);
     let sandbox = Sandbox::start(config).await?;
     eprintln!(
         "hippo-gitops sandbox is running, state in {}.\nBindle is the real bindle server; Hippo and Nomad are emulators of their APIs.\nUse it with:\n",

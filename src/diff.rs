@@ -94,6 +94,11 @@ pub enum Op {
         target: ChannelTarget,
         /// Fields that differ, as `field: from -> to`.
         fields: Vec<String>,
+        /// Follow the PUT with `desired-status Running`: it changes what the channel runs,
+        /// and without Nomad to verify on, nothing else makes sure Hippo starts the job
+        /// (Hippo v0.19 starts none after a PUT while the channel's status was never set).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        start_job: bool,
         #[serde(skip)]
         current: Box<Channel>,
     },
@@ -198,8 +203,19 @@ impl Change {
                 format!("create channel {channel} ({})", parts.join(", "))
             }
             Op::UpdateChannel {
-                channel, fields, ..
-            } => format!("update channel {channel}: {}", fields.join("; ")),
+                channel,
+                fields,
+                start_job,
+                ..
+            } => format!(
+                "update channel {channel}: {}{}",
+                fields.join("; "),
+                if *start_job {
+                    " (then desired-status Running, so that Hippo starts the job)"
+                } else {
+                    ""
+                }
+            ),
             Op::SetEnv {
                 channel, change, ..
             } => {
@@ -509,6 +525,10 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
                     let mut target = target;
                     // Hippo's PUT requires the domain: keep the one it assigned.
                     target.domain = target.domain.or_else(|| current.domain.clone());
+                    let redeploys = target.active_revision.as_ref().and_then(|r| r.id)
+                        != current.active_revision.as_ref().map(|r| r.id)
+                        || target.domain != current.domain;
+                    let start_job = snapshot.nomad.is_none() && redeploys;
                     plan.changes.push(Change::new(
                         &spec.name,
                         Stage::Channels,
@@ -517,6 +537,7 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
                             channel_id: current.id,
                             target,
                             fields,
+                            start_job,
                             current: Box::new((*current).clone()),
                         },
                     ));
@@ -675,13 +696,22 @@ pub fn channel_health(
         .collect();
     if let Some(failed) = current.iter().find(|a| a.is_failed()) {
         let short = failed.id.get(..8).unwrap_or(&failed.id);
-        return ChannelHealth::Failed {
-            message: format!(
-                "allocation {short} of job version {} failed: {}",
+        let events = failed.last_events(3).join("; ");
+        let message = if failed.deployment_health() == Some(false)
+            && !matches!(failed.client_status.as_str(), "failed" | "lost")
+        {
+            format!(
+                "allocation {short} of job version {} was marked unhealthy by Nomad's deployment (it did not pass its checks within healthy_deadline){}",
                 job.version,
-                failed.last_events(3).join("; ")
-            ),
+                if events.is_empty() { String::new() } else { format!(": {events}") }
+            )
+        } else {
+            format!(
+                "allocation {short} of job version {} failed: {events}",
+                job.version
+            )
         };
+        return ChannelHealth::Failed { message };
     }
     let total = job.desired_count;
     let healthy = current.iter().filter(|a| a.is_healthy()).count() as u32;
@@ -692,13 +722,19 @@ pub fn channel_health(
             version: job.version,
         }
     } else {
+        let undecided = current.iter().filter(|a| a.is_health_undecided()).count();
         let states: Vec<&str> = current.iter().map(|a| a.client_status.as_str()).collect();
         progressing(format!(
-            "{healthy}/{total} allocation(s) healthy{}",
+            "{healthy}/{total} allocation(s) healthy{}{}",
             if states.is_empty() {
                 " (none placed yet)".to_string()
             } else {
                 format!(" ({})", states.join(", "))
+            },
+            if undecided > 0 {
+                format!("; {undecided} running, health not decided yet by Nomad's deployment (min_healthy_time)")
+            } else {
+                String::new()
             }
         ))
     }
@@ -814,34 +850,7 @@ fn env_change(current: &Channel, desired: &BTreeMap<String, String>) -> EnvChang
     change
 }
 
-/// The highest revision number matching `range`, as Hippo selects it (HIPPO-API.md §6.2):
-/// node-semver's max-satisfying, or for `P:<range>-<name>-*` the match with the greatest
-/// timestamp. Numbers that are not versions never match.
-pub fn max_satisfying<'a>(range: &str, numbers: &[&'a str]) -> Option<&'a str> {
-    if let Some(rule) = range.get(..2).filter(|p| p.eq_ignore_ascii_case("P:")) {
-        let _ = rule;
-        let body = range[2..].strip_suffix("-*")?;
-        let (inner, name) = body.rsplit_once('-')?;
-        let r = nodejs_semver::Range::parse(inner).ok()?;
-        return numbers
-            .iter()
-            .filter_map(|n| {
-                let (version, rest) = n.split_once('-')?;
-                let stamp = rest.strip_prefix(name)?.strip_prefix('-')?;
-                let v = nodejs_semver::Version::parse(version).ok()?;
-                r.satisfies(&v).then_some((stamp, *n))
-            })
-            .max_by(|a, b| a.0.cmp(b.0))
-            .map(|(_, n)| n);
-    }
-    let r = nodejs_semver::Range::parse(range).ok()?;
-    numbers
-        .iter()
-        .filter_map(|n| nodejs_semver::Version::parse(n).ok().map(|v| (v, *n)))
-        .filter(|(v, _)| r.satisfies(v))
-        .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, n)| n)
-}
+pub use crate::range_rule::max_satisfying;
 
 #[cfg(test)]
 mod tests {
@@ -1089,7 +1098,7 @@ mod tests {
         let plan = diff_app(&spec, &snapshot);
         assert_eq!(
             ops(&plan),
-            vec!["update channel production: revision: 1.0.0 -> 1.1.0"]
+            vec!["update channel production: revision: 1.0.0 -> 1.1.0 (then desired-status Running, so that Hippo starts the job)"]
         );
     }
 
@@ -1262,7 +1271,7 @@ mod tests {
         let plan = diff_app(&spec, &snapshot);
         assert_eq!(
             ops(&plan),
-            vec!["update channel production: domain: production.weather.hippofactory.io -> weather.example.com"]
+            vec!["update channel production: domain: production.weather.hippofactory.io -> weather.example.com (then desired-status Running, so that Hippo starts the job)"]
         );
     }
 
@@ -1410,7 +1419,16 @@ mod tests {
             .map(|c| (c.name.as_str(), c.action))
             .collect();
         assert_eq!(names, vec![("production", "update"), ("canary", "update")]);
-        assert!(matches!(plan.changes[0].op, Op::UpdateChannel { .. }));
+        assert!(
+            matches!(
+                plan.changes[0].op,
+                Op::UpdateChannel {
+                    start_job: false,
+                    ..
+                }
+            ),
+            "with Nomad, the job is verified and healed there, not started blindly"
+        );
         assert!(matches!(plan.changes[1].op, Op::ScheduleChannel { .. }));
     }
 
@@ -1483,11 +1501,34 @@ mod tests {
             ),
             "{message}"
         );
+        // Running, but Nomad's deployment has not decided (min_healthy_time): not Ready.
         n.allocations = Arc::new(vec![alloc(20, 2, "running", None)].into());
+        let ChannelHealth::Progressing { message } = channel_health(n, &ch, "weather/1.1.0") else {
+            panic!()
+        };
+        assert!(
+            message.starts_with("0/1 allocation(s) healthy (running)")
+                && message.contains("health not decided yet"),
+            "{message}"
+        );
+        n.allocations = Arc::new(vec![alloc(20, 2, "running", Some(true))].into());
         assert!(matches!(
             channel_health(n, &ch, "weather/1.1.0"),
-            ChannelHealth::Ready { .. }
+            ChannelHealth::Ready {
+                healthy: 1,
+                total: 1,
+                ..
+            }
         ));
+        // Running, and marked unhealthy by the deployment: failed, and said why.
+        n.allocations = Arc::new(vec![alloc(20, 2, "running", Some(false))].into());
+        let ChannelHealth::Failed { message } = channel_health(n, &ch, "weather/1.1.0") else {
+            panic!()
+        };
+        assert!(
+            message.contains("marked unhealthy by Nomad's deployment"),
+            "{message}"
+        );
         assert!(matches!(
             channel_health(n, &ch, "weather/2.0.0"),
             ChannelHealth::Progressing { .. }
@@ -1495,25 +1536,5 @@ mod tests {
         let mut idle = ch.clone();
         idle.active_revision = None;
         assert_eq!(channel_health(n, &idle, ""), ChannelHealth::Idle);
-    }
-
-    #[test]
-    fn max_satisfying_follows_node_semver_and_hippo_prerelease_rules() {
-        let n = ["1.0.0", "1.2.0", "2.0.0", "1.3.0-beta.1", "not-a-version"];
-        assert_eq!(max_satisfying("^1.0", &n), Some("1.2.0"));
-        assert_eq!(max_satisfying("*", &n), Some("2.0.0"));
-        assert_eq!(max_satisfying(">=1.0.0 <2.0.0", &n), Some("1.2.0"));
-        assert_eq!(max_satisfying("1.x || >=2.0.0", &n), Some("2.0.0"));
-        assert_eq!(max_satisfying("^3", &n), None);
-        let p = [
-            "1.0.0-beta-20220101",
-            "1.0.0-beta-20220301",
-            "1.0.0-rc-20230101",
-            "2.0.0-beta-20240101",
-        ];
-        assert_eq!(
-            max_satisfying("P:^1.0.0-beta-*", &p),
-            Some("1.0.0-beta-20220301")
-        );
     }
 }

@@ -21,6 +21,7 @@ pub mod nomad;
 pub mod observe;
 pub mod package;
 pub mod progress;
+pub mod range_rule;
 pub mod retry;
 pub mod sandbox;
 pub mod secret;

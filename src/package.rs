@@ -2,8 +2,9 @@
 //!
 //! Two layouts are accepted:
 //! - a Spin app directory (`spin.toml`, manifest v1, plus its built wasm and assets), expanded
-//!   into a bindle the way `spin bindle push` does: one parcel per module, one per asset, and a
-//!   generated `spin.toml` manifest parcel that Hippo reads;
+//!   into a bindle the way `spin bindle push` does: one parcel per module, one per asset path,
+//!   and a generated `spin.<sha>.toml` manifest parcel (Spin's bindle schema) that Hippo and
+//!   `spin up --bindle` find by its media type;
 //! - a standalone bindle directory (`invoice.toml` + `parcels/<sha256>.dat`), as written by
 //!   `bindle` / `spin bindle prepare`.
 //!
@@ -486,34 +487,55 @@ fn load_standalone(dir: &Path) -> Result<PackedBindle, PackageError> {
 // ---------------------------------------------------------------------------------------------
 // Spin app (manifest v1)
 
+/// The top level of a local `spin.toml`, manifest v1: every key any Spin version from v0.3 to
+/// v1.5 reads (crates/loader/src/local/config.rs at those tags). An unknown key is refused with
+/// its line rather than dropped: Spin would refuse it too, and a dropped key (a store, a
+/// database, a model) makes the app fail only once it runs.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SpinManifest {
+    #[allow(dead_code)]
     spin_manifest_version: Option<toml::Value>,
+    #[allow(dead_code)]
     spin_version: Option<toml::Value>,
     name: String,
     version: String,
     description: Option<String>,
     authors: Option<Vec<String>>,
     trigger: toml::Value,
+    /// Only read by `spin up` locally; not part of the bindle manifest.
+    #[allow(dead_code)]
+    namespace: Option<String>,
+    /// Application configuration in Spin v0.3–v0.4 (renamed `variables` in v0.5).
+    config: Option<toml::Value>,
     variables: Option<toml::Value>,
-    #[serde(default)]
     component: Vec<SpinComponent>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SpinComponent {
     id: String,
     source: toml::Value,
     description: Option<String>,
-    #[serde(default)]
-    files: Vec<FileMount>,
+    /// `Some` whenever the component declares `files`, even empty: the bindle manifest then
+    /// names its files group, as `spin bindle push` writes it.
+    files: Option<Vec<FileMount>>,
     #[serde(default)]
     exclude_files: Vec<String>,
     allowed_http_hosts: Option<Vec<String>>,
+    /// Spin v0.9.
     key_value_stores: Option<Vec<String>>,
+    /// Spin v1.3.
+    sqlite_databases: Option<Vec<String>>,
+    /// Spin v1.5.
+    ai_models: Option<Vec<String>>,
     environment: Option<BTreeMap<String, String>>,
     trigger: Option<toml::Value>,
     config: Option<toml::Value>,
+    /// `spin build`'s settings: not part of the bindle manifest.
+    #[allow(dead_code)]
+    build: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -529,27 +551,88 @@ struct Asset {
     path: PathBuf,
 }
 
-fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
-    let manifest_path = dir.join("spin.toml");
-    let text = fs::read_to_string(&manifest_path).map_err(PackageError::io(&manifest_path))?;
-    check_manifest_version(&manifest_path, &text)?;
-    let manifest: SpinManifest = toml::from_str(&text)
-        .map_err(|e| PackageError::invalid(&manifest_path, format!("invalid spin.toml: {e}")))?;
-    let schema = manifest
-        .spin_manifest_version
-        .as_ref()
-        .or(manifest.spin_version.as_ref());
-    let is_v1 = match schema {
-        Some(toml::Value::String(s)) => s == "1",
-        Some(toml::Value::Integer(1)) => true,
-        _ => false,
-    };
-    if !is_v1 {
-        return Err(PackageError::invalid(
-            &manifest_path,
-            "only spin manifest version 1 (`spin_manifest_version = \"1\"`) can run on Hippo",
+/// The annotation `spin bindle push` puts on the manifest parcel (the loader deletes the
+/// copied file once read).
+const SPIN_DELETE_ON_WRITE: &str = "fermyon:spin:delete_on_write";
+
+/// Reads the manifest version first, so that a manifest of another version is named as such
+/// instead of failing on the first key v1 lacks.
+fn read_spin_manifest(manifest_path: &Path) -> Result<SpinManifest, PackageError> {
+    let text = fs::read_to_string(manifest_path).map_err(PackageError::io(manifest_path))?;
+    let invalid = |message: String| PackageError::invalid(manifest_path, message);
+    let raw: toml::Value =
+        toml::from_str(&text).map_err(|e| invalid(format!("invalid spin.toml: {e}")))?;
+    let version = raw
+        .get("spin_manifest_version")
+        .or_else(|| raw.get("spin_version"));
+    match version {
+        Some(toml::Value::String(s)) if s == "1" => {}
+        Some(toml::Value::Integer(1)) => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "manifest version {} is not supported (Hippo runs Spin manifest v1)",
+                other.as_str().map(String::from).unwrap_or_else(|| other.to_string())
+            )))
+        }
+        None => {
+            return Err(invalid(
+                "no `spin_manifest_version`: only Spin manifest v1 (`spin_manifest_version = \"1\"`) can run on Hippo".into(),
+            ))
+        }
+    }
+    let manifest: SpinManifest =
+        toml::from_str(&text).map_err(|e| invalid(format!("invalid spin.toml: {e}")))?;
+    if manifest.config.is_some() && manifest.variables.is_some() {
+        return Err(invalid(
+            "`config` (Spin v0.3–v0.4) and `variables` (Spin v0.5 on) are the same setting under two names: keep the one your Spin version reads".into(),
         ));
     }
+    Ok(manifest)
+}
+
+/// A parcel of a local file: its name in the bindle, digest, size and media type.
+fn file_parcel(
+    path: &Path,
+    name: String,
+    media_type: String,
+    member_of: Option<Vec<String>>,
+) -> Result<Parcel, PackageError> {
+    let (sha256, size) = sha256_file(path)?;
+    Ok(Parcel {
+        label: Label {
+            sha256,
+            media_type,
+            name,
+            size,
+            annotations: None,
+            feature: None,
+            origin: None,
+        },
+        conditions: Some(Condition {
+            member_of,
+            requires: None,
+        }),
+    })
+}
+
+/// Spin's `can_consolidate_asset_parcels`: one parcel for two mounts only when everything about
+/// them is the same, name included (the same image at two paths is two parcels).
+fn same_asset_parcel(a: &Parcel, b: &Parcel) -> bool {
+    a.label.name == b.label.name
+        && a.label.sha256 == b.label.sha256
+        && a.label.size == b.label.size
+        && a.label.media_type == b.label.media_type
+}
+
+/// Expands a Spin app the way `spin bindle push` does (crates/publish/src/expander.rs, Spin
+/// v0.6–v1.5): the manifest parcel first, then one parcel per module (consecutive duplicates
+/// dropped: only a module's content is used), then one parcel per asset **per path**, each a
+/// member of its component's `files-<id>` group; two asset parcels are merged only when name,
+/// digest, size and media type are all equal. `spin up --bindle` writes every parcel at its
+/// own name, so two equal files at two paths must be two parcels.
+fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
+    let manifest_path = dir.join("spin.toml");
+    let manifest = read_spin_manifest(&manifest_path)?;
     let id = Id::try_from(format!("{}/{}", manifest.name, manifest.version)).map_err(|e| {
         PackageError::invalid(
             &manifest_path,
@@ -564,10 +647,10 @@ fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
     }
 
     let mut parcels: BTreeMap<String, ParcelSource> = BTreeMap::new();
-    let mut parcel_list: Vec<Parcel> = Vec::new();
+    let mut wasm_parcels: Vec<Parcel> = Vec::new();
+    let mut asset_parcels: Vec<Parcel> = Vec::new();
     let mut groups = Vec::new();
     let mut components = Vec::new();
-    let mut seen = BTreeSet::new();
     for component in &manifest.component {
         let source = match &component.source {
             toml::Value::String(s) => s.clone(),
@@ -592,62 +675,46 @@ fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
                 ),
             ));
         }
-        let (wasm_sha, wasm_size) = sha256_file(&wasm_path)?;
-        if seen.insert(wasm_sha.clone()) {
-            parcel_list.push(Parcel {
-                label: Label {
-                    sha256: wasm_sha.clone(),
-                    media_type: "application/wasm".into(),
-                    name: source.clone(),
-                    size: wasm_size,
-                    annotations: None,
-                    feature: None,
-                    origin: None,
-                },
-                conditions: Some(Condition {
-                    member_of: None,
-                    requires: None,
-                }),
-            });
-            parcels.insert(wasm_sha.clone(), ParcelSource::File(wasm_path));
+        let wasm = file_parcel(&wasm_path, source, "application/wasm".into(), None)?;
+        let wasm_sha = wasm.label.sha256.clone();
+        if wasm_parcels.last().map(|p| &p.label.sha256) != Some(&wasm_sha) {
+            wasm_parcels.push(wasm);
         }
+        parcels.insert(wasm_sha.clone(), ParcelSource::File(wasm_path));
 
         let group = format!("files-{}", component.id);
-        let assets = collect_assets(dir, component, &manifest_path)?;
-        let has_files = !assets.is_empty();
-        for asset in assets {
-            let (sha, size) = sha256_file(&asset.path)?;
-            // The same bytes can be mounted by several components: one parcel, many groups.
-            if let Some(existing) = parcel_list.iter_mut().find(|p| p.label.sha256 == sha) {
-                let cond = existing.conditions.get_or_insert(Condition {
-                    member_of: None,
-                    requires: None,
-                });
-                let groups = cond.member_of.get_or_insert_with(Vec::new);
-                if !groups.contains(&group) {
-                    groups.push(group.clone());
+        for asset in collect_assets(dir, component, &manifest_path)? {
+            let media_type = mime_guess::from_path(&asset.path)
+                .first_or_octet_stream()
+                .to_string();
+            let parcel = file_parcel(
+                &asset.path,
+                asset.name,
+                media_type,
+                Some(vec![group.clone()]),
+            )?;
+            parcels
+                .entry(parcel.label.sha256.clone())
+                .or_insert(ParcelSource::File(asset.path));
+            match asset_parcels
+                .iter_mut()
+                .find(|p| same_asset_parcel(p, &parcel))
+            {
+                Some(existing) => {
+                    let member_of = existing
+                        .conditions
+                        .get_or_insert(Condition {
+                            member_of: None,
+                            requires: None,
+                        })
+                        .member_of
+                        .get_or_insert_with(Vec::new);
+                    if !member_of.contains(&group) {
+                        member_of.push(group.clone());
+                    }
                 }
-                continue;
+                None => asset_parcels.push(parcel),
             }
-            parcel_list.push(Parcel {
-                label: Label {
-                    sha256: sha.clone(),
-                    media_type: mime_guess::from_path(&asset.path)
-                        .first_or_octet_stream()
-                        .to_string(),
-                    name: asset.name,
-                    size,
-                    annotations: None,
-                    feature: None,
-                    origin: None,
-                },
-                conditions: Some(Condition {
-                    member_of: Some(vec![group.clone()]),
-                    requires: None,
-                }),
-            });
-            seen.insert(sha.clone());
-            parcels.insert(sha, ParcelSource::File(asset.path));
         }
         groups.push(Group {
             name: group.clone(),
@@ -657,13 +724,16 @@ fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
         components.push(bindle_component(
             component,
             &wasm_sha,
-            has_files.then_some(&group),
+            component.files.is_some().then_some(&group),
         ));
     }
 
     // The manifest Hippo reads: Spin's bindle schema (camelCase, sources as parcel digests).
     let mut doc = toml::value::Table::new();
     doc.insert("trigger".into(), manifest.trigger.clone());
+    if let Some(config) = &manifest.config {
+        doc.insert("config".into(), config.clone());
+    }
     if let Some(vars) = &manifest.variables {
         doc.insert("variables".into(), vars.clone());
     }
@@ -672,21 +742,21 @@ fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
         .map_err(|e| PackageError::invalid(&manifest_path, format!("rendering manifest: {e}")))?
         .into_bytes();
     let manifest_sha = format!("{:x}", Sha256::digest(&manifest_bytes));
-    parcel_list.insert(
-        0,
-        Parcel {
-            label: Label {
-                sha256: manifest_sha.clone(),
-                media_type: SPIN_MANIFEST_MEDIA_TYPE.into(),
-                name: "spin.toml".into(),
-                size: manifest_bytes.len() as u64,
-                annotations: None,
-                feature: None,
-                origin: None,
-            },
-            conditions: None,
+    let manifest_parcel = Parcel {
+        label: Label {
+            sha256: manifest_sha.clone(),
+            media_type: SPIN_MANIFEST_MEDIA_TYPE.into(),
+            name: format!("spin.{manifest_sha}.toml"),
+            size: manifest_bytes.len() as u64,
+            annotations: Some(BTreeMap::from([(
+                SPIN_DELETE_ON_WRITE.to_string(),
+                ".".to_string(),
+            )])),
+            feature: None,
+            origin: None,
         },
-    );
+        conditions: None,
+    };
     parcels.insert(manifest_sha, ParcelSource::Bytes(manifest_bytes));
 
     let mut invoice = Invoice::new(BindleSpec {
@@ -694,6 +764,9 @@ fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
         description: manifest.description.clone(),
         authors: manifest.authors.clone(),
     });
+    let mut parcel_list = vec![manifest_parcel];
+    parcel_list.extend(wasm_parcels);
+    parcel_list.extend(asset_parcels);
     invoice.parcel = Some(parcel_list);
     invoice.group = Some(groups);
     Ok(PackedBindle {
@@ -702,29 +775,6 @@ fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
         parcels,
         dir: dir.to_path_buf(),
     })
-}
-
-/// A Spin v2 manifest (`spin_manifest_version = 2`) has no top-level `name`: say which version
-/// it is before its fields are read as v1's.
-fn check_manifest_version(manifest_path: &Path, text: &str) -> Result<(), PackageError> {
-    let Ok(toml::Value::Table(table)) = toml::from_str::<toml::Value>(text) else {
-        return Ok(()); // The syntax error is reported when the manifest is read.
-    };
-    let version = match table.get("spin_manifest_version") {
-        Some(toml::Value::Integer(n)) => n.to_string(),
-        Some(toml::Value::String(s)) => s.clone(),
-        _ => return Ok(()),
-    };
-    if version == "1" {
-        return Ok(());
-    }
-    Err(PackageError::invalid(
-        manifest_path,
-        format!(
-            "manifest version {} is not supported (Hippo runs Spin manifest v1)",
-            crate::spec::excerpt::short(&version)
-        ),
-    ))
 }
 
 fn bindle_component(
@@ -741,11 +791,16 @@ fn bindle_component(
     if let Some(g) = files_group {
         t.insert("files".into(), g.clone().into());
     }
-    if let Some(h) = &c.allowed_http_hosts {
-        t.insert("allowedHttpHosts".into(), h.clone().into());
-    }
-    if let Some(k) = &c.key_value_stores {
-        t.insert("keyValueStores".into(), k.clone().into());
+    let lists = [
+        ("allowedHttpHosts", &c.allowed_http_hosts),
+        ("keyValueStores", &c.key_value_stores),
+        ("sqliteDatabases", &c.sqlite_databases),
+        ("aiModels", &c.ai_models),
+    ];
+    for (key, list) in lists {
+        if let Some(list) = list {
+            t.insert(key.into(), list.clone().into());
+        }
     }
     if let Some(env) = &c.environment {
         let table: toml::value::Table = env
@@ -780,7 +835,7 @@ fn collect_assets(
             )
         })?;
     let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for mount in &component.files {
+    for mount in component.files.iter().flatten() {
         match mount {
             FileMount::Pattern(pattern) => {
                 let bad_pattern = |e: glob::PatternError| {
@@ -950,11 +1005,16 @@ route = "/..."
             .flatten()
             .map(|p| p.label.name.as_str())
             .collect();
+        let manifest = b.invoice.parcel.as_ref().unwrap()[0].clone();
         assert_eq!(
             names,
-            ["spin.toml", "hello.wasm", "a/b.txt", "static/index.html"]
+            [
+                format!("spin.{}.toml", manifest.label.sha256).as_str(),
+                "hello.wasm",
+                "a/b.txt",
+                "static/index.html"
+            ]
         );
-        let manifest = b.invoice.parcel.as_ref().unwrap()[0].clone();
         assert_eq!(manifest.label.media_type, SPIN_MANIFEST_MEDIA_TYPE);
         let text = String::from_utf8(b.parcels[&manifest.label.sha256].read().unwrap()).unwrap();
         let wasm_sha = format!("{:x}", Sha256::digest(b"\0asm\x01\0\0\0"));
@@ -1098,9 +1158,156 @@ route = "/..."
         write(dir.path(), "hello.wasm", b"x");
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(
-            err.ends_with("manifest version 2 is not supported (Hippo runs Spin manifest v1)"),
+            err.contains("manifest version 2 is not supported (Hippo runs Spin manifest v1)"),
             "{err}"
         );
+        // A v2 manifest has no `name` at the top: the version is named, not the missing key.
+        write(
+            dir.path(),
+            "spin.toml",
+            b"spin_manifest_version = 2\n[application]\nname = \"x\"\n",
+        );
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("manifest version 2 is not supported"), "{err}");
+    }
+
+    fn manifest_text(b: &PackedBindle) -> String {
+        let manifest = &b.invoice.parcel.as_ref().unwrap()[0];
+        assert_eq!(manifest.label.media_type, SPIN_MANIFEST_MEDIA_TYPE);
+        String::from_utf8(b.parcels[&manifest.label.sha256].read().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_asset_path_is_its_own_parcel_even_with_equal_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = b"\0asm\x01\0\0\0";
+        write(
+            dir.path(),
+            "spin.toml",
+            SPIN.replace("exclude_files = [\"static/skip.txt\"]\n", "")
+                .as_bytes(),
+        );
+        write(dir.path(), "hello.wasm", wasm);
+        write(dir.path(), "static/a.txt", b"same");
+        write(dir.path(), "static/b.txt", b"same");
+        write(dir.path(), "static/empty1", b"");
+        write(dir.path(), "static/sub/.gitkeep", b"");
+        write(dir.path(), "static/module-copy.wasm", wasm);
+        fs::create_dir_all(dir.path().join("assets")).unwrap();
+        let b = load(dir.path()).unwrap();
+        let parcels = b.invoice.parcel.as_ref().unwrap();
+        let names: BTreeSet<&str> = parcels.iter().map(|p| p.label.name.as_str()).collect();
+        for path in [
+            "hello.wasm",
+            "static/a.txt",
+            "static/b.txt",
+            "static/empty1",
+            "static/sub/.gitkeep",
+            "static/module-copy.wasm",
+        ] {
+            assert!(names.contains(path), "{path} missing from {names:?}");
+        }
+        assert_eq!(parcels.len(), 7, "manifest + module + 5 asset paths");
+        let copy = parcels
+            .iter()
+            .find(|p| p.label.name == "static/module-copy.wasm")
+            .unwrap();
+        assert_eq!(
+            copy.conditions.as_ref().unwrap().member_of,
+            Some(vec!["files-hello".to_string()]),
+            "an asset equal to the module is an asset of its own"
+        );
+        // Bytes are stored once per digest: 4 distinct contents + the manifest.
+        assert_eq!(b.parcels.len(), 4);
+    }
+
+    #[test]
+    fn one_path_mounted_by_two_components_is_one_parcel_in_both_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let two = format!(
+            "{SPIN}[[component]]\nid = \"other\"\nsource = \"hello.wasm\"\nfiles = [\"static/index.html\"]\n[component.trigger]\nroute = \"/other\"\n"
+        );
+        write(dir.path(), "spin.toml", two.as_bytes());
+        write(dir.path(), "hello.wasm", b"\0asm\x01\0\0\0");
+        write(dir.path(), "static/index.html", b"<h1>hi</h1>");
+        fs::create_dir_all(dir.path().join("assets")).unwrap();
+        let b = load(dir.path()).unwrap();
+        let parcels = b.invoice.parcel.as_ref().unwrap();
+        let index: Vec<&Parcel> = parcels
+            .iter()
+            .filter(|p| p.label.name == "static/index.html")
+            .collect();
+        assert_eq!(index.len(), 1);
+        assert_eq!(
+            index[0].conditions.as_ref().unwrap().member_of,
+            Some(vec!["files-hello".to_string(), "files-other".to_string()])
+        );
+        assert_eq!(
+            parcels
+                .iter()
+                .filter(|p| p.label.name == "hello.wasm")
+                .count(),
+            1,
+            "consecutive equal modules are one parcel"
+        );
+    }
+
+    #[test]
+    fn spin_manifest_keys_of_every_version_reach_the_bindle_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "hello.wasm", b"\0asm\x01\0\0\0");
+        // Spin v0.3–v0.4: application config under `config`.
+        let v04 = "spin_version = \"1\"\nname = \"hello\"\nversion = \"1.0.0\"\ntrigger = { type = \"http\", base = \"/\" }\n[config]\ngreeting = { default = \"hi\" }\n[[component]]\nid = \"hello\"\nsource = \"hello.wasm\"\n[component.trigger]\nroute = \"/...\"\n[component.config]\nmessage = \"{{ greeting }}\"\n";
+        write(dir.path(), "spin.toml", v04.as_bytes());
+        let text = manifest_text(&load(dir.path()).unwrap());
+        assert!(
+            text.contains("[config.greeting]") || text.contains("[config]"),
+            "{text}"
+        );
+        assert!(text.contains("message = \"{{ greeting }}\""), "{text}");
+        assert!(
+            !text.contains("files"),
+            "no files declared, no group named: {text}"
+        );
+
+        // Spin v0.5 on: `variables`; v0.9 key-value stores; v1.3 SQLite; v1.5 AI models.
+        let v15 = "spin_manifest_version = \"1\"\nname = \"hello\"\nversion = \"1.0.0\"\ntrigger = { type = \"http\", base = \"/\" }\n[variables]\ntoken = { required = true, secret = true }\n[[component]]\nid = \"hello\"\nsource = \"hello.wasm\"\nfiles = []\nkey_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]\nai_models = [\"llama2-chat\"]\n[component.trigger]\nroute = \"/...\"\n[component.build]\ncommand = \"cargo build\"\n";
+        write(dir.path(), "spin.toml", v15.as_bytes());
+        let text = manifest_text(&load(dir.path()).unwrap());
+        for expected in [
+            "keyValueStores = [\"default\"]",
+            "sqliteDatabases = [\"default\"]",
+            "aiModels = [\"llama2-chat\"]",
+            "files = \"files-hello\"",
+        ] {
+            assert!(text.contains(expected), "{expected} missing: {text}");
+        }
+        assert!(
+            text.contains("[variables.token]") || text.contains("[variables]"),
+            "{text}"
+        );
+        assert!(!text.contains("build"), "build settings stay local: {text}");
+
+        // A key no Spin version has: refused with its line, never dropped.
+        write(
+            dir.path(),
+            "spin.toml",
+            v15.replace("ai_models", "ai_modles").as_bytes(),
+        );
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("ai_modles") && err.contains("line"), "{err}");
+        // `config` and `variables` together fit no Spin version.
+        write(
+            dir.path(),
+            "spin.toml",
+            v15.replace(
+                "[variables]",
+                "[config]\nx = { default = \"1\" }\n[variables]",
+            )
+            .as_bytes(),
+        );
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("same setting under two names"), "{err}");
     }
 
     #[test]

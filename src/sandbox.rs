@@ -83,8 +83,15 @@ pub struct SandboxConfig {
     /// Address of the first service; the others take the next ports. Port 0: any free ports.
     pub listen_base: SocketAddr,
     pub faults: SandboxFaults,
-    /// Emulated Nomad: how long an allocation takes to start and to turn healthy.
+    /// Emulated Nomad: how long an allocation takes to start.
     pub alloc_delay: Duration,
+    /// Emulated Nomad: how long a running allocation's deployment takes to judge its health
+    /// (Nomad's `min_healthy_time`; 10 s in the update strategy Hippo's jobs get). Until then
+    /// `DeploymentStatus.Healthy` is null.
+    pub health_delay: Duration,
+    /// Emulated Hippo: v0.19's PUT quirk (a PUT starts no job while the channel's desired
+    /// status was never set).
+    pub hippo_put_starts_no_job: bool,
     /// Keep the emulators' state in the directory across restarts. Benchmarks turn it off: the
     /// emulators rewrite their whole state file after every change, which at 1000 apps would
     /// measure the emulators' disk writes rather than the controller.
@@ -98,6 +105,8 @@ impl SandboxConfig {
             listen_base: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             faults: SandboxFaults::default(),
             alloc_delay: Duration::from_millis(100),
+            health_delay: Duration::from_millis(100),
+            hippo_put_starts_no_job: false,
             persist: true,
         }
     }
@@ -208,7 +217,7 @@ impl Sandbox {
         let nomad = NomadEmulator::start(NomadEmulatorConfig {
             listen: Some(port(2)),
             alloc_start_delay: config.alloc_delay,
-            healthy_delay: config.alloc_delay,
+            healthy_delay: config.health_delay,
             state_file: config.persist.then(|| dir.join("nomad.json")),
             ..Default::default()
         })
@@ -224,6 +233,7 @@ impl Sandbox {
                 admin: Some((ADMIN_USER.into(), password.clone())),
                 state_file: config.persist.then(|| dir.join("hippo.json")),
                 listen: Some(port(0)),
+                put_starts_no_job: config.hippo_put_starts_no_job,
                 ..Default::default()
             },
             scheduler,

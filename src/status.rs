@@ -11,6 +11,11 @@ use crate::{
     diff::Plan,
 };
 
+/// Why a Nomad job outlives its channel, most often: Hippo v0.19.0 never dispatches the events
+/// of deleted entities, so deleting a channel leaves its job running (fixed in v0.19.1).
+const ORPHAN_CAUSE: &str =
+    " (a channel deleted through Hippo v0.19.0 leaves its job running; fixed in v0.19.1)";
+
 /// kstatus condition types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ConditionType {
@@ -92,7 +97,7 @@ pub fn plan_text(plan: &Plan) -> String {
     }
     for id in &plan.orphans {
         out.push_str(&format!(
-            "orphaned Nomad job {id}: no Hippo channel has this id (reconcile --prune-orphans deletes it)\n"
+            "orphaned Nomad job {id}: no Hippo channel has this id{ORPHAN_CAUSE} (reconcile --prune-orphans deletes it)\n"
         ));
     }
     let unchanged = plan
@@ -181,7 +186,7 @@ pub fn plan_markdown(plan: &Plan) -> String {
         }
     }
     if !plan.orphans.is_empty() {
-        out.push_str("\n#### Orphaned Nomad jobs\n\nNo Hippo channel has these ids (`reconcile --prune-orphans` deletes them):\n\n");
+        out.push_str("\n#### Orphaned Nomad jobs\n\nNo Hippo channel has these ids{ORPHAN_CAUSE} (`reconcile --prune-orphans` deletes them):\n\n");
         for id in &plan.orphans {
             out.push_str(&format!("- `{}`\n", md_code(id)));
         }
@@ -308,7 +313,7 @@ pub fn run_text(report: &RunReport) -> String {
     for (id, result) in &report.orphans {
         out.push_str(&match result {
             Ok(true) => format!("orphaned Nomad job {id}: deleted (--prune-orphans)\n"),
-            Ok(false) => format!("orphaned Nomad job {id}: no Hippo channel has this id; delete it with --prune-orphans\n"),
+            Ok(false) => format!("orphaned Nomad job {id}: no Hippo channel has this id{ORPHAN_CAUSE}; delete it with --prune-orphans\n"),
             Err(e) => format!("orphaned Nomad job {id}: deleting it failed: {e}\n"),
         });
     }

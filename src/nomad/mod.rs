@@ -238,20 +238,34 @@ fn task_state_values<'de, D: serde::Deserializer<'de>>(
 }
 
 impl Allocation {
-    /// Running and, when a deployment decided, healthy (`DeploymentStatus.Healthy`, else
-    /// `ClientStatus == running`).
+    /// Running, and judged healthy by its deployment (`DeploymentStatus.Healthy == true`).
+    /// Hippo's jobs are service jobs with Nomad's default update strategy, so every version
+    /// gets a deployment that judges its allocations (AUDIT.md #5).
     pub fn is_healthy(&self) -> bool {
         self.desired_status == "run"
-            && match self.deployment_status.as_ref().and_then(|d| d.healthy) {
-                Some(h) => h,
-                None => self.client_status == "running",
-            }
+            && self.client_status == "running"
+            && self.deployment_health() == Some(true)
+    }
+
+    /// Running, not judged yet (`Healthy` null): Nomad is still inside `min_healthy_time`, and
+    /// may yet mark it unhealthy. Not healthy, not failed: still rolling out. (The allocation
+    /// list carries no deployment ID, so one that no deployment will ever judge, e.g. placed
+    /// after its version's deployment ended, looks the same.)
+    pub fn is_health_undecided(&self) -> bool {
+        self.desired_status == "run"
+            && self.client_status == "running"
+            && self.deployment_health().is_none()
+    }
+
+    /// `DeploymentStatus.Healthy`: `None` until the deployment decided.
+    pub fn deployment_health(&self) -> Option<bool> {
+        self.deployment_status.as_ref().and_then(|d| d.healthy)
     }
 
     /// Failed for good: the client gave up, or a deployment marked it unhealthy.
     pub fn is_failed(&self) -> bool {
         matches!(self.client_status.as_str(), "failed" | "lost")
-            || self.deployment_status.as_ref().and_then(|d| d.healthy) == Some(false)
+            || self.deployment_health() == Some(false)
             || self.task_states.iter().flatten().any(|t| t.failed)
     }
 
@@ -459,13 +473,21 @@ impl NomadError {
     }
 }
 
+/// Nomad's namespace when none is named, and Hippo's (it sets none on its jobs).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 /// Nomad connection settings (`NOMAD_*` environment variables).
 #[derive(Debug, Clone)]
 pub struct NomadConfig {
     /// `NOMAD_ADDR`, e.g. `http://127.0.0.1:4646` (a trailing `/v1` is accepted).
     pub addr: String,
     pub token: Option<Secret>,
+    /// `NOMAD_NAMESPACE`: the controller's own namespace (its leader lock variable). Nomad
+    /// sets it in every task it runs, so a controller run by Nomad gets its job's namespace.
     pub namespace: Option<String>,
+    /// Where Hippo's jobs live: Hippo registers them in `default` whatever namespace the
+    /// controller runs in (`--hippo-nomad-namespace`).
+    pub hippo_namespace: String,
     pub region: Option<String>,
     pub ca_cert: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
@@ -481,6 +503,7 @@ impl NomadConfig {
             addr: addr.into(),
             token: None,
             namespace: None,
+            hippo_namespace: DEFAULT_NAMESPACE.to_string(),
             region: None,
             ca_cert: None,
             client_cert: None,
@@ -498,6 +521,8 @@ pub struct NomadClient {
     base: String,
     token: Option<Secret>,
     namespace: Option<String>,
+    /// `None` for `default` (sent as no parameter, Nomad's default).
+    hippo_namespace: Option<String>,
     region: Option<String>,
     timeout: Duration,
     retry: RetryPolicy,
@@ -547,6 +572,8 @@ impl NomadClient {
             base: format!("{addr}/v1"),
             token: config.token,
             namespace: config.namespace,
+            hippo_namespace: Some(config.hippo_namespace)
+                .filter(|ns| !ns.is_empty() && ns != DEFAULT_NAMESPACE),
             region: config.region,
             timeout: config.timeout,
             retry: config.retry,
@@ -554,9 +581,14 @@ impl NomadClient {
         })
     }
 
-    /// The namespace requests are made in (`default` unless configured).
+    /// The controller's own namespace (its lock variable; `default` unless configured).
     pub fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("default")
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    /// The namespace Hippo's jobs are read in.
+    pub fn hippo_namespace(&self) -> &str {
+        self.hippo_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
     }
 
     /// `GET /v1/jobs`
@@ -750,7 +782,14 @@ impl NomadClient {
         Fut: std::future::Future<Output = Result<R, BodyError>>,
     {
         let mut params: Vec<(&str, String)> = query.to_vec();
-        if let Some(ns) = &self.namespace {
+        // Variables (the leader lock) are the controller's own; jobs and allocations are
+        // Hippo's, in Hippo's namespace.
+        let namespace = if path.starts_with("/var/") {
+            &self.namespace
+        } else {
+            &self.hippo_namespace
+        };
+        if let Some(ns) = namespace {
             params.push(("namespace", ns.clone()));
         }
         if let Some(region) = &self.region {
@@ -955,9 +994,13 @@ mod tests {
         }))
         .unwrap();
         assert!(
-            a.is_healthy(),
-            "running with no deployment verdict counts as healthy"
+            !a.is_healthy() && a.is_health_undecided() && !a.is_failed(),
+            "a deployment that has not decided yet: not healthy (min_healthy_time)"
         );
+        a.deployment_status = Some(AllocDeploymentStatus {
+            healthy: Some(true),
+        });
+        assert!(a.is_healthy() && !a.is_health_undecided());
         a.deployment_status = Some(AllocDeploymentStatus {
             healthy: Some(false),
         });

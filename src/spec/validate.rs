@@ -9,7 +9,7 @@ use super::{
     excerpt::quoted, AppSpec, ChannelSpec, DesiredState, Diagnostic, LoadOptions, Origin,
     ParsedDocument, RevisionSource, RevisionSpec, Selector, API_VERSION, DEFAULT_ROOT_HINT,
 };
-use crate::package;
+use crate::{package, range_rule};
 
 /// `^[a-zA-Z0-9_-]{1,max}$`
 fn is_name(s: &str, max: usize) -> bool {
@@ -57,41 +57,29 @@ fn is_env_key(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Checks a range the way Hippo evaluates it: node-semver syntax, or Hippo's own prerelease form
-/// `P:<range>-<name>-*`.
+/// Checks a range the way Hippo evaluates it (the one parser, [`crate::range_rule`]):
+/// node-semver syntax, or Hippo's own prerelease form `P:<range>-<name>-*`.
 pub(crate) fn check_range(range: &str) -> Result<(), String> {
     if range.trim().is_empty() {
         return Err("must not be empty (Hippo rejects an empty range rule)".into());
     }
-    let inner = match range.get(..2) {
-        Some(p) if p.eq_ignore_ascii_case("P:") => {
-            let body = &range[2..];
-            let Some(stripped) = body.strip_suffix("-*") else {
-                return Err("a prerelease rule `P:...` must end with `-*`".into());
-            };
-            match stripped.rfind('-') {
-                Some(i) if i > 0 => stripped[..i].to_string(),
-                _ => return Err("a prerelease rule must read `P:<range>-<name>-*`".into()),
-            }
-        }
-        _ => range.to_string(),
-    };
-    if inner.contains(',') {
+    if let Some(inner) = range_rule::range_part(range).filter(|r| r.contains(',')) {
         // The `semver` crate's requirement syntax; Hippo's node-semver parser does not take it.
         return Err(format!(
             "invalid node-semver range {}: comparators are separated by spaces, not commas (write \">=1.0.0 <2.0.0\")",
             quoted(&inner)
         ));
     }
-    // The parser's own message can quote the input; it is cut like any value.
-    nodejs_semver::Range::parse(&inner)
+    // The error quotes the whole range: only an excerpt of it is shown.
+    range_rule::RangeRule::parse(range)
         .map(|_| ())
-        .map_err(|e| {
-            format!(
+        .map_err(|e| match e {
+            range_rule::RangeRuleError::InvalidRange { range, message } => format!(
                 "invalid node-semver range {}: {}",
-                quoted(&inner),
-                super::excerpt::short(&e.to_string())
-            )
+                quoted(&range),
+                super::excerpt::short(&message)
+            ),
+            other => other.to_string(),
         })
 }
 
@@ -476,6 +464,8 @@ mod tests {
             "1.2.3 - 2.3.4",
             "^1 || ^2",
             "P:^1.0-beta-*",
+            "P:^1.0-my-feature-*",
+            "p:*-a-b-c-*",
         ] {
             assert!(check_range(ok).is_ok(), "{ok}");
         }

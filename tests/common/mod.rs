@@ -208,12 +208,34 @@ pub struct NomadBed {
     pub nomad: NomadEmulator,
 }
 
+/// How a [`NomadBed`]'s emulators differ from the fast defaults.
+#[derive(Clone, Copy)]
+pub struct NomadBedOptions {
+    /// How long Nomad's deployment takes to judge a running allocation (min_healthy_time).
+    pub healthy_delay: Duration,
+    /// Hippo v0.19's quirk: a channel PUT starts no job while its desired status is unset.
+    pub put_starts_no_job: bool,
+}
+
+impl Default for NomadBedOptions {
+    fn default() -> Self {
+        NomadBedOptions {
+            healthy_delay: Duration::from_millis(20),
+            put_starts_no_job: false,
+        }
+    }
+}
+
 impl NomadBed {
     pub async fn start() -> NomadBed {
+        Self::start_with(NomadBedOptions::default()).await
+    }
+
+    pub async fn start_with(options: NomadBedOptions) -> NomadBed {
         let mut bed = Bed::start().await;
         let nomad = NomadEmulator::start(NomadEmulatorConfig {
             alloc_start_delay: Duration::from_millis(20),
-            healthy_delay: Duration::from_millis(20),
+            healthy_delay: options.healthy_delay,
             // Emulator-only knob: Nomad's smallest lock TTL is 10 s, too slow for a test.
             min_lock_ttl: Duration::from_millis(100),
             ..Default::default()
@@ -229,6 +251,7 @@ impl NomadBed {
         bed.hippo = HippoEmulator::start_with_scheduler(
             HippoEmulatorConfig {
                 bindle_url: bed.bindle.url(),
+                put_starts_no_job: options.put_starts_no_job,
                 ..Default::default()
             },
             scheduler,
@@ -253,8 +276,18 @@ impl NomadBed {
     }
 
     pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_env(args, &[]).await
+    }
+
+    /// Runs the binary against this bed with `extra` environment variables too.
+    pub async fn run_env(
+        &self,
+        args: &[&str],
+        extra: &[(&'static str, &str)],
+    ) -> (i32, String, String) {
         let mut env = self.bed.env();
         env.push(("NOMAD_ADDR", self.nomad.url()));
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let cwd = self.bed.path().to_path_buf();
         tokio::task::spawn_blocking(move || run_binary(&args, &env, &cwd))

@@ -150,7 +150,7 @@ pub(super) fn update_app(s: &Shared, req: &Req, raw_id: &str) -> Result<Response
 
 pub(super) fn delete_app(s: &Shared, raw_id: &str) -> Result<Response, ApiError> {
     let id = path_id(raw_id, "id")?;
-    let mut jobs = Jobs::default();
+    let mut jobs = s.jobs();
     let result = delete_app_tx(&mut s.state(), &mut jobs, id);
     s.run_jobs(jobs);
     result.map(|()| no_content())

@@ -62,7 +62,7 @@ pub(super) fn create_channel(s: &Shared, req: &Req) -> Result<Response, ApiError
     let mut model = Errors::default();
     let name = required(&mut model, "Name", cmd.name.clone());
     model.check_model()?;
-    let mut jobs = Jobs::default();
+    let mut jobs = s.jobs();
     let result = create_channel_tx(&mut s.state(), &mut jobs, &s.settings, cmd, name);
     s.run_jobs(jobs);
     result.map(created)
@@ -199,7 +199,7 @@ pub(super) fn update_channel(s: &Shared, req: &Req, raw_id: &str) -> Result<Resp
     if cmd.id.unwrap_or_default() != id {
         return Err(ApiError::BadRequestEmpty);
     }
-    let mut jobs = Jobs::default();
+    let mut jobs = s.jobs();
     let result = update_channel_tx(&mut s.state(), &mut jobs, id, cmd, name, domain);
     s.run_jobs(jobs);
     result.map(|()| no_content())
@@ -265,7 +265,7 @@ struct PatchChannelCommand {
 pub(super) fn patch_channel(s: &Shared, req: &Req, raw_id: &str) -> Result<Response, ApiError> {
     let id = path_id(raw_id, "id")?;
     let cmd: PatchChannelCommand = req.json()?;
-    let mut jobs = Jobs::default();
+    let mut jobs = s.jobs();
     let result = patch_channel_tx(&mut s.state(), &mut jobs, id, cmd);
     s.run_jobs(jobs);
     result.map(|()| no_content())
@@ -384,7 +384,7 @@ pub(super) fn set_desired_status(
     if cmd.channel_id.unwrap_or_default() != id {
         return Err(ApiError::BadRequestEmpty);
     }
-    let mut jobs = Jobs::default();
+    let mut jobs = s.jobs();
     let result = set_desired_status_tx(&mut s.state(), &mut jobs, id, cmd.desired_status);
     s.run_jobs(jobs);
     result.map(|()| no_content())
@@ -406,7 +406,7 @@ fn set_desired_status_tx(
 
 pub(super) fn delete_channel(s: &Shared, raw_id: &str) -> Result<Response, ApiError> {
     let id = path_id(raw_id, "id")?;
-    let mut jobs = Jobs::default();
+    let mut jobs = s.jobs();
     let result = delete_channel_tx(&mut s.state(), &mut jobs, id);
     s.run_jobs(jobs);
     result.map(|()| no_content())
@@ -487,6 +487,7 @@ mod tests {
             version,
             registration_open: true,
             token_lifetime: Duration::from_secs(60),
+            put_starts_no_job: false,
         }
     }
 

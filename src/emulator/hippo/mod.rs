@@ -83,6 +83,12 @@ pub struct HippoEmulatorConfig {
     pub state_file: Option<PathBuf>,
     /// `None` = `127.0.0.1:0`.
     pub listen: Option<SocketAddr>,
+    /// Hippo v0.19's PUT quirk (HIPPO-API.md §13, AUDIT.md "PUT"): a channel whose
+    /// `DesiredStatus` was never set (a new channel's is 0, neither Running nor Dead) gets no
+    /// job (re)started by a PUT; only `desired-status Running` (or an env change) starts it.
+    /// Off: a PUT restarts the job, as `ActiveRevisionChangedEventHandler` does when EF Core
+    /// reports the modification.
+    pub put_starts_no_job: bool,
 }
 
 impl Default for HippoEmulatorConfig {
@@ -96,6 +102,7 @@ impl Default for HippoEmulatorConfig {
             token_lifetime: Duration::from_secs(30 * 60),
             state_file: None,
             listen: None,
+            put_starts_no_job: false,
         }
     }
 }
@@ -215,6 +222,7 @@ impl HippoEmulator {
                 version: config.version,
                 registration_open: config.registration_open,
                 token_lifetime: config.token_lifetime,
+                put_starts_no_job: config.put_starts_no_job,
             },
             last_saved: tokio::sync::Mutex::new(config.state_file.is_some().then_some(state)),
             state_file: config.state_file,

@@ -73,7 +73,7 @@ pub(super) async fn register_revision(s: &Shared, req: &Req) -> Result<Response,
     // RevisionCreatedEventHandler. The first failure ends the request; rows stay saved.
     for (revision_id, app_id) in registered {
         update_revision_details(s, revision_id, &storage_id, &number).await?;
-        let mut jobs = Jobs::default();
+        let mut jobs = s.jobs();
         let result = revision_created_tx(&mut s.state(), &mut jobs, app_id, &number);
         s.run_jobs(jobs);
         result?;
@@ -157,7 +157,7 @@ fn best_match(
 
 pub(super) fn delete_revision(s: &Shared, raw_id: &str) -> Result<Response, ApiError> {
     let id = path_id(raw_id, "id")?;
-    let mut jobs = Jobs::default();
+    let mut jobs = s.jobs();
     let result = delete_revision_tx(&mut s.state(), &mut jobs, id);
     s.run_jobs(jobs);
     result.map(|()| no_content())

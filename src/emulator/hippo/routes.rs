@@ -28,6 +28,7 @@ pub(super) struct Settings {
     pub version: HippoVersion,
     pub registration_open: bool,
     pub token_lifetime: Duration,
+    pub put_starts_no_job: bool,
 }
 
 /// Everything the server task shares with the `HippoEmulator` handle.
@@ -52,8 +53,16 @@ impl Shared {
         lock(&self.state)
     }
 
+    /// The job actions of one request, under this emulator's settings.
+    pub(super) fn jobs(&self) -> Jobs {
+        Jobs {
+            actions: Vec::new(),
+            put_starts_no_job: self.settings.put_starts_no_job,
+        }
+    }
+
     pub(super) fn run_jobs(&self, jobs: Jobs) {
-        for action in jobs.0 {
+        for action in jobs.actions {
             match action {
                 JobAction::Start(job) => self.scheduler.start_job(job),
                 JobAction::Delete(id) => self.scheduler.delete_job(id),
@@ -68,8 +77,11 @@ enum JobAction {
 }
 
 /// Scheduler calls decided inside a lock section; `state.jobs` is updated at the same time.
-#[derive(Default)]
-pub(super) struct Jobs(Vec<JobAction>);
+pub(super) struct Jobs {
+    actions: Vec<JobAction>,
+    /// [`super::HippoEmulatorConfig::put_starts_no_job`].
+    put_starts_no_job: bool,
+}
 
 impl Jobs {
     /// `StartJob` for the channel, if it has an active revision ("no active revision" is
@@ -95,18 +107,21 @@ impl Jobs {
             domain: ch.domain.clone(),
         };
         st.jobs.insert(channel_id);
-        self.0.push(JobAction::Start(job));
+        self.actions.push(JobAction::Start(job));
     }
 
     pub(super) fn delete(&mut self, st: &mut EmulatorState, channel_id: Uuid) {
         st.jobs.remove(&channel_id);
-        self.0.push(JobAction::Delete(channel_id));
+        self.actions.push(JobAction::Delete(channel_id));
     }
 
     /// `ModifiedEvent<Channel>`: ActiveRevisionChangedEventHandler, then
-    /// ChannelStatusModifiedEventHandler (§6.4).
+    /// ChannelStatusModifiedEventHandler (§6.4). With `put_starts_no_job` (Hippo v0.19's
+    /// quirk), the first starts nothing and a status never set starts nothing either.
     pub(super) fn channel_modified(&mut self, st: &mut EmulatorState, channel_id: Uuid) {
-        self.start(st, channel_id);
+        if !self.put_starts_no_job {
+            self.start(st, channel_id);
+        }
         match st.channel(channel_id).and_then(|c| c.desired_status) {
             Some(DesiredStatus::Running) => self.start(st, channel_id),
             Some(DesiredStatus::Dead) => self.delete(st, channel_id),

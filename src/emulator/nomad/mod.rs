@@ -416,6 +416,30 @@ impl NomadEmulator {
         self.shared.persist_soon();
     }
 
+    /// From now on, allocations of `job_or_bindle` (a job ID, or the `<storageId>/<version>`
+    /// its task runs) stay running but are marked unhealthy when their deployment judges them
+    /// (after `healthy_delay`): `DeploymentStatus.Healthy: false`, an `Alloc Unhealthy` task
+    /// event with `reason`, and the deployment fails ("Failed due to unhealthy allocations"),
+    /// as when a task never passes its checks within `healthy_deadline`. Allocations already
+    /// judged keep their verdict.
+    pub fn make_unhealthy(&self, job_or_bindle: &str, reason: &str) {
+        let (key, reason) = (job_or_bindle.to_string(), reason.to_string());
+        self.shared.mutate(move |st, _| {
+            st.unhealthy.insert(key, reason);
+        });
+        self.shared.persist_soon();
+    }
+
+    /// Ends [`NomadEmulator::make_unhealthy`] for `job_or_bindle`: allocations judged from now
+    /// on are healthy again.
+    pub fn make_healthy(&self, job_or_bindle: &str) {
+        let key = job_or_bindle.to_string();
+        self.shared.mutate(move |st, _| {
+            st.unhealthy.remove(&key);
+        });
+        self.shared.persist_soon();
+    }
+
     /// Ends [`NomadEmulator::fail_allocations`]: failed allocations of the job's current
     /// version are rescheduled (the failed one gets `DesiredStatus: "stop"` and
     /// `NextAllocation`; its replacement runs normally). A deployment that failed stays

@@ -858,13 +858,21 @@ fn alloc_healthy(st: &mut State, alloc_id: &str, deployment_id: &str) {
     if !ok {
         return;
     }
+    let unhealthy = unhealthy_reason(st, alloc_id);
     let idx = st.bump();
     let now = now_ns();
     let Some(a) = st.allocs.get_mut(alloc_id) else {
         return;
     };
+    if let Some(reason) = &unhealthy {
+        // The health tracker's verdict: the task keeps running, the event says why.
+        for ts in a.task_states.values_mut() {
+            ts.events
+                .push(TaskEvent::new("Alloc Unhealthy", reason, now));
+        }
+    }
     a.deployment_status = Some(AllocHealth {
-        healthy: Some(true),
+        healthy: Some(unhealthy.is_none()),
         timestamp: rfc3339(now),
         modify_index: idx,
     });
@@ -873,6 +881,28 @@ fn alloc_healthy(st: &mut State, alloc_id: &str, deployment_id: &str) {
     let (ns, job_id) = (a.namespace.clone(), a.job_id.clone());
     st.tables.allocs = idx;
     refresh(st, &ns, &job_id, idx, now);
+}
+
+/// Why the allocation is to be marked unhealthy (`NomadEmulator::make_unhealthy`), keyed by
+/// its job's ID or the bindle its job runs.
+fn unhealthy_reason(st: &State, alloc_id: &str) -> Option<String> {
+    if st.unhealthy.is_empty() {
+        return None;
+    }
+    let a = st.allocs.get(alloc_id)?;
+    if let Some(reason) = st.unhealthy.get(&a.job_id) {
+        return Some(reason.clone());
+    }
+    let rec = st.job(&a.namespace, &a.job_id)?;
+    let bindle = job_bindle(&rec.job)?;
+    st.unhealthy.get(&bindle).cloned()
+}
+
+/// The `--bindle` argument of a Hippo job's task.
+fn job_bindle(job: &Value) -> Option<String> {
+    let args = job["TaskGroups"][0]["Tasks"][0]["Config"]["args"].as_array()?;
+    let i = args.iter().position(|a| a == "--bindle")?;
+    args.get(i + 1)?.as_str().map(String::from)
 }
 
 /// `NomadEmulator::fail_allocations`.

@@ -40,6 +40,10 @@ pub struct State {
     pub variables: BTreeMap<String, BTreeMap<String, Variable>>,
     /// Job ID -> the reason its allocations fail (`NomadEmulator::fail_allocations`).
     pub failing: BTreeMap<String, String>,
+    /// Job ID or bindle (`<storageId>/<version>`) -> why its allocations are marked unhealthy
+    /// when their deployment would judge them (`NomadEmulator::make_unhealthy`).
+    #[serde(default)]
+    pub unhealthy: BTreeMap<String, String>,
     /// Lock TTL timers; not persisted: like a new Nomad leader, a restarted emulator gives
     /// every held lock a fresh 2×TTL (`restoreLockTTLTimers`).
     #[serde(skip)]
