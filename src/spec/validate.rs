@@ -67,7 +67,7 @@ pub(crate) fn check_range(range: &str) -> Result<(), String> {
         // The `semver` crate's requirement syntax; Hippo's node-semver parser does not take it.
         return Err(format!(
             "invalid node-semver range {}: comparators are separated by spaces, not commas (write \">=1.0.0 <2.0.0\")",
-            quoted(&inner)
+            quoted(inner)
         ));
     }
     // The error quotes the whole range: only an excerpt of it is shown.
