@@ -10,6 +10,8 @@ use std::{path::Path, time::Duration};
 use common::{app_doc, spin_app, NomadBed, NomadBedOptions};
 
 fn write_app(root: &Path, name: &str, versions: &[&str], channels: &str) -> String {
+    // A repository: `../apps` is inside it (deploy files are confined to their Git top level).
+    std::fs::create_dir_all(root.join(".git")).unwrap();
     let mut paths = Vec::new();
     for v in versions {
         let dir = root.join("apps").join(format!("{name}-{v}"));
