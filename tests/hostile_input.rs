@@ -382,7 +382,7 @@ fn rows() -> Vec<Row> {
             },
             args: &["reconcile", "--once", "--sandbox", "--sandbox-dir", "sb", "-f", "a.yaml"],
             stderr_has: &["a.yaml:7:13: spec.revisions[0].path: "],
-            stderr_contains: &["/etc/", "outside the repository root {dir} (the root is"],
+            stderr_contains: &["resolves to /etc", "outside the repository root {dir}; not read (the root is"],
             ..Default::default()
         },
         Row {
@@ -394,14 +394,25 @@ fn rows() -> Vec<Row> {
             },
             args: &["reconcile", "--once", "--sandbox", "--sandbox-dir", "sb", "-f", "a.yaml"],
             stderr_has: &["a.yaml:7:13: spec.revisions[0].path: "],
-            stderr_contains: &["/etc/", "outside the repository root {dir} (the root is"],
+            stderr_contains: &["resolves to /etc", "outside the repository root {dir}; not read (the root is"],
             ..Default::default()
         },
         Row {
             name: "a symlink to /etc/passwd in a Spin app",
             setup: passwd_link_app,
             args: &["reconcile", "--once", "--sandbox", "--sandbox-dir", "sb", "-f", "a.yaml"],
-            stderr_has: &["a.yaml:7:13: spec.revisions[0].path: {dir}/app/static/pw resolves through a symlink to /etc/passwd, outside the repository root {dir}"],
+            stderr_has: &["a.yaml:7:13: spec.revisions[0].path: {dir}/app/static/pw: resolves to /etc/passwd, outside the repository root {dir}; not read"],
+            ..Default::default()
+        },
+        Row {
+            name: "a symlink to / in a Spin app's files directory is not walked",
+            setup: |d| {
+                spin_app(&d.join("app"), "weather", "1.0.0", "c.wasm", "\"static/**/*\"");
+                symlink("/", &d.join("app/static/everything"));
+                write(&d.join("a.yaml"), app_with_path("app"));
+            },
+            args: &["validate", "-f", "a.yaml"],
+            stderr_has: &["a.yaml:7:13: spec.revisions[0].path: {dir}/app/static/everything: resolves to /, outside the repository root {dir}; not read"],
             ..Default::default()
         },
         Row {

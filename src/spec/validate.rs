@@ -222,6 +222,10 @@ pub(super) fn validate(
                             continue;
                         }
                         Ok(l) => l.local,
+                        Err(e @ package::PackageError::OutsideRoot { .. }) => {
+                            problems.push(doc.diag(&pfield, e.to_string() + hint));
+                            continue;
+                        }
                         Err(e) => {
                             problems.push(doc.diag(&pfield, e.to_string()));
                             continue;
