@@ -349,6 +349,17 @@ fn rows() -> Vec<Row> {
             ..Default::default()
         },
         Row {
+            name: "9 MB of tiny items in one flow sequence",
+            setup: |d| {
+                let items = "1,".repeat(4_500_000);
+                write(&d.join("a.yaml"), format!("{HEAD}spec:\n  extra: [{items}]\n"));
+            },
+            args: &["validate", "-f", "a.yaml"],
+            stderr_has: &["a.yaml:6:"],
+            stderr_contains: &["more than 250000 YAML nodes"],
+            ..Default::default()
+        },
+        Row {
             name: "--max-file-size lowers the limit",
             setup: |d| write(&d.join("a.yaml"), format!("{HEAD}spec: {{}}\n")),
             args: &["validate", "-f", "a.yaml", "--max-file-size", "32"],

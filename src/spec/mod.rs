@@ -300,7 +300,8 @@ impl ParsedDocument {
             file: self.file.clone(),
             line: pos.line,
             column: pos.column,
-            field: field.to_string(),
+            // A field path holds the document's keys: only an excerpt of a long one.
+            field: excerpt::short(field),
             message,
         }
     }

@@ -19,6 +19,10 @@ use super::Position;
 /// Deeper than any deploy file needs (it has four levels), shallow enough to parse fast.
 pub const MAX_DEPTH: usize = 64;
 
+/// Nodes in one file, aliases expanded: a thousand apps with fifty variables each are 60,000;
+/// each node costs about 200 bytes here, so a file of tiny items cannot take much memory.
+pub const MAX_NODES: usize = 250_000;
+
 /// One YAML node with where it starts.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -165,6 +169,7 @@ pub fn parse(text: &str) -> Stream {
     let mut stack: Vec<Open> = Vec::new();
     let mut doc_start = Position::default();
     let mut root: Option<Node> = None;
+    let mut nodes = 0usize;
     let mut parser = Parser::new_from_str(text);
     loop {
         let (event, mark) = match parser.next_token() {
@@ -183,6 +188,18 @@ pub fn parse(text: &str) -> Stream {
             }
         };
         let pos = to_position(&mark);
+        nodes += match &event {
+            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..) => 1,
+            Event::Alias(id) => anchors.get(id).map_or(0, count),
+            _ => 0,
+        };
+        if nodes > MAX_NODES {
+            stream.error = Some(YamlError {
+                pos,
+                message: format!("more than {MAX_NODES} YAML nodes (split the file)"),
+            });
+            return stream;
+        }
         let (node, anchor) = match event {
             Event::StreamEnd => return stream,
             Event::DocumentStart => {
@@ -280,6 +297,20 @@ pub fn parse(text: &str) -> Stream {
                 None => *key = Some(node),
                 Some(k) => entries.push((k, node)),
             },
+        }
+    }
+}
+
+/// How many nodes `node` is.
+fn count(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Scalar { .. } => 1,
+        NodeKind::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
+        NodeKind::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| count(k) + count(v))
+                .sum::<usize>()
         }
     }
 }
