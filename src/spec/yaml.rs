@@ -152,6 +152,8 @@ enum Open {
 
 /// Reads every document of `text`.
 pub fn parse(text: &str) -> Stream {
+    // A byte order mark is allowed at the start; yaml-rust2 would take it for part of a key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut stream = Stream::default();
     if let Some((offset, c)) = forbidden_char(text) {
         stream.error = Some(YamlError {
@@ -452,6 +454,16 @@ mod tests {
             panic!()
         };
         assert!(matches!(&entries[1].1.kind, NodeKind::Map(m) if m.len() == 1));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let stream = parse("\u{feff}a: 1\n");
+        assert_eq!(stream.error, None);
+        let NodeKind::Map(entries) = &stream.docs[0].1.kind else {
+            panic!()
+        };
+        assert!(matches!(&entries[0].0.kind, NodeKind::Scalar { text, .. } if text == "a"));
     }
 
     #[test]
