@@ -121,7 +121,9 @@ impl ApplyError {
             ApplyError::Hippo { source, .. } => source.is_transient(),
             ApplyError::Bindle(e) => e.is_transient(),
             ApplyError::Nomad(e) => e.is_transient(),
-            ApplyError::AllocationFailed { .. } => false,
+            // Nomad may recover by itself (a node comes back, a dependency heals): retried with
+            // backoff, so Reconciling, not Stalled.
+            ApplyError::AllocationFailed { .. } => true,
             ApplyError::NotReady { .. } => true,
             ApplyError::Unresolved(_) => true,
             ApplyError::NotApplied(_) => true,
@@ -172,6 +174,8 @@ pub struct AppResult {
     pub health: Vec<(String, ChannelHealth)>,
     /// `None`: converged.
     pub error: Option<ApplyError>,
+    /// `spec.suspend`: left alone, nothing planned or written.
+    pub suspended: bool,
 }
 
 impl AppResult {
@@ -237,6 +241,9 @@ pub async fn reconcile_from(
     let mut applied: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut failed: BTreeMap<String, ApplyError> = BTreeMap::new();
+    // Apps with a problem scoped to a revision or a channel: what doesn't depend on it goes
+    // on, and the app is reported failed with it at the end (as planned last).
+    let mut blocked: BTreeMap<String, ApplyError> = BTreeMap::new();
     // Changes already made, by key: planned again means Hippo didn't take it.
     let mut done_keys: BTreeSet<String> = BTreeSet::new();
 
@@ -250,20 +257,15 @@ pub async fn reconcile_from(
         let plan = diff::diff(&active, &snapshot);
         for app in &plan.apps {
             warnings.insert(app.app.clone(), app.warnings.clone());
-            if let Some(p) = app.problems.first() {
-                failed.insert(
-                    app.app.clone(),
-                    ApplyError::Planned {
-                        message: app
-                            .problems
-                            .iter()
-                            .map(|p| p.message.clone())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        reason: p.reason,
-                        transient: app.problems.iter().all(|p| p.transient),
-                    },
-                );
+            let app_wide: Vec<&diff::Problem> =
+                app.problems.iter().filter(|p| p.is_app_wide()).collect();
+            if !app_wide.is_empty() {
+                failed.insert(app.app.clone(), planned_error(&app_wide));
+            } else if app.problems.is_empty() {
+                blocked.remove(&app.app);
+            } else {
+                let scoped: Vec<&diff::Problem> = app.problems.iter().collect();
+                blocked.insert(app.app.clone(), planned_error(&scoped));
             }
         }
         let Some(stage) = plan.changes().map(|c| c.stage).min() else {
@@ -344,6 +346,9 @@ pub async fn reconcile_from(
         }
     }
 
+    for (app, e) in blocked {
+        failed.entry(app).or_insert(e);
+    }
     let orphans = handle_orphans(ctx, &snapshot).await;
     let mut health = BTreeMap::new();
     if let Some(nomad) = &ctx.nomad {
@@ -358,6 +363,7 @@ pub async fn reconcile_from(
             warnings: warnings.remove(&a.name).unwrap_or_default(),
             health: health.remove(&a.name).unwrap_or_default(),
             error: failed.remove(&a.name),
+            suspended: a.suspend,
         })
         .collect();
     Ok(RunReport {
@@ -438,7 +444,7 @@ async fn wait_for_nomad(
         let active: Vec<&AppSpec> = desired
             .apps
             .iter()
-            .filter(|a| !failed.contains_key(&a.name))
+            .filter(|a| !failed.contains_key(&a.name) && !a.suspend)
             .collect();
         for spec in active {
             let Some(app) = snapshot.app(&spec.name) else {
@@ -517,6 +523,19 @@ async fn wait_for_nomad(
                 return;
             }
         }
+    }
+}
+
+/// The error for an app's planned problems: terminal unless every one is transient.
+fn planned_error(problems: &[&diff::Problem]) -> ApplyError {
+    ApplyError::Planned {
+        message: problems
+            .iter()
+            .map(|p| p.message.clone())
+            .collect::<Vec<_>>()
+            .join("; "),
+        reason: problems[0].reason,
+        transient: problems.iter().all(|p| p.transient),
     }
 }
 
@@ -763,14 +782,18 @@ async fn apply_change(
             channel,
             channel_id,
             reason,
+            deploys,
         } => {
             hippo
                 .set_desired_status(*channel_id, DesiredStatus::Running)
                 .await
                 .map_err(hippo_err(format!("rescheduling channel {channel}")))?;
-            Ok(format!(
-                "rescheduled channel {channel} through Hippo ({reason})"
-            ))
+            Ok(match deploys {
+                Some(bindle) => {
+                    format!("deployed {bindle} to channel {channel} through Hippo ({reason})")
+                }
+                None => format!("rescheduled channel {channel} through Hippo ({reason})"),
+            })
         }
         Op::DeleteChannel {
             channel,

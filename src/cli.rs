@@ -546,6 +546,40 @@ pub struct ConnectionArgs {
 }
 
 /// Runs the parsed command. Errors reach here only from setup; per-app failures are results.
+/// Exit code of a command line that could not be understood: `EX_USAGE` from sysexits.h. Kept
+/// apart from 1 (the command failed) and 2 (`plan`: changes pending; `status`: not all Ready),
+/// so that a typo in CI never passes for "changes pending".
+pub const EXIT_USAGE: u8 = 64;
+
+/// A command line that parses but asks for something impossible: exits [`EXIT_USAGE`] too.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub &'static str);
+
+/// The exit code for a command's error: [`EXIT_USAGE`] for a [`UsageError`], else 1.
+pub fn error_exit_code(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Parses the command line. Help and version go to stdout with exit 0; any usage error goes to
+/// stderr with [`EXIT_USAGE`].
+pub fn parse_args() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        // Printing can only fail when stdout/stderr are closed; the exit code still says it.
+        let _ = e.print();
+        match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                ExitCode::SUCCESS
+            }
+            _ => ExitCode::from(EXIT_USAGE),
+        }
+    })
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => Ok(validate(&args.files)),
@@ -748,12 +782,15 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         return daemon(args).await;
     }
     if args.daemon.git_url.is_some() {
-        anyhow::bail!(
-            "--git-url is for the controller; with --once, check the repository out and pass -f"
-        );
+        return Err(UsageError(
+            "--git-url is for the controller; with --once, check the repository out and pass -f",
+        )
+        .into());
     }
     if args.files.is_empty() {
-        anyhow::bail!("reconcile --once needs -f PATH (deploy files or a directory)");
+        return Err(
+            UsageError("reconcile --once needs -f PATH (deploy files or a directory)").into(),
+        );
     }
     let files = FileArgs {
         files: args.files.clone(),
@@ -824,7 +861,7 @@ async fn daemon(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
             paths: args.files.clone(),
             options: args.input.load_options(),
         },
-        (None, true) => anyhow::bail!("reconcile needs -f PATH or --git-url URL"),
+        (None, true) => return Err(UsageError("reconcile needs -f PATH or --git-url URL").into()),
     };
     let mut config = ControllerConfig::new(source);
     config.interval = d.interval.max(Duration::from_millis(100));
@@ -895,10 +932,12 @@ async fn status_command(mut args: StatusArgs) -> anyhow::Result<ExitCode> {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(
-        if report
-            .iter()
-            .all(|a| a.condition.kind == status::ConditionType::Ready)
-        {
+        if report.iter().all(|a| {
+            matches!(
+                a.condition.kind,
+                status::ConditionType::Ready | status::ConditionType::Suspended
+            )
+        }) {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(2)

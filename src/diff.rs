@@ -120,6 +120,10 @@ pub enum Op {
         channel: String,
         channel_id: Uuid,
         reason: String,
+        /// Set when Nomad still runs an older bindle than Hippo's active revision: this is the
+        /// deploy of that revision (Hippo's PUT started no job), not a drift repair.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deploys: Option<String>,
     },
 }
 
@@ -229,6 +233,12 @@ impl Change {
                 format!("delete channel {channel} (not in the deploy file; prune is on)")
             }
             Op::ScheduleChannel {
+                channel,
+                deploys: Some(bindle),
+                reason,
+                ..
+            } => format!("deploy {bindle} to channel {channel} through Hippo ({reason})"),
+            Op::ScheduleChannel {
                 channel, reason, ..
             } => format!("reschedule channel {channel} through Hippo ({reason})"),
         }
@@ -250,7 +260,7 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Why an app cannot be converged as it stands.
+/// Why an app, or a part of it, cannot be converged as it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     pub message: String,
@@ -258,6 +268,52 @@ pub struct Problem {
     pub transient: bool,
     /// A short machine-readable reason (`BindleConflict`, ...), for conditions and metrics.
     pub reason: &'static str,
+    /// Only this revision is blocked: the changes that don't need it go ahead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Only this channel is blocked: it keeps what it runs, the others converge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+impl Problem {
+    /// Blocks every change of the app (not scoped to a revision or a channel).
+    pub fn is_app_wide(&self) -> bool {
+        self.revision.is_none() && self.channel.is_none()
+    }
+}
+
+/// What a channel will run once the plan is applied, when that differs from what it runs
+/// now: `production: 2.0.0 → 2.1.0 (range ^2.0)`. Registering a revision moves a range channel
+/// too, which no channel write in the plan shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelMove {
+    pub channel: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// `range ^2.0` or `revision 2.0.0`.
+    pub rule: String,
+}
+
+impl ChannelMove {
+    /// A move that takes a running channel to no revision: Hippo removes its job.
+    pub fn is_destructive(&self) -> bool {
+        self.from.is_some() && self.to.is_none()
+    }
+}
+
+impl std::fmt::Display for ChannelMove {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        write!(
+            f,
+            "{}: {} → {} ({})",
+            self.channel,
+            show(&self.from),
+            show(&self.to),
+            self.rule
+        )
+    }
 }
 
 /// The plan for one app.
@@ -265,10 +321,17 @@ pub struct Problem {
 pub struct AppPlan {
     pub app: String,
     pub changes: Vec<Change>,
-    /// When non-empty, `changes` is empty: nothing is done to an app that has a problem.
+    /// An app-wide problem empties `changes`; a problem scoped to a revision or a channel
+    /// removes only the changes that depend on it.
     pub problems: Vec<Problem>,
     /// Worth knowing, but not blocking.
     pub warnings: Vec<String>,
+    /// What each channel will run once `changes` are applied, where that moves.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<ChannelMove>,
+    /// `spec.suspend`: nothing is planned or written.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }
 
 /// The plan for every app.
@@ -321,6 +384,21 @@ fn problem(reason: &'static str, transient: bool, message: impl Into<String>) ->
         message: message.into(),
         transient,
         reason,
+        revision: None,
+        channel: None,
+    }
+}
+
+/// A problem with one revision: the channels that don't run it go on.
+fn revision_problem(
+    version: &str,
+    reason: &'static str,
+    transient: bool,
+    message: impl Into<String>,
+) -> Problem {
+    Problem {
+        revision: Some(version.to_string()),
+        ..problem(reason, transient, message)
     }
 }
 
@@ -330,6 +408,10 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         app: spec.name.clone(),
         ..Default::default()
     };
+    if spec.suspend {
+        plan.suspended = true;
+        return plan;
+    }
     let hippo_app = snapshot.app(&spec.name);
     if let Some(app) = hippo_app {
         if app.storage_id != spec.storage_id {
@@ -372,6 +454,9 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
     for rev in &spec.revisions {
         let id = format!("{}/{}", spec.storage_id, rev.version);
         let missing = || snapshot.missing.get(&id);
+        let problem = |reason, transient, message: String| {
+            revision_problem(&rev.version, reason, transient, message)
+        };
         match (&rev.source, server.get(&rev.version)) {
             (_, Some(b)) if b.yanked => plan.problems.push(problem(
                 "BindleYanked",
@@ -426,7 +511,15 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             }
         }
     }
-    if !plan.problems.is_empty() {
+    // Versions with a problem are neither pushed nor registered; what doesn't need them goes on.
+    let broken: BTreeSet<String> = plan
+        .problems
+        .iter()
+        .filter_map(|p| p.revision.clone())
+        .collect();
+    // Creating the app would import every version on the server, the broken one too: nothing is
+    // done for an app Hippo doesn't have until every revision is sound.
+    if !plan.problems.is_empty() && hippo_app.is_none() {
         return plan;
     }
     for op in pushes {
@@ -443,7 +536,9 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         ));
         // Channels are planned against an app that has the desired revisions (imported on
         // create); their revision ids are resolved after it exists.
+        let versions: Vec<&str> = spec.revisions.iter().map(|r| r.version.as_str()).collect();
         for ch in &spec.channels {
+            push_move(&mut plan, ch, None, eventual_revision(ch, &versions));
             let target = channel_target(ch, None, &[]);
             plan.changes
                 .push(create_channel(&spec.name, None, ch, target));
@@ -466,7 +561,7 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         }
     }
     for rev in &spec.revisions {
-        if numbers.contains_key(rev.version.as_str()) {
+        if numbers.contains_key(rev.version.as_str()) || broken.contains(&rev.version) {
             continue;
         }
         // Hippo registers for EVERY app with this storage id: if another already has it,
@@ -483,7 +578,8 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             .map(|a| a.name.as_str())
             .collect();
         if !holders.is_empty() {
-            plan.problems.push(problem(
+            plan.problems.push(revision_problem(
+                &rev.version,
                 "SharedStorageId",
                 false,
                 format!(
@@ -502,7 +598,7 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             },
         ));
     }
-    if !plan.problems.is_empty() {
+    if plan.problems.iter().any(Problem::is_app_wide) {
         plan.changes.clear();
         return plan;
     }
@@ -513,13 +609,60 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         .iter()
         .map(|r| (r.revision_number.as_str(), r.id))
         .collect();
+    // What Hippo will hold once this plan's registrations are made: a range channel moves by
+    // Hippo's own rule when they are.
+    let registering: Vec<String> = plan
+        .changes
+        .iter()
+        .filter_map(|c| match &c.op {
+            Op::RegisterRevision { version, .. } => Some(version.clone()),
+            _ => None,
+        })
+        .collect();
+    let eventual_numbers: Vec<&str> = known
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(registering.iter().map(String::as_str))
+        .collect();
     for ch in &spec.channels {
+        if let Selector::Revision(v) = &ch.selector {
+            if broken.contains(v) {
+                // Pinned to a revision with a problem: it keeps what it runs (the revision's
+                // problem says why).
+                continue;
+            }
+        }
+        let eventual = eventual_revision(ch, &eventual_numbers);
         let target = channel_target(ch, Some(app), &known);
         match hippo_channels.iter().find(|c| c.name == ch.name) {
-            None => plan
-                .changes
-                .push(create_channel(&spec.name, Some(app.id), ch, target)),
+            None => {
+                push_move(&mut plan, ch, None, eventual);
+                plan.changes
+                    .push(create_channel(&spec.name, Some(app.id), ch, target))
+            }
             Some(current) => {
+                let running = current
+                    .active_revision
+                    .as_ref()
+                    .map(|r| r.revision_number.clone());
+                if running.is_some() && eventual.is_none() && !ch.allow_empty {
+                    plan.problems.push(Problem {
+                        channel: Some(ch.name.clone()),
+                        ..problem(
+                            "NoMatchingRevision",
+                            false,
+                            format!(
+                                "channel {}: {} selects no revision of app {}, which would leave the channel without one and remove its Nomad job; refused, it keeps running {} (set `allowEmpty: true` on the channel to allow it)",
+                                ch.name,
+                                selector_text(&ch.selector),
+                                spec.name,
+                                running.as_deref().unwrap_or_default()
+                            ),
+                        )
+                    });
+                    continue;
+                }
+                push_move(&mut plan, ch, running, eventual);
                 let fields = channel_fields(current, &target);
                 if !fields.is_empty() {
                     let mut target = target;
@@ -601,13 +744,17 @@ fn nomad_checks(
         };
         let id = current.id.to_string();
         let expected = format!("{}/{}", spec.storage_id, active.revision_number);
+        let mut deploys = None;
         let reason = match (nomad.jobs.get(&id), nomad.details.get(&id)) {
             (None, _) => Some("its Nomad job is missing".to_string()),
             (Some(stub), _) if stub.stop => Some("its Nomad job is stopped".to_string()),
             (Some(_), Some(job)) => match job.bindle_arg() {
-                Some(running) if running != expected.as_str() => Some(format!(
-                    "its Nomad job runs {running}, Hippo's active revision is {expected}"
-                )),
+                Some(running) if running != expected.as_str() => {
+                    deploys = Some(expected.clone());
+                    Some(format!(
+                        "its Nomad job runs {running}, Hippo's active revision is {expected}"
+                    ))
+                }
                 _ => None,
             },
             (Some(_), None) => None,
@@ -620,6 +767,7 @@ fn nomad_checks(
                     channel: ch.name.clone(),
                     channel_id: current.id,
                     reason,
+                    deploys,
                 },
             ));
             continue;
@@ -737,6 +885,33 @@ pub fn channel_health(
                 String::new()
             }
         ))
+    }
+}
+
+/// The revision a channel will run once every desired revision is registered.
+fn eventual_revision(ch: &ChannelSpec, numbers: &[&str]) -> Option<String> {
+    match &ch.selector {
+        Selector::Range(range) => max_satisfying(range, numbers).map(String::from),
+        Selector::Revision(v) => Some(v.clone()),
+    }
+}
+
+fn selector_text(selector: &Selector) -> String {
+    match selector {
+        Selector::Range(r) => format!("range {r}"),
+        Selector::Revision(v) => format!("revision {v}"),
+    }
+}
+
+/// Records what the channel will run, when that differs from what it runs.
+fn push_move(plan: &mut AppPlan, ch: &ChannelSpec, from: Option<String>, to: Option<String>) {
+    if from != to {
+        plan.moves.push(ChannelMove {
+            channel: ch.name.clone(),
+            from,
+            to,
+            rule: selector_text(&ch.selector),
+        });
     }
 }
 
@@ -886,6 +1061,7 @@ mod tests {
             revisions,
             channels,
             prune: false,
+            suspend: false,
             origin: Origin {
                 file: "w.yaml".into(),
                 line: 1,
@@ -913,6 +1089,7 @@ mod tests {
             selector: Selector::Range(range.into()),
             domain: None,
             env: BTreeMap::new(),
+            allow_empty: false,
         }
     }
 
@@ -922,6 +1099,7 @@ mod tests {
             selector: Selector::Revision(v.into()),
             domain: None,
             env: BTreeMap::new(),
+            allow_empty: false,
         }
     }
 
@@ -1166,16 +1344,136 @@ mod tests {
     }
 
     #[test]
-    fn bindle_conflict_is_a_problem_and_blocks_every_change() {
+    fn a_rule_that_selects_nothing_never_empties_a_running_channel() {
         let (mut spec, snapshot) = converged();
-        spec.revisions[1] = pushed("1.1.0", &["a", "CHANGED"]);
-        spec.channels[0] = range_channel("production", "~1.0.0");
+        spec.channels[0] = range_channel("production", "^3.0");
+        spec.channels[1] = pinned_channel("canary", "1.1.0");
         let plan = diff_app(&spec, &snapshot);
-        assert!(plan.changes.is_empty());
         assert_eq!(plan.problems.len(), 1);
-        assert_eq!(plan.problems[0].reason, "BindleConflict");
-        assert!(plan.problems[0].message.contains("bump the version"));
-        assert!(!plan.problems[0].transient);
+        let p = &plan.problems[0];
+        assert_eq!(
+            (p.reason, p.channel.as_deref(), p.transient),
+            ("NoMatchingRevision", Some("production"), false)
+        );
+        assert!(p.message.contains("keeps running 1.1.0"), "{}", p.message);
+        // The other channel still converges.
+        assert_eq!(
+            ops(&plan),
+            vec!["update channel canary: revision: 1.0.0 -> 1.1.0 (then desired-status Running, so that Hippo starts the job)"]
+        );
+
+        // Opted out: the change is made, and the plan says it empties the channel.
+        spec.channels[0].allow_empty = true;
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.problems.is_empty());
+        let mv = plan
+            .moves
+            .iter()
+            .find(|m| m.channel == "production")
+            .unwrap();
+        assert!(mv.is_destructive());
+        assert_eq!(mv.to_string(), "production: 1.1.0 → none (range ^3.0)");
+    }
+
+    #[test]
+    fn a_rule_matched_by_a_revision_registered_in_the_same_run_is_not_empty() {
+        let (mut spec, mut snapshot) = converged();
+        spec.revisions.push(pushed("3.0.0", &["c"]));
+        Arc::make_mut(
+            snapshot
+                .bindles
+                .get_mut("weather")
+                .unwrap()
+                .as_mut()
+                .unwrap(),
+        )
+        .insert(ServerBindle {
+            version: "3.0.0".into(),
+            yanked: false,
+            parcels: ParcelSet::of(["c"]),
+        });
+        spec.channels[0] = range_channel("production", "^3.0");
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+        assert_eq!(
+            plan.moves.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            vec!["production: 1.1.0 → 3.0.0 (range ^3.0)"]
+        );
+    }
+
+    #[test]
+    fn a_new_revision_shows_the_range_channels_it_moves() {
+        let (mut spec, mut snapshot) = converged();
+        spec.revisions.push(pushed("1.2.0", &["c"]));
+        Arc::make_mut(
+            snapshot
+                .bindles
+                .get_mut("weather")
+                .unwrap()
+                .as_mut()
+                .unwrap(),
+        )
+        .insert(ServerBindle {
+            version: "1.2.0".into(),
+            yanked: false,
+            parcels: ParcelSet::of(["c"]),
+        });
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(ops(&plan), vec!["register revision 1.2.0"]);
+        assert_eq!(
+            plan.moves.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+            vec!["production: 1.1.0 → 1.2.0 (range ^1.0)"],
+            "the pinned canary does not move"
+        );
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["moves"][0]["from"], "1.1.0");
+        assert_eq!(json["moves"][0]["to"], "1.2.0");
+    }
+
+    #[test]
+    fn a_suspended_app_is_left_alone() {
+        let (mut spec, snapshot) = converged();
+        spec.channels[0] = range_channel("production", "^3.0");
+        spec.suspend = true;
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.suspended);
+        assert!(plan.changes.is_empty() && plan.problems.is_empty() && plan.moves.is_empty());
+    }
+
+    #[test]
+    fn bindle_conflict_blocks_only_what_needs_that_revision() {
+        let (mut spec, mut snapshot) = converged();
+        // 1.2.0 conflicts with what the server holds: never pushed nor registered.
+        spec.revisions.push(pushed("1.2.0", &["a", "CHANGED"]));
+        Arc::make_mut(
+            snapshot
+                .bindles
+                .get_mut("weather")
+                .unwrap()
+                .as_mut()
+                .unwrap(),
+        )
+        .insert(ServerBindle {
+            version: "1.2.0".into(),
+            yanked: false,
+            parcels: ParcelSet::of(["a", "b"]),
+        });
+        spec.channels[1] = pinned_channel("canary", "1.2.0");
+        spec.channels.push(range_channel("stable", "~1.0.0"));
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(plan.problems.len(), 1);
+        let p = &plan.problems[0];
+        assert_eq!(p.reason, "BindleConflict");
+        assert_eq!(p.revision.as_deref(), Some("1.2.0"));
+        assert!(p.message.contains("bump the version") && !p.transient);
+        assert!(!p.is_app_wide());
+        // canary (pinned to 1.2.0) keeps what it runs; production (^1.0) stays on 1.1.0, the
+        // newest sound revision; stable, which doesn't need 1.2.0, is still created.
+        assert_eq!(ops(&plan), vec!["create channel stable (range ~1.0.0)"]);
+        assert!(plan
+            .changes
+            .iter()
+            .all(|c| !matches!(&c.op, Op::RegisterRevision { version, .. } if version == "1.2.0")));
     }
 
     #[test]
@@ -1250,8 +1548,16 @@ mod tests {
             revision_number: "1.1.0".into(),
         });
         let plan = diff_app(&spec, &snapshot);
-        assert!(plan.changes.is_empty());
+        assert!(
+            !plan
+                .changes
+                .iter()
+                .any(|c| matches!(c.op, Op::RegisterRevision { .. })),
+            "{:?}",
+            ops(&plan)
+        );
         assert_eq!(plan.problems[0].reason, "SharedStorageId");
+        assert_eq!(plan.problems[0].revision.as_deref(), Some("1.1.0"));
         assert!(plan.problems[0].message.contains("weather-staging"));
     }
 
@@ -1394,7 +1700,7 @@ mod tests {
             ops(&plan),
             vec![
                 "reschedule channel production through Hippo (its Nomad job is missing)",
-                "reschedule channel canary through Hippo (its Nomad job runs weather/0.9.0, Hippo's active revision is weather/1.0.0)",
+                "deploy weather/1.0.0 to channel canary through Hippo (its Nomad job runs weather/0.9.0, Hippo's active revision is weather/1.0.0)",
             ]
         );
         assert!(plan.changes.iter().all(|c| c.stage == Stage::Nomad));

@@ -6,9 +6,8 @@ use std::{
     sync::atomic::Ordering::Relaxed,
 };
 
-use clap::Parser;
 use hippo_gitops::{
-    cli::{self, Cli, LogFormat},
+    cli::{self, LogFormat},
     memory::{self, HEAP_LIVE_BYTES},
 };
 use mimalloc::MiMalloc;
@@ -77,7 +76,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     set_up_memory();
-    let cli = Cli::parse();
+    let cli = match cli::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let mut level = cli.log_level.clone();
     if matches!(cli.command, cli::Command::Bench(_))
         && std::env::var_os("HIPPO_GITOPS_LOG").is_none()
@@ -106,7 +108,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            cli::error_exit_code(&e)
         }
     }
 }

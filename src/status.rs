@@ -22,6 +22,8 @@ pub enum ConditionType {
     Ready,
     Reconciling,
     Stalled,
+    /// `spec.suspend`: the app is left alone (Flux's `suspend`).
+    Suspended,
 }
 
 /// One condition of an app.
@@ -36,6 +38,14 @@ pub struct Condition {
 
 /// The condition that sums up an app's result.
 pub fn condition(result: &AppResult) -> Condition {
+    if result.suspended {
+        return Condition {
+            kind: ConditionType::Suspended,
+            status: true,
+            reason: "Suspended".into(),
+            message: "spec.suspend is set: the app is left alone, nothing is written".into(),
+        };
+    }
     match &result.error {
         None => Condition {
             kind: ConditionType::Ready,
@@ -72,12 +82,22 @@ pub fn plan_text(plan: &Plan) -> String {
     let mut changed = 0;
     let mut n_changes = 0;
     for app in &plan.apps {
+        if app.suspended {
+            out.push_str(&format!(
+                "{}: suspended (spec.suspend): nothing planned\n",
+                app.app
+            ));
+            continue;
+        }
         if app.changes.is_empty() && app.problems.is_empty() && app.warnings.is_empty() {
             continue;
         }
         out.push_str(&format!("{}:\n", app.app));
         for p in &app.problems {
             out.push_str(&format!("  ! {} ({})\n", p.message, p.reason));
+        }
+        for m in &app.moves {
+            out.push_str(&format!("  → {m}{}\n", destructive_note(m)));
         }
         for w in &app.warnings {
             out.push_str(&format!("  warning: {w}\n"));
@@ -123,6 +143,15 @@ pub fn plan_text(plan: &Plan) -> String {
     out
 }
 
+/// What a destructive move does, said where it is shown.
+fn destructive_note(m: &crate::diff::ChannelMove) -> &'static str {
+    if m.is_destructive() {
+        " [DESTRUCTIVE: no revision left; Hippo removes the channel's Nomad job]"
+    } else {
+        ""
+    }
+}
+
 /// `plan --output markdown`: for a pull request comment. The summary line comes first; per
 /// app a table of changes; problems and warnings as lists. Env values never appear (changes
 /// describe keys only), and text from the deploy files is escaped for Markdown tables.
@@ -151,6 +180,13 @@ pub fn plan_markdown(plan: &Plan) -> String {
         ));
     }
     for app in &plan.apps {
+        if app.suspended {
+            out.push_str(&format!(
+                "\n#### `{}`\n\n- :pause_button: suspended (`spec.suspend`): nothing planned\n",
+                md_code(&app.app)
+            ));
+            continue;
+        }
         if app.changes.is_empty() && app.problems.is_empty() && app.warnings.is_empty() {
             continue;
         }
@@ -164,6 +200,18 @@ pub fn plan_markdown(plan: &Plan) -> String {
         }
         for w in &app.warnings {
             out.push_str(&format!("- :warning: {}\n", md_cell(w)));
+        }
+        for m in &app.moves {
+            out.push_str(&format!(
+                "- {} {}{}\n",
+                if m.is_destructive() {
+                    ":boom:"
+                } else {
+                    ":arrow_right:"
+                },
+                md_cell(&m.to_string()),
+                md_cell(destructive_note(m))
+            ));
         }
         if !app.changes.is_empty() {
             if !app.problems.is_empty() || !app.warnings.is_empty() {
@@ -186,7 +234,7 @@ pub fn plan_markdown(plan: &Plan) -> String {
         }
     }
     if !plan.orphans.is_empty() {
-        out.push_str("\n#### Orphaned Nomad jobs\n\nNo Hippo channel has these ids{ORPHAN_CAUSE} (`reconcile --prune-orphans` deletes them):\n\n");
+        out.push_str(&format!("\n#### Orphaned Nomad jobs\n\nNo Hippo channel has these ids{ORPHAN_CAUSE} (`reconcile --prune-orphans` deletes them):\n\n"));
         for id in &plan.orphans {
             out.push_str(&format!("- `{}`\n", md_code(id)));
         }
@@ -214,8 +262,21 @@ struct PlanJson<'a> {
     changes: Vec<&'a crate::diff::Change>,
     problems: Vec<AppProblemJson<'a>>,
     warnings: Vec<AppWarningJson<'a>>,
+    /// What each channel will run once the changes are made, where that moves.
+    moves: Vec<MoveJson<'a>>,
+    /// Apps with `spec.suspend`: nothing planned.
+    suspended: Vec<&'a str>,
     /// Nomad jobs named like a Hippo channel GUID that no channel has.
     orphans: &'a [String],
+}
+
+#[derive(Serialize)]
+struct MoveJson<'a> {
+    app: &'a str,
+    #[serde(flatten)]
+    r#move: &'a crate::diff::ChannelMove,
+    /// The channel is left with no revision: Hippo removes its Nomad job.
+    destructive: bool,
 }
 
 #[derive(Serialize)]
@@ -224,6 +285,12 @@ struct AppProblemJson<'a> {
     reason: &'a str,
     message: &'a str,
     transient: bool,
+    /// Set when only this revision is blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<&'a str>,
+    /// Set when only this channel is blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -245,6 +312,8 @@ pub fn plan_json(plan: &Plan) -> String {
                     reason: p.reason,
                     message: &p.message,
                     transient: p.transient,
+                    revision: p.revision.as_deref(),
+                    channel: p.channel.as_deref(),
                 })
             })
             .collect(),
@@ -258,6 +327,23 @@ pub fn plan_json(plan: &Plan) -> String {
                 })
             })
             .collect(),
+        moves: plan
+            .apps
+            .iter()
+            .flat_map(|a| {
+                a.moves.iter().map(move |m| MoveJson {
+                    app: &a.app,
+                    r#move: m,
+                    destructive: m.is_destructive(),
+                })
+            })
+            .collect(),
+        suspended: plan
+            .apps
+            .iter()
+            .filter(|a| a.suspended)
+            .map(|a| a.app.as_str())
+            .collect(),
         orphans: &plan.orphans,
     };
     serde_json::to_string_pretty(&body).expect("plan serialises")
@@ -269,6 +355,7 @@ pub fn run_text(report: &RunReport) -> String {
     for app in &report.apps {
         let c = condition(app);
         let line = match &app.error {
+            _ if app.suspended => format!("{}: suspended (spec.suspend), nothing written", app.app),
             None if app.applied.is_empty() => format!("{}: ready, unchanged", app.app),
             None => format!("{}: ready, {}", app.app, app.applied.join("; ")),
             Some(e) => {
@@ -277,12 +364,22 @@ pub fn run_text(report: &RunReport) -> String {
                 } else {
                     format!(" (after: {})", app.applied.join("; "))
                 };
-                let kind = if e.is_transient() {
-                    "failed, will retry"
+                // What to do next: a one-shot run retries nothing itself.
+                let (kind, next) = if e.is_transient() {
+                    (
+                        "not converged",
+                        "transient: run again, or let the controller retry it",
+                    )
                 } else {
-                    "stalled"
+                    (
+                        "stalled",
+                        "fix the deploy file or the server state named above, then run again",
+                    )
                 };
-                format!("{}: {kind} [{}]: {e}{done}", app.app, c.reason)
+                format!(
+                    "{}: {kind} [{}]: {e}{done}; next: {next}",
+                    app.app, c.reason
+                )
             }
         };
         out.push_str(&line);
@@ -373,6 +470,9 @@ pub enum NomadJobStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ChannelStatus {
     pub channel: String,
+    /// Hippo's channel GUID, which is also its Nomad job's ID (`None` until created).
+    #[serde(rename = "channelId")]
+    pub channel_id: Option<uuid::Uuid>,
     /// What the deploy file asks for (a range resolved against Hippo's revisions).
     pub desired_revision: Option<String>,
     /// What Hippo's channel points at.
@@ -473,7 +573,7 @@ pub fn app_statuses(
                                     cond(ConditionType::Reconciling, "Progressing", message)
                                 }
                                 diff::ChannelHealth::Failed { message } => {
-                                    cond(ConditionType::Stalled, "AllocationFailed", message)
+                                    cond(ConditionType::Reconciling, "AllocationFailed", message)
                                 }
                                 diff::ChannelHealth::Idle => {
                                     cond(ConditionType::Ready, "NoActiveRevision", "Hippo has no active revision for this channel: nothing runs")
@@ -482,7 +582,15 @@ pub fn app_statuses(
                             (job, Some(h))
                         }
                     };
-                    let condition = if let Some(p) = app_plan.problems.first() {
+                    // The problems this channel depends on: the app's, its own, or its revision's.
+                    let problem = app_plan.problems.iter().find(|p| {
+                        p.is_app_wide()
+                            || p.channel.as_deref() == Some(ch.name.as_str())
+                            || (p.revision.is_some() && p.revision == desired_revision)
+                    });
+                    let condition = if app_plan.suspended {
+                        cond(ConditionType::Suspended, "Suspended", "spec.suspend is set: the app is left alone")
+                    } else if let Some(p) = problem {
                         cond(
                             if p.transient { ConditionType::Reconciling } else { ConditionType::Stalled },
                             p.reason,
@@ -499,6 +607,7 @@ pub fn app_statuses(
                     };
                     ChannelStatus {
                         channel: ch.name.clone(),
+                        channel_id: current.map(|c| c.id),
                         desired_revision,
                         hippo_revision,
                         nomad,
@@ -506,7 +615,9 @@ pub fn app_statuses(
                     }
                 })
                 .collect();
-            let condition = if let Some(p) = app_plan.problems.first() {
+            let condition = if app_plan.suspended {
+                cond(ConditionType::Suspended, "Suspended", "spec.suspend is set: the app is left alone, nothing is written")
+            } else if let Some(p) = app_plan.problems.first() {
                 cond(
                     if p.transient { ConditionType::Reconciling } else { ConditionType::Stalled },
                     p.reason,
@@ -647,8 +758,11 @@ mod tests {
                     message: "a | b <script>\nnext".into(),
                     transient: false,
                     reason: "BindleConflict",
+                    revision: None,
+                    channel: None,
                 }],
                 warnings: vec![],
+                ..Default::default()
             }],
             orphans: vec!["0b2f".into()],
         };
@@ -666,6 +780,7 @@ mod tests {
                 changes: vec![],
                 problems: vec![],
                 warnings: vec![],
+                ..Default::default()
             }],
             orphans: vec![],
         };

@@ -64,6 +64,22 @@ async fn prerelease_channel_with_dashes_runs_that_users_newest_build() {
     );
 }
 
+/// `reconcile --once --wait`, timed.
+async fn once_waiting(nb: &NomadBed, specs: &str) -> (i32, String, String, Duration) {
+    let started = std::time::Instant::now();
+    let args = [
+        "reconcile",
+        "--once",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-f",
+        specs,
+    ];
+    let (code, stdout, stderr) = nb.run(&args).await;
+    (code, stdout, stderr, started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_waits_out_undecided_health_and_fails_on_unhealthy() {
     let nb = NomadBed::start_with(NomadBedOptions {
@@ -80,23 +96,11 @@ async fn once_waits_out_undecided_health_and_fails_on_unhealthy() {
 
     // Nomad runs the allocation at once but judges its health only after 1.5 s: until then it
     // is not Ready.
-    let started = std::time::Instant::now();
-    let (code, stdout, stderr) = nb
-        .run(&[
-            "reconcile",
-            "--once",
-            "--wait",
-            "--timeout",
-            "60s",
-            "-f",
-            &specs,
-        ])
-        .await;
+    let (code, stdout, stderr, took) = once_waiting(&nb, &specs).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
-        started.elapsed() >= Duration::from_millis(1500),
-        "Ready only once Nomad decided ({:?})\n{stdout}\n{stderr}",
-        started.elapsed()
+        took >= Duration::from_millis(1500),
+        "Ready only once Nomad decided ({took:?})\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("production 1/1 healthy"), "{stdout}");
 
@@ -126,19 +130,7 @@ async fn once_waits_out_undecided_health_and_fails_on_unhealthy() {
         "web/1.2.0",
         "Task not running for min_healthy_time of 10s by healthy_deadline of 5m0s",
     );
-    let started = std::time::Instant::now();
-    let (code, stdout, stderr) = nb
-        .run(&[
-            "reconcile",
-            "--once",
-            "--wait",
-            "--timeout",
-            "60s",
-            "-f",
-            &specs,
-        ])
-        .await;
-    let took = started.elapsed();
+    let (code, stdout, stderr, took) = once_waiting(&nb, &specs).await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     let all = format!("{stdout}{stderr}");
     assert!(

@@ -254,7 +254,7 @@ async fn nomad_addr_with_or_without_trailing_slash_or_v1_hits_v1_jobs() {
 }
 
 #[tokio::test]
-async fn token_namespace_and_region_go_on_every_request() {
+async fn token_namespaces_and_region_go_on_every_request() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/v1/jobs"))
@@ -288,7 +288,9 @@ async fn token_namespace_and_region_go_on_every_request() {
         .mount(&server)
         .await;
 
-    let (c, stats) = client(secured_config(&server.uri()));
+    let mut config = secured_config(&server.uri());
+    config.hippo_namespace = "hippo".to_string();
+    let (c, stats) = client(config);
     c.list_jobs(None).await.unwrap();
     c.list_jobs(Some(Blocking {
         index: 7,
@@ -320,10 +322,32 @@ async fn token_namespace_and_region_go_on_every_request() {
             Some(TOKEN),
             "{what}"
         );
-        assert_eq!(query_values(r, "namespace"), vec![NAMESPACE], "{what}");
+        // The lock variable is the controller's own; jobs and allocations are Hippo's.
+        let namespace = if r.url.path().starts_with("/v1/var/") {
+            NAMESPACE
+        } else {
+            "hippo"
+        };
+        assert_eq!(query_values(r, "namespace"), vec![namespace], "{what}");
         assert_eq!(query_values(r, "region"), vec![REGION], "{what}");
     }
     assert_eq!(stats.requests("nomad"), 6);
+
+    // Hippo's default namespace: no parameter (Nomad's default), whatever NOMAD_NAMESPACE is.
+    server.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/jobs"))
+        .respond_with(json_body(200, fixture("hippo_jobs_list.json")))
+        .mount(&server)
+        .await;
+    let (c, _) = client(secured_config(&server.uri()));
+    c.list_jobs(None).await.unwrap();
+    let reqs = received(&server).await;
+    assert!(
+        query_values(&reqs[0], "namespace").is_empty(),
+        "{}",
+        reqs[0].url
+    );
 }
 
 #[tokio::test]
@@ -1200,7 +1224,8 @@ async fn observer_blocking_query_goes_on_the_allocations_list() {
     }
     for r in &reqs {
         assert_eq!(header_value(r, "X-Nomad-Token").as_deref(), Some(TOKEN));
-        assert_eq!(query_values(r, "namespace"), vec![NAMESPACE]);
+        // Hippo's jobs are in `default`, not in the controller's NOMAD_NAMESPACE.
+        assert!(query_values(r, "namespace").is_empty(), "{}", r.url);
         assert_eq!(query_values(r, "region"), vec![REGION]);
     }
     assert_eq!(count(&reqs, "GET", "/v1/jobs"), 1);

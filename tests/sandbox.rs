@@ -200,7 +200,7 @@ async fn a_failed_allocation_fails_once_fast_with_its_reason() {
     assert_eq!(code, 1, "{stdout}");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(
-        stdout.contains("invoices: stalled [AllocationFailed]"),
+        stdout.contains("invoices: not converged [AllocationFailed]"),
         "{stdout}"
     );
     assert!(stdout.contains("\"spin\": not found"), "{stdout}");

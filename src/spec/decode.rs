@@ -10,6 +10,14 @@ use super::{
     RawAppSpec, RawChannel, RawDocument, RawMetadata, RawRevision, ScalarString,
 };
 
+/// The fields of each mapping, as written in a deploy file.
+pub(super) const DOCUMENT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
+pub(super) const METADATA_FIELDS: &[&str] = &["name"];
+pub(super) const SPEC_FIELDS: &[&str] = &["storageId", "revisions", "channels", "prune", "suspend"];
+pub(super) const REVISION_FIELDS: &[&str] = &["version", "path"];
+pub(super) const CHANNEL_FIELDS: &[&str] =
+    &["name", "range", "revision", "domain", "env", "allowEmpty"];
+
 /// A problem found while decoding: where, which field, what.
 pub(super) struct Problem {
     pub node_pos: super::Position,
@@ -177,6 +185,22 @@ impl Decoder<'_> {
         self.scalar_string(node, &join(&fields.path, name))
     }
 
+    /// `true`/`false` (any YAML 1.2 spelling); absent or null is `false`.
+    fn opt_bool(&mut self, fields: &Fields, name: &str) -> bool {
+        let Some(node) = self.get(fields, name) else {
+            return false;
+        };
+        match (&node.kind, node.scalar_kind()) {
+            (NodeKind::Scalar { text, .. }, Some(ScalarKind::Bool)) => {
+                text.eq_ignore_ascii_case("true")
+            }
+            _ => {
+                self.type_error(node, &join(&fields.path, name), "a boolean");
+                false
+            }
+        }
+    }
+
     fn required_string(&mut self, fields: &Fields, name: &str) -> Option<String> {
         let node = self.required(fields, name)?;
         self.string(node, &join(&fields.path, name))
@@ -204,11 +228,11 @@ impl Decoder<'_> {
     }
 
     fn document(&mut self, root: &Node) -> Option<RawDocument> {
-        let f = self.fields(root, "", &["apiVersion", "kind", "metadata", "spec"])?;
+        let f = self.fields(root, "", DOCUMENT_FIELDS)?;
         let api_version = self.required_string(&f, "apiVersion");
         let kind = self.required_string(&f, "kind");
         let metadata = self.required(&f, "metadata").and_then(|m| {
-            let mf = self.fields(m, "metadata", &["name"])?;
+            let mf = self.fields(m, "metadata", METADATA_FIELDS)?;
             Some(RawMetadata {
                 name: self.required_string(&mf, "name")?,
             })
@@ -223,46 +247,32 @@ impl Decoder<'_> {
     }
 
     fn spec(&mut self, node: &Node) -> Option<RawAppSpec> {
-        let f = self.fields(
-            node,
-            "spec",
-            &["storageId", "revisions", "channels", "prune"],
-        )?;
+        let f = self.fields(node, "spec", SPEC_FIELDS)?;
         let storage_id = self.opt_string(&f, "storageId");
         let revisions = self.list(&f, "revisions", |d, n, path| {
-            let rf = d.fields(n, path, &["version", "path"])?;
+            let rf = d.fields(n, path, REVISION_FIELDS)?;
             Some(RawRevision {
                 version: d.opt_scalar(&rf, "version"),
                 path: d.opt_string(&rf, "path"),
             })
         });
         let channels = self.list(&f, "channels", |d, n, path| d.channel(n, path));
-        let prune = match self.get(&f, "prune") {
-            None => false,
-            Some(n) => match (&n.kind, n.scalar_kind()) {
-                (NodeKind::Scalar { text, .. }, Some(ScalarKind::Bool)) => {
-                    text.eq_ignore_ascii_case("true")
-                }
-                _ => {
-                    self.type_error(n, "spec.prune", "a boolean");
-                    false
-                }
-            },
-        };
         Some(RawAppSpec {
             storage_id,
             revisions,
             channels,
-            prune,
+            prune: self.opt_bool(&f, "prune"),
+            suspend: self.opt_bool(&f, "suspend"),
         })
     }
 
     fn channel(&mut self, node: &Node, path: &str) -> Option<RawChannel> {
-        let f = self.fields(node, path, &["name", "range", "revision", "domain", "env"])?;
+        let f = self.fields(node, path, CHANNEL_FIELDS)?;
         let name = self.required_string(&f, "name");
         let range = self.opt_scalar(&f, "range");
         let revision = self.opt_scalar(&f, "revision");
         let domain = self.opt_string(&f, "domain");
+        let allow_empty = self.opt_bool(&f, "allowEmpty");
         let env = self.get(&f, "env").and_then(|n| {
             let epath = join(path, "env");
             let NodeKind::Map(entries) = &n.kind else {
@@ -299,6 +309,7 @@ impl Decoder<'_> {
             revision,
             domain,
             env,
+            allow_empty,
         })
     }
 }

@@ -138,6 +138,8 @@ pub struct AppSpec {
     pub revisions: Vec<RevisionSpec>,
     pub channels: Vec<ChannelSpec>,
     pub prune: bool,
+    /// Leave the app alone: no writes, shown as `Suspended` (Flux's `suspend`, for incidents).
+    pub suspend: bool,
     pub origin: Origin,
 }
 
@@ -177,6 +179,9 @@ pub struct ChannelSpec {
     pub domain: Option<String>,
     /// The full set of environment variables; keys not listed are removed.
     pub env: BTreeMap<String, String>,
+    /// A rule change that selects no revision may leave the channel with none (its job is
+    /// removed); without it such a change is refused (`NoMatchingRevision`).
+    pub allow_empty: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,6 +226,9 @@ struct RawAppSpec {
     /// Delete channels of this app that are not listed here.
     #[serde(default)]
     prune: bool,
+    /// Leave this app alone (no writes at all) until set back to false.
+    #[serde(default)]
+    suspend: bool,
 }
 
 /// A revision: exactly one of `version` (already on the Bindle server, checked but never
@@ -249,6 +257,10 @@ struct RawChannel {
     domain: Option<String>,
     /// The full set of environment variables; keys not listed are removed.
     env: Option<BTreeMap<String, ScalarString>>,
+    /// Allow a rule that selects no revision to leave the channel with none (Hippo then removes
+    /// its job). Without it, such a change is refused and the channel keeps its revision.
+    #[serde(default, rename = "allowEmpty")]
+    allow_empty: bool,
 }
 
 /// A value that may be written unquoted as a YAML number or bool (`PORT: 8080`,
@@ -664,11 +676,11 @@ fn unknown_field_message(path: &str) -> String {
         })
         .collect();
     let expected: &[&str] = match shape.as_str() {
-        "" => &["apiVersion", "kind", "metadata", "spec"],
-        "metadata" => &["name"],
-        "spec" => &["storageId", "revisions", "channels", "prune"],
-        "spec.revisions" => &["version", "path"],
-        "spec.channels" => &["name", "range", "revision", "domain", "env"],
+        "" => decode::DOCUMENT_FIELDS,
+        "metadata" => decode::METADATA_FIELDS,
+        "spec" => decode::SPEC_FIELDS,
+        "spec.revisions" => decode::REVISION_FIELDS,
+        "spec.channels" => decode::CHANNEL_FIELDS,
         _ => &[],
     };
     if expected.is_empty() {

@@ -396,6 +396,7 @@ pub(super) fn validate(
                     selector,
                     domain: ch.domain.clone(),
                     env,
+                    allow_empty: ch.allow_empty,
                 });
             }
         }
@@ -407,6 +408,7 @@ pub(super) fn validate(
                 revisions: revisions.into_iter().map(|(_, r)| r).collect(),
                 channels,
                 prune: raw.spec.prune,
+                suspend: raw.spec.suspend,
                 origin: here("metadata.name"),
             });
         }
