@@ -696,3 +696,54 @@ fn unknown_field_message(path: &str) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str =
+        "apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: weather\nspec: {}\n";
+
+    /// The controller's load: a deploy file that is a symlink out of the repository is left out
+    /// unread, and what `/status` shows of it holds none of its text.
+    #[test]
+    fn the_controller_leaves_out_a_symlink_out_of_the_repository_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::write(dir.join("secret.env"), "HIPPO_PASSWORD=hunter2\n").unwrap();
+        std::fs::create_dir_all(dir.join("repo/.git")).unwrap();
+        std::fs::create_dir_all(dir.join("repo/deploy")).unwrap();
+        std::fs::write(dir.join("repo/deploy/a.yaml"), APP).unwrap();
+        std::os::unix::fs::symlink(dir.join("secret.env"), dir.join("repo/deploy/leak.yaml"))
+            .unwrap();
+        let partial = load_partial(&[dir.join("repo/deploy")], &LoadOptions::default());
+        assert_eq!(partial.state.apps.len(), 1);
+        let problems = &partial.rejected[&dir.join("repo/deploy/leak.yaml")];
+        let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown.len(), 1);
+        assert!(
+            shown[0].contains("outside the repository root"),
+            "{shown:?}"
+        );
+        assert!(!shown[0].contains("hunter2"), "{shown:?}");
+
+        // With the clone as the root (the Git source), the same.
+        let options = LoadOptions {
+            root: Some(dir.join("repo")),
+            ..LoadOptions::default()
+        };
+        let partial = load_partial(&[dir.join("repo/deploy")], &options);
+        assert_eq!(partial.state.apps.len(), 1);
+        assert_eq!(partial.rejected.len(), 1);
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("10MB"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_size("512kb"), Ok(512 * 1024));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5TB").is_err());
+    }
+}
