@@ -36,6 +36,11 @@ RUN cargo build --release --locked --bin hippo-gitops \
     && ./target/release/hippo-gitops --version
 
 FROM debian:bookworm-slim AS runtime
+# DL3008 (pin apt package versions) is ignored on purpose: bookworm is a stable release whose
+# packages change only for security and point-release fixes, and the archive keeps only the
+# current version of each, so a pinned version stops installing the day Debian ships a fix. The
+# unpinned install takes the patched git/openssh of the day, which is what a runtime image wants.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates git openssh-client \
     && rm -rf /var/lib/apt/lists/* \

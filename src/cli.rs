@@ -40,15 +40,18 @@ pub struct Cli {
     pub command: Command,
     /// Log filter (tracing's env-filter syntax, e.g. `info`, `hippo_gitops=debug`).
     #[arg(
+        help_heading = "Output and logs",
         long,
         global = true,
         env = "HIPPO_GITOPS_LOG",
-        // The embedded bindle server logs every request at info.
-        default_value = "info,bindle=warn,warp=warn,sled=warn"
+        // The embedded bindle server logs every request at info, and every 4xx it answers at
+        // warn, though a 409 for a parcel that exists is a normal part of a push (our client
+        // reports what matters).
+        default_value = "info,bindle=warn,warp=error,sled=warn"
     )]
     pub log_level: String,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Output and logs", long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -174,11 +177,15 @@ pub struct SandboxCommandArgs {
 pub struct SandboxEmulationArgs {
     /// Emulated Nomad: how long a running allocation waits for its deployment's health verdict
     /// (Nomad's min_healthy_time; Hippo's jobs get 10s). `Healthy` is null until then.
-    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_HEALTH_DELAY", default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Sandbox", long, env = "HIPPO_GITOPS_SANDBOX_HEALTH_DELAY", default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
     pub sandbox_health_delay: Duration,
     /// Emulated Hippo: reproduce v0.19's quirk where a channel PUT starts no Nomad job while
     /// the channel's desired status was never set.
-    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_PUT_STARTS_NO_JOB")]
+    #[arg(
+        help_heading = "Sandbox",
+        long,
+        env = "HIPPO_GITOPS_SANDBOX_PUT_STARTS_NO_JOB"
+    )]
     pub sandbox_put_starts_no_job: bool,
 }
 
@@ -198,7 +205,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     /// Output format on stdout.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(help_heading = "Output and logs", long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -224,7 +231,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Args)]
 pub struct FileArgs {
     /// Deploy file or directory (every *.yaml/*.yml below it); repeatable.
-    #[arg(short = 'f', long = "file", required = true, value_name = "PATH")]
+    #[arg(
+        help_heading = "Deploy files",
+        short = 'f',
+        long = "file",
+        required = true,
+        value_name = "PATH"
+    )]
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub input: InputArgs,
@@ -236,13 +249,19 @@ pub struct InputArgs {
     /// Repository root: deploy files and every file a `path:` packs must stay inside it (no
     /// `..` or symlink escapes). Default: the deploy files' Git repository (the nearest
     /// directory above them with a `.git`), or their directory outside Git.
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Deploy files", long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Let deploy files and packed files come from anywhere (no root).
-    #[arg(long, conflicts_with = "root")]
+    #[arg(help_heading = "Deploy files", long, conflicts_with = "root")]
     pub allow_outside_root: bool,
     /// Refuse deploy files larger than this, unread (e.g. 10MB, 512KB).
-    #[arg(long, default_value = "10MB", value_parser = spec::parse_size, value_name = "SIZE")]
+    #[arg(
+        help_heading = "Deploy files",
+        long,
+        default_value = "10MB",
+        value_parser = spec::parse_size,
+        value_name = "SIZE"
+    )]
     pub max_file_size: u64,
 }
 
@@ -268,14 +287,19 @@ pub struct ValidateArgs {
 pub struct SandboxArgs {
     /// Start a local sandbox for this run (the real Bindle server; Hippo and Nomad emulators) and
     /// point every connection at it, instead of HIPPO_URL/BINDLE_SERVER_URL/NOMAD_ADDR.
-    #[arg(long)]
+    #[arg(help_heading = "Sandbox", long)]
     pub sandbox: bool,
     /// Where the sandbox keeps its state (kept across runs).
-    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_DIR", default_value = sandbox::DEFAULT_DIR, value_name = "DIR")]
+    #[arg(help_heading = "Sandbox", long, env = "HIPPO_GITOPS_SANDBOX_DIR", default_value = sandbox::DEFAULT_DIR, value_name = "DIR")]
     pub sandbox_dir: PathBuf,
     /// Faults to inject, per service: `hippo:error=0.2,latency=50ms;bindle:drop=0.05;nomad:...`,
     /// or one spec for all (`error=0.2,latency=50ms`).
-    #[arg(long, env = "HIPPO_GITOPS_SANDBOX_FAULTS", value_name = "SPEC")]
+    #[arg(
+        help_heading = "Sandbox",
+        long,
+        env = "HIPPO_GITOPS_SANDBOX_FAULTS",
+        value_name = "SPEC"
+    )]
     pub sandbox_faults: Option<SandboxFaults>,
     #[command(flatten)]
     pub emulation: SandboxEmulationArgs,
@@ -329,14 +353,19 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     /// Output format on stdout (markdown: for a pull request comment).
-    #[arg(long, value_enum, default_value_t = PlanOutputFormat::Text)]
+    #[arg(help_heading = "Output and logs", long, value_enum, default_value_t = PlanOutputFormat::Text)]
     pub output: PlanOutputFormat,
 }
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// Deploy file or directory (every *.yaml/*.yml below it); repeatable. Not with --git-url.
-    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    #[arg(
+        help_heading = "Deploy files",
+        short = 'f',
+        long = "file",
+        value_name = "PATH"
+    )]
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub input: InputArgs,
@@ -345,22 +374,26 @@ pub struct ReconcileArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     /// Apply once and exit. Without it, run as a controller until stopped.
-    #[arg(long)]
+    #[arg(help_heading = "One-shot run (--once)", long)]
     pub once: bool,
     /// Wait until Nomad runs what Hippo scheduled (the default when Nomad is configured).
-    #[arg(long, overrides_with = "no_wait")]
+    #[arg(
+        help_heading = "One-shot run (--once)",
+        long,
+        overrides_with = "no_wait"
+    )]
     pub wait: bool,
     /// Don't wait for Nomad; check what it runs once.
-    #[arg(long)]
+    #[arg(help_heading = "One-shot run (--once)", long)]
     pub no_wait: bool,
     /// How long to wait for Nomad (e.g. 90s, 5m).
-    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "One-shot run (--once)", long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
     /// Delete Nomad jobs named like a Hippo channel GUID that no channel has.
-    #[arg(long)]
+    #[arg(help_heading = "One-shot run (--once)", long)]
     pub prune_orphans: bool,
     /// Output format on stdout (`--once`).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(help_heading = "Output and logs", long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     #[command(flatten)]
     pub daemon: DaemonArgs,
@@ -370,13 +403,14 @@ pub struct ReconcileArgs {
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// Reconcile everything at least this often (±10% jitter).
-    #[arg(long, env = "HIPPO_GITOPS_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Controller", long, env = "HIPPO_GITOPS_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Duration,
     /// Don't watch the deploy files; reload them on every interval instead.
-    #[arg(long)]
+    #[arg(help_heading = "Controller", long)]
     pub no_watch: bool,
     /// Follow a Git repository instead of local files (credentials as for `git clone`).
     #[arg(
+        help_heading = "Controller: Git source",
         long,
         env = "HIPPO_GITOPS_GIT_URL",
         value_name = "URL",
@@ -385,6 +419,7 @@ pub struct DaemonArgs {
     pub git_url: Option<String>,
     /// Branch to follow.
     #[arg(
+        help_heading = "Controller: Git source",
         long,
         env = "HIPPO_GITOPS_GIT_BRANCH",
         default_value = "main",
@@ -393,6 +428,7 @@ pub struct DaemonArgs {
     pub git_branch: String,
     /// Deploy files inside the repository (file or directory).
     #[arg(
+        help_heading = "Controller: Git source",
         long,
         env = "HIPPO_GITOPS_GIT_PATH",
         default_value = ".",
@@ -400,10 +436,11 @@ pub struct DaemonArgs {
     )]
     pub git_path: PathBuf,
     /// How often to fetch the branch (webhooks fetch at once).
-    #[arg(long, env = "HIPPO_GITOPS_GIT_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Controller: Git source", long, env = "HIPPO_GITOPS_GIT_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub git_interval: Duration,
     /// HTTP address for /healthz, /readyz, /metrics, /status and /hooks/{github,gitlab,generic}.
     #[arg(
+        help_heading = "Controller: HTTP and webhooks",
         long,
         env = "HIPPO_GITOPS_LISTEN",
         default_value = "127.0.0.1:9090",
@@ -413,6 +450,7 @@ pub struct DaemonArgs {
     /// Secret for webhooks (HMAC for GitHub and generic, token for GitLab). Without it the
     /// webhook receivers refuse every request.
     #[arg(
+        help_heading = "Controller: HTTP and webhooks",
         long,
         env = "HIPPO_GITOPS_WEBHOOK_SECRET",
         hide_env_values = true,
@@ -421,6 +459,7 @@ pub struct DaemonArgs {
     pub webhook_secret: Option<String>,
     /// Nomad variable path of the leader lock (replicas sharing it elect one writer).
     #[arg(
+        help_heading = "Controller: leader election and shutdown",
         long,
         env = "HIPPO_GITOPS_LEADER_LOCK",
         default_value = "hippo-gitops/leader",
@@ -428,32 +467,33 @@ pub struct DaemonArgs {
     )]
     pub leader_lock: String,
     /// TTL of the leader lock (Nomad accepts 10s to 24h); it is renewed at 0.7 × TTL.
-    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Controller: leader election and shutdown", long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub leader_ttl: Duration,
     /// Run without leader election even with Nomad configured (only one replica!).
-    #[arg(long)]
+    #[arg(help_heading = "Controller: leader election and shutdown", long)]
     pub no_leader_election: bool,
     /// On SIGTERM, how long in-flight writes may take to finish.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Controller: leader election and shutdown", long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
     /// How soon to look again at an app still rolling out on Nomad.
-    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Controller", long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub rollout_interval: Duration,
     /// First wait after a failure; doubles per failure in a row.
-    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Controller", long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub backoff_min: Duration,
     /// Longest wait between retries of a failing app.
-    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Controller", long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub backoff_max: Duration,
 }
 
 #[derive(Debug, Args)]
 pub struct ConnectionArgs {
     /// Hippo server URL.
-    #[arg(long, env = "HIPPO_URL", value_name = "URL")]
+    #[arg(help_heading = "Hippo", long, env = "HIPPO_URL", value_name = "URL")]
     pub hippo_url: Option<String>,
     /// Hippo bearer token (expires after 30 minutes; prefer username and password).
     #[arg(
+        help_heading = "Hippo",
         long,
         env = "HIPPO_TOKEN",
         hide_env_values = true,
@@ -461,10 +501,16 @@ pub struct ConnectionArgs {
     )]
     pub hippo_token: Option<String>,
     /// Hippo username; logs in again whenever the token is about to expire.
-    #[arg(long, env = "HIPPO_USERNAME", value_name = "USER")]
+    #[arg(
+        help_heading = "Hippo",
+        long,
+        env = "HIPPO_USERNAME",
+        value_name = "USER"
+    )]
     pub hippo_username: Option<String>,
     /// Hippo password (asked for on a terminal when only the username is given).
     #[arg(
+        help_heading = "Hippo",
         long,
         env = "HIPPO_PASSWORD",
         hide_env_values = true,
@@ -472,16 +518,31 @@ pub struct ConnectionArgs {
     )]
     pub hippo_password: Option<String>,
     /// Accept invalid TLS certificates from Hippo and Bindle (self-signed test setups only).
-    #[arg(long, env = "HIPPO_GITOPS_DANGER_ACCEPT_INVALID_CERTS")]
+    #[arg(
+        help_heading = "Hippo",
+        long,
+        env = "HIPPO_GITOPS_DANGER_ACCEPT_INVALID_CERTS"
+    )]
     pub danger_accept_invalid_certs: bool,
     /// Bindle server API URL, e.g. http://127.0.0.1:8080/v1.
-    #[arg(long, env = "BINDLE_SERVER_URL", value_name = "URL")]
+    #[arg(
+        help_heading = "Bindle",
+        long,
+        env = "BINDLE_SERVER_URL",
+        value_name = "URL"
+    )]
     pub bindle_server: Option<String>,
     /// Bindle basic-auth username.
-    #[arg(long, env = "BINDLE_USERNAME", value_name = "USER")]
+    #[arg(
+        help_heading = "Bindle",
+        long,
+        env = "BINDLE_USERNAME",
+        value_name = "USER"
+    )]
     pub bindle_username: Option<String>,
     /// Bindle basic-auth password.
     #[arg(
+        help_heading = "Bindle",
         long,
         env = "BINDLE_PASSWORD",
         hide_env_values = true,
@@ -490,6 +551,7 @@ pub struct ConnectionArgs {
     pub bindle_password: Option<String>,
     /// Bindle bearer token.
     #[arg(
+        help_heading = "Bindle",
         long,
         env = "BINDLE_TOKEN",
         hide_env_values = true,
@@ -498,16 +560,27 @@ pub struct ConnectionArgs {
     pub bindle_token: Option<String>,
     /// Secret-key file (as `bindle keys create` writes) to sign invoices as creator. Without
     /// one, a key is created in the state dir and its public half printed for the server's keyring.
-    #[arg(long, env = "BINDLE_SIGNING_KEY", value_name = "FILE")]
+    #[arg(
+        help_heading = "Bindle",
+        long,
+        env = "BINDLE_SIGNING_KEY",
+        value_name = "FILE"
+    )]
     pub bindle_signing_key: Option<PathBuf>,
     /// Where the controller keeps its own files (the generated signing key).
-    #[arg(long, env = "HIPPO_GITOPS_STATE_DIR", value_name = "DIR")]
+    #[arg(
+        help_heading = "Requests and state",
+        long,
+        env = "HIPPO_GITOPS_STATE_DIR",
+        value_name = "DIR"
+    )]
     pub state_dir: Option<PathBuf>,
     /// Nomad API address (used to verify what Hippo scheduled).
-    #[arg(long, env = "NOMAD_ADDR", value_name = "URL")]
+    #[arg(help_heading = "Nomad", long, env = "NOMAD_ADDR", value_name = "URL")]
     pub nomad_addr: Option<String>,
     /// Nomad ACL token.
     #[arg(
+        help_heading = "Nomad",
         long,
         env = "NOMAD_TOKEN",
         hide_env_values = true,
@@ -516,32 +589,67 @@ pub struct ConnectionArgs {
     pub nomad_token: Option<String>,
     /// The controller's own Nomad namespace (its leader lock variable). Nomad sets
     /// NOMAD_NAMESPACE in every task, so a controller run by Nomad gets its job's namespace.
-    #[arg(long, env = "NOMAD_NAMESPACE", value_name = "NAMESPACE")]
+    #[arg(
+        help_heading = "Nomad",
+        long,
+        env = "NOMAD_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
     pub nomad_namespace: Option<String>,
     /// The Nomad namespace Hippo's jobs are read in: Hippo registers them in `default`,
     /// whatever namespace the controller runs in.
-    #[arg(long, env = "HIPPO_GITOPS_HIPPO_NAMESPACE", default_value = nomad::DEFAULT_NAMESPACE, value_name = "NAMESPACE")]
+    #[arg(help_heading = "Nomad", long, env = "HIPPO_GITOPS_HIPPO_NAMESPACE", default_value = nomad::DEFAULT_NAMESPACE, value_name = "NAMESPACE")]
     pub hippo_nomad_namespace: String,
     /// Nomad region.
-    #[arg(long, env = "NOMAD_REGION", value_name = "REGION")]
+    #[arg(
+        help_heading = "Nomad",
+        long,
+        env = "NOMAD_REGION",
+        value_name = "REGION"
+    )]
     pub nomad_region: Option<String>,
     /// CA certificate (PEM) to verify Nomad's TLS certificate.
-    #[arg(long, env = "NOMAD_CACERT", value_name = "FILE")]
+    #[arg(
+        help_heading = "Nomad",
+        long,
+        env = "NOMAD_CACERT",
+        value_name = "FILE"
+    )]
     pub nomad_cacert: Option<PathBuf>,
     /// Client certificate (PEM) for Nomad mTLS.
-    #[arg(long, env = "NOMAD_CLIENT_CERT", value_name = "FILE")]
+    #[arg(
+        help_heading = "Nomad",
+        long,
+        env = "NOMAD_CLIENT_CERT",
+        value_name = "FILE"
+    )]
     pub nomad_client_cert: Option<PathBuf>,
     /// Client key (PEM) for Nomad mTLS.
-    #[arg(long, env = "NOMAD_CLIENT_KEY", value_name = "FILE")]
+    #[arg(
+        help_heading = "Nomad",
+        long,
+        env = "NOMAD_CLIENT_KEY",
+        value_name = "FILE"
+    )]
     pub nomad_client_key: Option<PathBuf>,
     /// Do not verify Nomad's TLS certificate.
-    #[arg(long, env = "NOMAD_SKIP_VERIFY", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    #[arg(help_heading = "Nomad", long, env = "NOMAD_SKIP_VERIFY", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     pub nomad_skip_verify: bool,
     /// Apps worked on in parallel.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    #[arg(
+        help_heading = "Requests and state",
+        long,
+        default_value_t = 4,
+        value_name = "N"
+    )]
     pub concurrency: usize,
     /// Timeout of each request to Hippo or Bindle, in seconds.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(
+        help_heading = "Requests and state",
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS"
+    )]
     pub request_timeout: u64,
 }
 
@@ -563,6 +671,20 @@ pub fn error_exit_code(e: &anyhow::Error) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// An error and its causes on one line, each cause once: our errors often say their source's
+/// message already, and `{:#}` would repeat it at every level of the chain.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// Parses the command line. Help and version go to stdout with exit 0; any usage error goes to

@@ -54,10 +54,15 @@ unsafe impl GlobalAlloc for CountingAlloc {
 /// Freed memory goes back to the OS at once, and no transparent huge pages (see
 /// `hippo_gitops::memory` for why). Runs before any thread is started.
 fn set_up_memory() {
-    // SAFETY: plain calls with constant arguments; mimalloc's options may be set at any time,
-    // and the prctl only sets a flag on this process (an error leaves THP as it was).
+    // SAFETY: a plain call with constant arguments; mimalloc's options may be set at any time.
     unsafe {
         libmimalloc_sys::mi_option_set(memory::MI_OPTION_PURGE_DELAY, 0);
+    }
+    // prctl is Linux's (the release workflow also builds for macOS, which has no THP to turn off).
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain call with constant arguments that only sets a flag on this process (an
+    // error leaves THP as it was).
+    unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
@@ -107,7 +112,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::error_text(&e));
             cli::error_exit_code(&e)
         }
     }

@@ -11,6 +11,10 @@ pub struct RetryPolicy {
     pub max_interval: Duration,
     /// Give up once this much time has passed since the first attempt.
     pub max_elapsed: Duration,
+    /// A server that refuses connections (nothing listens, wrong address) is retried only this
+    /// long: a restart takes seconds, a wrong URL never heals, and waiting `max_elapsed` for it
+    /// only delays the error.
+    pub max_unreachable: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -19,6 +23,7 @@ impl Default for RetryPolicy {
             initial: Duration::from_millis(200),
             max_interval: Duration::from_secs(5),
             max_elapsed: Duration::from_secs(30),
+            max_unreachable: Duration::from_secs(3),
         }
     }
 }
@@ -30,6 +35,7 @@ impl RetryPolicy {
             initial: Duration::ZERO,
             max_interval: Duration::ZERO,
             max_elapsed: Duration::ZERO,
+            max_unreachable: Duration::ZERO,
         }
     }
 
@@ -50,8 +56,23 @@ impl RetryPolicy {
 pub enum Attempt<E> {
     /// Worth another try, optionally not before the given delay (`Retry-After`).
     Retry(E, Option<Duration>),
+    /// The connection could not be made: retried within `max_unreachable` only.
+    Unreachable(E),
     /// Final.
     Fail(E),
+}
+
+/// How a failed send is retried: a connection that could not be made never reached the server,
+/// so it may be retried even when the request is not idempotent, but only briefly; other
+/// transport errors are retried only when repeating the request is safe.
+pub fn transport_attempt<E>(e: E, idempotent: bool, connect: bool) -> Attempt<E> {
+    if connect {
+        Attempt::Unreachable(e)
+    } else if idempotent {
+        Attempt::Retry(e, None)
+    } else {
+        Attempt::Fail(e)
+    }
 }
 
 /// Runs `op` until it succeeds, fails for good, or the policy's time is up; the last error is
@@ -71,13 +92,20 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(Attempt::Fail(e)) => return Err(e),
-            Err(Attempt::Retry(e, after)) => {
+            Err(attempt @ (Attempt::Retry(..) | Attempt::Unreachable(_))) => {
+                let (e, after, bound) = match attempt {
+                    Attempt::Retry(e, after) => (e, after, policy.max_elapsed),
+                    Attempt::Unreachable(e) => {
+                        (e, None, policy.max_unreachable.min(policy.max_elapsed))
+                    }
+                    Attempt::Fail(_) => unreachable!("matched above"),
+                };
                 let Some(delay) = backoff.next_backoff() else {
                     return Err(e);
                 };
                 // A server's Retry-After is honoured, but never past the policy's time bound.
                 let delay = after.map_or(delay, |a| a.max(delay));
-                if started.elapsed() + delay > policy.max_elapsed {
+                if started.elapsed() + delay > bound {
                     return Err(e);
                 }
                 on_retry(&e, delay);
@@ -97,7 +125,62 @@ mod tests {
             initial: Duration::from_millis(1),
             max_interval: Duration::from_millis(2),
             max_elapsed: Duration::from_millis(500),
+            max_unreachable: Duration::from_millis(500),
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_retried_only_briefly() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(5),
+            max_interval: Duration::from_millis(100),
+            max_elapsed: Duration::from_secs(2),
+            max_unreachable: Duration::from_millis(50),
+        };
+        let started = tokio::time::Instant::now();
+        let n = AtomicU32::new(0);
+        let r: Result<(), &str> = retry(
+            policy,
+            || async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err(Attempt::Unreachable("connection refused"))
+            },
+            |_, _| {},
+        )
+        .await;
+        assert_eq!(r, Err("connection refused"));
+        let took = started.elapsed();
+        // Bounds far apart, so that a loaded machine can't blur them: the budget is 50 ms.
+        assert!(
+            took < Duration::from_millis(1500),
+            "gave up early: {took:?}"
+        );
+        assert!(n.load(Ordering::SeqCst) > 1, "but did retry");
+        // A 503 under the same policy goes on far longer.
+        let started = tokio::time::Instant::now();
+        let _: Result<(), &str> = retry(
+            policy,
+            || async { Err(Attempt::Retry("503", None)) },
+            |_, _| {},
+        )
+        .await;
+        assert!(started.elapsed() > Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_failed_connection_is_unreachable_even_for_a_post() {
+        assert!(matches!(
+            transport_attempt("e", false, true),
+            Attempt::Unreachable(_)
+        ));
+        assert!(matches!(
+            transport_attempt("e", true, false),
+            Attempt::Retry(_, None)
+        ));
+        assert!(matches!(
+            transport_attempt("e", false, false),
+            Attempt::Fail(_)
+        ));
     }
 
     #[tokio::test]
@@ -159,6 +242,7 @@ mod tests {
         let r: Result<(), &str> = retry(
             RetryPolicy {
                 max_elapsed: Duration::from_millis(20),
+                max_unreachable: Duration::from_millis(20),
                 ..fast()
             },
             || async {

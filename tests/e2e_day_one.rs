@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{spin_app, write_repo_app as write_app, NomadBed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,4 +180,36 @@ async fn a_conflicting_revision_leaves_the_channels_that_dont_need_it_converging
     );
     let canary = nb.job_id("api", "canary");
     assert_eq!(nb.bindle_arg(&canary).as_deref(), Some("api/2.1.0"));
+}
+
+/// The README's first command on the shipped example: it converges, and warns about nothing
+/// (an example that triggers its own warning teaches users to ignore warnings).
+#[test]
+fn the_shipped_example_converges_without_a_warning() {
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sandbox = scratch.path().join("sandbox");
+    let args: Vec<String> = [
+        "reconcile",
+        "--once",
+        "--sandbox",
+        "--sandbox-dir",
+        sandbox.to_str().unwrap(),
+        "-f",
+        "deploy-specs/",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = [(
+        "HIPPO_GITOPS_STATE_DIR",
+        scratch.path().join("state").to_string_lossy().into_owned(),
+    )];
+    let (code, stdout, stderr) = common::run_binary(&args, &env, repo);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("weather: ready"), "{stdout}");
+    assert!(
+        !stdout.contains("warning") && !stderr.contains("WARN"),
+        "{stdout}\n{stderr}"
+    );
 }

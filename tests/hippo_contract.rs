@@ -49,6 +49,7 @@ fn fast_policy() -> RetryPolicy {
         initial: Duration::from_millis(1),
         max_interval: Duration::from_millis(5),
         max_elapsed: Duration::from_millis(200),
+        max_unreachable: Duration::from_millis(200),
     }
 }
 

@@ -1,30 +1,36 @@
-//! Deployment packaging: the Helm chart (`charts/hippo-gitops/`), the Nomad job
-//! (`charts/nomad/hippo-gitops.nomad.hcl`), the `Dockerfile` and the GitHub Actions example.
+//! Deployment packaging, checked with the tools its users run it with: the Helm chart
+//! (`charts/hippo-gitops/`), the Nomad job (`charts/nomad/hippo-gitops.nomad.hcl`), the
+//! `Dockerfile`, the GitHub Actions workflows (`examples/github-actions/`) and the shell scripts.
 //!
-//! - The chart's `values.yaml` validates against its `values.schema.json` (JSON Schema draft-07,
-//!   checked with `boon`), and the schema refuses a table of bad values documents.
-//! - With `helm` on PATH, `helm template` renders Kubernetes YAML for the default values (every
-//!   document has a kind, an apiVersion and a name; no Secret, and no secret as a plain-text
-//!   variable); with `credentials.createSecret` the secret never appears in plain text; helm
-//!   refuses values the schema refuses. Without helm that test says it was skipped and returns.
-//! - The Nomad job parses as HCL (`hcl-rs`) and has a service job, a group, a docker task, the
-//!   health checks and the Nomad Variable template.
-//! - Every environment variable that the chart or the Nomad job sets for hippo-gitops is one the
-//!   binary reads (`reconcile --help` lists it), so a renamed variable can't go unnoticed.
-//! - The Dockerfile is multi-stage, builds `--release --locked` and runs as a non-root user.
+//! - Helm v4: `helm lint --strict` and `helm template` for the default values and for every
+//!   `ci/*-values.yaml` of the chart; every rendered manifest piped to `kubernetes-validate
+//!   --strict` for Kubernetes 1.31 and 1.34. Then the rendered objects must fit together: the
+//!   probes and the Service reach the port `--listen` binds; the ServiceMonitor selects the
+//!   Service; every Secret/ConfigMap key a pod reads is made by the chart or named in the values;
+//!   every variable set is one the binary (or the git it runs) reads; more than one replica only
+//!   with leader election. The same values validate against `values.schema.json` (boon, as
+//!   helm does), which refuses a table of bad values, and helm refuses them too.
+//! - The Nomad job parses as HCL (`hcl-rs`), runs the controller with health checks, sets only
+//!   variables the binary reads, and every Nomad Variable item it reads is in docs/controller.md.
+//! - actionlint (with its shellcheck integration) over every workflow, hadolint on the
+//!   Dockerfile, shellcheck on `.ci/run` and every shell script: zero findings.
 //!
-//! Nothing here needs a network, a container engine, a cluster or Nomad.
+//! The tools are installed at pinned versions by `.ci/tools.sh` (`.ci/run` sources it). A test
+//! whose tool is not on PATH fails, saying how to install it: nothing here is skipped. No
+//! network, container engine, cluster or Nomad is needed.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output, Stdio},
 };
 
 use serde_json::{json, Value};
 
 const CHART: &str = "charts/hippo-gitops";
 const NOMAD_JOB: &str = "charts/nomad/hippo-gitops.nomad.hcl";
+const WORKFLOWS: &str = "examples/github-actions";
 const IMAGE: &str = "ghcr.io/hippo-gitops/hippo-gitops";
 
 fn root() -> PathBuf {
@@ -43,6 +49,64 @@ fn yaml(text: &str, what: &str) -> Value {
 
 fn default_values() -> Value {
     yaml(&read(&format!("{CHART}/values.yaml")), "values.yaml")
+}
+
+// ---- the tools ----
+
+/// TOOL's path on PATH. A test that needs a tool that is missing fails: it is never skipped.
+fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not on PATH. The packaging tests run the real tool: install the pinned \
+                 versions with `. .ci/tools.sh` (bash, in the repository root; .ci/run does it) \
+                 and run the tests from that shell"
+            )
+        })
+}
+
+/// Runs TOOL ARGS in the repository root, with INPUT on its stdin.
+fn run(name: &str, args: &[&str], input: Option<&str>) -> Output {
+    let mut child = Command::new(tool(name))
+        .args(args)
+        .current_dir(root())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
+    // A thread writes the input, so a tool that prints much before it has read all can't block.
+    let writer = input.map(|input| {
+        let mut stdin = child.stdin.take().expect("a piped stdin");
+        let input = input.to_owned();
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()))
+    });
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {name}: {e}"));
+    if let Some(writer) = writer {
+        writer
+            .join()
+            .expect("the writer thread")
+            .unwrap_or_else(|e| panic!("writing to {name}'s stdin: {e}"));
+    }
+    out
+}
+
+/// What a tool printed, stdout then stderr.
+fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The chart's values schema, compiled.
@@ -104,6 +168,73 @@ fn with(changes: &[(&str, Value)]) -> Value {
     values
 }
 
+/// Helm's merge of a values file over the defaults: maps merge key by key, anything else
+/// replaces.
+fn merge(base: &mut Value, overlay: &Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                merge(base.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+        (base, overlay) => *base = overlay.clone(),
+    }
+}
+
+/// One way to install the chart: the defaults, or a values file of the chart's `ci/` directory
+/// (Helm's convention for test values) over them.
+struct ValuesCase {
+    name: String,
+    file: Option<PathBuf>,
+    values: Value,
+}
+
+fn values_cases() -> Vec<ValuesCase> {
+    let dir = root().join(CHART).join("ci");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|p| p.to_string_lossy().ends_with("-values.yaml"))
+        .collect();
+    files.sort();
+    let mut cases = vec![ValuesCase {
+        name: "the default values".into(),
+        file: None,
+        values: default_values(),
+    }];
+    for file in files {
+        let name = format!("ci/{}", file.file_name().expect("a name").to_string_lossy());
+        let text = std::fs::read_to_string(&file).expect("reads a values file");
+        let mut values = default_values();
+        merge(&mut values, &yaml(&text, &name));
+        cases.push(ValuesCase {
+            name,
+            file: Some(file),
+            values,
+        });
+    }
+    for needed in [
+        "ci/created-secret-values.yaml",
+        "ci/leader-election-values.yaml",
+        "ci/single-instance-values.yaml",
+        "ci/ssh-auth-values.yaml",
+        "ci/https-auth-values.yaml",
+    ] {
+        assert!(
+            cases.iter().any(|c| c.name == needed),
+            "{CHART}/{needed} exists (the checks below rely on what it turns on)"
+        );
+    }
+    cases
+}
+
+fn case<'a>(cases: &'a [ValuesCase], name: &str) -> &'a ValuesCase {
+    cases
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no values case {name}"))
+}
+
 #[test]
 fn chart_metadata_and_image_follow_the_crate_version() {
     let chart = yaml(&read(&format!("{CHART}/Chart.yaml")), "Chart.yaml");
@@ -143,56 +274,19 @@ fn chart_metadata_and_image_follow_the_crate_version() {
 }
 
 #[test]
-fn default_values_validate_against_the_schema() {
+fn every_values_case_validates_against_the_schema() {
     let schema = ValuesSchema::load();
-    let values = default_values();
-    if let Err(e) = schema.validate(&values) {
-        panic!("values.yaml does not validate against values.schema.json:\n{e}");
-    }
-    // The documented alternatives validate too.
-    for (what, changes) in [
-        (
-            "ssh auth with a Secret",
-            vec![
-                ("/git/auth/method", json!("ssh")),
-                ("/git/auth/existingSecret", json!("deploy-key")),
-                ("/git/url", json!("git@github.com:org/deploy.git")),
-            ],
-        ),
-        (
-            "2 replicas with leader election",
-            vec![
-                ("/replicaCount", json!(2)),
-                ("/updateStrategy", json!({"type": "RollingUpdate"})),
-            ],
-        ),
-        (
-            "a chart-made Secret",
-            vec![
-                ("/credentials/createSecret", json!(true)),
-                ("/credentials/existingSecret", json!("")),
-                (
-                    "/credentials/secretData",
-                    json!({"HIPPO_URL": "https://hippo.example.com"}),
-                ),
-            ],
-        ),
-        (
-            "the Git URL in values, none in the Secret",
-            vec![
-                ("/git/url", json!("https://github.com/org/deploy.git")),
-                ("/credentials/keys/gitUrl", json!("")),
-            ],
-        ),
-        (
-            "a ServiceMonitor",
-            vec![("/serviceMonitor/enabled", json!(true))],
-        ),
-        ("as a subchart", vec![("/global", json!({"x": 1}))]),
-    ] {
-        if let Err(e) = schema.validate(&with(&changes)) {
-            panic!("{what}: should validate, but:\n{e}");
+    for case in values_cases() {
+        if let Err(e) = schema.validate(&case.values) {
+            panic!(
+                "{} does not validate against values.schema.json:\n{e}",
+                case.name
+            );
         }
+    }
+    // As a subchart, helm adds `global`.
+    if let Err(e) = schema.validate(&with(&[("/global", json!({"x": 1}))])) {
+        panic!("as a subchart: should validate, but:\n{e}");
     }
 }
 
@@ -215,6 +309,13 @@ fn the_schema_refuses_bad_values() {
             vec![
                 ("/replicaCount", json!(3)),
                 ("/controller/leaderElection", json!(false)),
+            ],
+        ),
+        (
+            "several replicas without NOMAD_ADDR from the Secret",
+            vec![
+                ("/replicaCount", json!(2)),
+                ("/credentials/keys/nomadAddr", json!("")),
             ],
         ),
         (
@@ -299,7 +400,11 @@ fn env_vars_the_binary_reads() -> BTreeSet<String> {
         .output()
         .expect("runs hippo-gitops reconcile --help");
     assert!(out.status.success(), "reconcile --help exits 0");
-    let help = String::from_utf8_lossy(&out.stdout);
+    // Help text wraps, even between `[env:` and the name: read it as one line.
+    let help = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let vars: BTreeSet<String> = help
         .split("[env: ")
         .skip(1)
@@ -316,58 +421,43 @@ fn env_vars_the_binary_reads() -> BTreeSet<String> {
     vars
 }
 
-/// The variables of ours (HIPPO_*, BINDLE_*, NOMAD_* but Nomad's own runtime ones) that `names`
-/// has and the binary doesn't read.
+/// Variables the chart and the Nomad job may set that hippo-gitops does not read itself, and
+/// who does.
+const READ_BY_GIT_OR_THE_SYSTEM: [(&str, &str); 6] = [
+    (
+        "GIT_SSH_COMMAND",
+        "git (the controller's Git source runs it) runs ssh with it",
+    ),
+    (
+        "GIT_CONFIG_COUNT",
+        "git: the number of config entries that follow",
+    ),
+    (
+        "GIT_CONFIG_KEY_0",
+        "git: a config entry's key (the credential helper)",
+    ),
+    ("GIT_CONFIG_VALUE_0", "git: that entry's value"),
+    ("HOME", "git and ssh find their configuration under it"),
+    ("TMPDIR", "the temp dir of the binary and of git"),
+];
+
+/// The names that neither the binary nor git and the system read.
 fn unknown_vars<'a>(
     names: impl IntoIterator<Item = &'a str>,
     known: &BTreeSet<String>,
 ) -> Vec<String> {
     names
         .into_iter()
-        .filter(|n| n.starts_with("HIPPO_") || n.starts_with("BINDLE_") || n.starts_with("NOMAD_"))
-        // Set by Nomad for the task, not read by hippo-gitops.
-        .filter(|n| {
-            !matches!(
-                *n,
-                "NOMAD_ALLOC_DIR" | "NOMAD_TASK_DIR" | "NOMAD_SECRETS_DIR"
-            )
-        })
         .filter(|n| !known.contains(*n))
+        .filter(|n| !READ_BY_GIT_OR_THE_SYSTEM.iter().any(|(v, _)| v == n))
         .map(str::to_string)
         .collect()
 }
 
 #[test]
-fn chart_and_nomad_job_set_only_variables_the_binary_reads() {
+fn nomad_job_sets_only_variables_the_binary_reads() {
     let known = env_vars_the_binary_reads();
-
-    // The chart: `- name: X` entries of the container's env, and the Secret keys' defaults.
-    let deployment = read(&format!("{CHART}/templates/deployment.yaml"));
-    let mut chart_vars: Vec<&str> = deployment
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- name: "))
-        .filter(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-        .collect();
-    let helpers = read(&format!("{CHART}/templates/_helpers.tpl"));
-    assert!(helpers.contains("secretKeyRef"));
-    // Variables from Secrets: `(list "NAME" ...)` in the template.
-    chart_vars.extend(
-        deployment
-            .split("(list \"")
-            .skip(1)
-            .filter_map(|s| s.split('"').next()),
-    );
-    assert!(
-        chart_vars.contains(&"HIPPO_PASSWORD") && chart_vars.contains(&"BINDLE_SIGNING_KEY"),
-        "found the chart's variables: {chart_vars:?}"
-    );
-    let unknown = unknown_vars(chart_vars.iter().copied(), &known);
-    assert!(
-        unknown.is_empty(),
-        "the chart sets variables hippo-gitops does not read: {unknown:?}"
-    );
-
-    // The Nomad job: its env block's keys and the template's KEY= lines.
+    // Its env block's keys and the env template's KEY= lines.
     let job = nomad_job();
     let task = nomad_task(&job);
     let env = block(task, "env", None);
@@ -381,7 +471,11 @@ fn chart_and_nomad_job_set_only_variables_the_binary_reads() {
                 line = rest.split_once("}}").map_or("", |(_, after)| after);
             }
             if let Some((key, _)) = line.split_once('=') {
-                if !key.is_empty() && key.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                if !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                {
                     nomad_vars.push(key.to_string());
                 }
             }
@@ -392,6 +486,7 @@ fn chart_and_nomad_job_set_only_variables_the_binary_reads() {
         "HIPPO_PASSWORD",
         "BINDLE_SERVER_URL",
         "NOMAD_ADDR",
+        "GIT_CONFIG_VALUE_0",
     ] {
         assert!(
             nomad_vars.iter().any(|v| v == expected),
@@ -401,39 +496,34 @@ fn chart_and_nomad_job_set_only_variables_the_binary_reads() {
     let unknown = unknown_vars(nomad_vars.iter().map(String::as_str), &known);
     assert!(
         unknown.is_empty(),
-        "the Nomad job sets variables hippo-gitops does not read: {unknown:?}"
+        "the Nomad job sets variables that neither hippo-gitops nor git reads: {unknown:?}"
     );
 }
 
-// ---- helm template ----
+// ---- helm ----
 
-/// Runs `helm ARGS`; None when helm is not installed.
-fn helm(args: &[&str]) -> Option<std::process::Output> {
-    match Command::new("helm").args(args).output() {
-        Ok(out) => Some(out),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => panic!("running helm: {e}"),
-    }
+/// The chart as `helm template` renders it.
+struct Rendered {
+    text: String,
+    docs: Vec<Value>,
 }
 
-/// `helm template` with a values file; the rendered documents, or helm's stderr.
-fn helm_template(values: &Value) -> Result<(String, Vec<Value>), String> {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let values_file = dir.path().join("values.yaml");
-    std::fs::write(&values_file, serde_yaml::to_string(values).expect("YAML")).expect("writes");
+/// `helm template` of the chart with these values files (in order); helm's error otherwise.
+fn helm_template(values_files: &[&Path]) -> Result<Rendered, String> {
     let chart = root().join(CHART);
-    let out = helm(&[
+    let mut args = vec![
         "template",
         "packaging-test",
         chart.to_str().expect("UTF-8"),
         "--namespace",
         "packaging-ns",
-        "-f",
-        values_file.to_str().expect("UTF-8"),
-    ])
-    .expect("helm was found a moment ago");
+    ];
+    for file in values_files {
+        args.extend(["-f", file.to_str().expect("UTF-8")]);
+    }
+    let out = run("helm", &args, None);
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        return Err(printed(&out));
     }
     let text = String::from_utf8(out.stdout).expect("helm prints UTF-8");
     let mut docs = Vec::new();
@@ -444,24 +534,583 @@ fn helm_template(values: &Value) -> Result<(String, Vec<Value>), String> {
             docs.push(value);
         }
     }
-    Ok((text, docs))
+    Ok(Rendered { text, docs })
 }
 
-fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} rendered"))
+fn render(case: &ValuesCase) -> Rendered {
+    let files: Vec<&Path> = case.file.as_deref().into_iter().collect();
+    helm_template(&files).unwrap_or_else(|e| panic!("helm template fails with {}:\n{e}", case.name))
+}
+
+/// `helm template` with a case's values and then CHANGES (a values file of their own).
+fn render_with(case: &ValuesCase, changes: &[(&str, Value)]) -> Result<Rendered, String> {
+    let mut overlay = json!({});
+    for (pointer, value) in changes {
+        set(&mut overlay, pointer, value.clone());
+    }
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let overlay_file = dir.path().join("changes.yaml");
+    std::fs::write(
+        &overlay_file,
+        serde_yaml::to_string(&overlay).expect("YAML"),
+    )
+    .expect("writes");
+    let mut files: Vec<&Path> = case.file.as_deref().into_iter().collect();
+    files.push(&overlay_file);
+    helm_template(&files)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| d["kind"] == kind)
+}
+
+fn the<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} rendered");
+    found[0]
+}
+
+fn str_list(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 #[test]
-fn helm_template_renders_kubernetes_yaml() {
-    if helm(&["version", "--short"]).is_none() {
-        println!("skipped: helm is not installed (helm template checks of {CHART} not run)");
-        return;
+fn helm_lint_passes_for_every_values_case() {
+    let chart = root().join(CHART);
+    for case in values_cases() {
+        let mut args = vec!["lint", "--strict", chart.to_str().expect("UTF-8")];
+        if let Some(file) = &case.file {
+            args.extend(["-f", file.to_str().expect("UTF-8")]);
+        }
+        let out = run("helm", &args, None);
+        let report = printed(&out);
+        assert!(
+            out.status.success() && report.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "helm lint --strict with {}:\n{report}",
+            case.name
+        );
+        assert!(
+            !report.contains("[WARNING]") && !report.contains("[ERROR]"),
+            "helm lint with {}:\n{report}",
+            case.name
+        );
     }
-    let (text, docs) = helm_template(&default_values())
-        .unwrap_or_else(|e| panic!("helm template fails with the default values:\n{e}"));
+}
 
+/// The Kubernetes versions every rendered manifest is validated against (kubernetes-validate
+/// ships the schemas of each).
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.31.0", "1.34.0"];
+/// Custom resources kubernetes-validate has no schema for: the checks of
+/// `rendered_objects_fit_together` cover them.
+const CUSTOM_KINDS: [&str; 1] = ["ServiceMonitor"];
+
+/// `helm template | kubernetes-validate --strict -k VERSION -`: every object passes, and only
+/// the custom kinds go unchecked.
+fn kubernetes_validate(what: &str, rendered: &Rendered) {
+    for version in KUBERNETES_VERSIONS {
+        let out = run(
+            "kubernetes-validate",
+            &["--strict", "--kubernetes-version", version, "-"],
+            Some(&rendered.text),
+        );
+        let report = printed(&out);
+        assert!(
+            out.status.success(),
+            "{what}: kubernetes-validate --strict for Kubernetes {version} refuses the rendered chart:\n{report}"
+        );
+        let minor = version.rsplit_once('.').expect("x.y.z").0;
+        for doc in &rendered.docs {
+            let kind = doc["kind"].as_str().expect("a kind");
+            let name = doc["metadata"]["name"].as_str().expect("a name");
+            let seen = if CUSTOM_KINDS.contains(&kind) {
+                format!("Couldn't find schema for kind {kind} ")
+            } else {
+                format!(
+                    "passed for resource {}/{name} against version {minor}",
+                    kind.to_lowercase()
+                )
+            };
+            assert!(
+                report.contains(&seen),
+                "{what}: kubernetes-validate {version} did not say {seen:?}:\n{report}"
+            );
+        }
+        for line in report.lines().filter(|l| !l.starts_with("INFO")) {
+            assert!(
+                CUSTOM_KINDS
+                    .iter()
+                    .any(|k| line.contains(&format!("Couldn't find schema for kind {k} "))),
+                "{what}: kubernetes-validate {version}: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_rendered_manifest_validates_against_kubernetes() {
+    for case in values_cases() {
+        kubernetes_validate(&case.name, &render(&case));
+    }
+}
+
+#[test]
+fn kubernetes_validate_refuses_an_unknown_field() {
+    // The pipe and strict mode work: a misspelt field in the Deployment is refused.
+    let cases = values_cases();
+    let rendered = render(&cases[0]);
+    let mut text = String::new();
+    for mut doc in rendered.docs {
+        if doc["kind"] == "Deployment" {
+            set(&mut doc, "/spec/revisionHistoryLimt", json!(5));
+        }
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(&doc).expect("YAML"));
+    }
+    for version in KUBERNETES_VERSIONS {
+        let out = run(
+            "kubernetes-validate",
+            &["--strict", "--kubernetes-version", version, "-"],
+            Some(&text),
+        );
+        let report = printed(&out);
+        assert!(
+            !out.status.success() && report.contains("'revisionHistoryLimt' was unexpected"),
+            "kubernetes-validate {version} accepted a misspelt field:\n{report}"
+        );
+    }
+}
+
+/// Every string the values hold (Secret, ConfigMap and key names among them).
+fn value_strings(values: &Value, into: &mut BTreeSet<String>) {
+    match values {
+        Value::String(s) => {
+            into.insert(s.clone());
+        }
+        Value::Array(items) => items.iter().for_each(|v| value_strings(v, into)),
+        Value::Object(map) => map.values().for_each(|v| value_strings(v, into)),
+        _ => {}
+    }
+}
+
+/// A Secret's or ConfigMap's key that a pod reads.
+struct KeyRef<'a> {
+    kind: &'static str,
+    name: &'a str,
+    key: Option<&'a str>,
+    optional: bool,
+    from: String,
+}
+
+/// The Secret and ConfigMap keys the pod spec reads: env, envFrom and volumes.
+fn key_refs(pod: &Value) -> Vec<KeyRef<'_>> {
+    let mut refs = Vec::new();
+    let optional = |v: &Value| v["optional"].as_bool().unwrap_or(false);
+    for container in pod["containers"].as_array().into_iter().flatten() {
+        for env in container["env"].as_array().into_iter().flatten() {
+            let from = format!("env {}", env["name"]);
+            for (field, kind) in [("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")] {
+                let r = &env["valueFrom"][field];
+                if r.is_object() {
+                    refs.push(KeyRef {
+                        kind,
+                        name: r["name"].as_str().expect("a name"),
+                        key: Some(r["key"].as_str().expect("a key")),
+                        optional: optional(r),
+                        from: from.clone(),
+                    });
+                }
+            }
+        }
+        for env_from in container["envFrom"].as_array().into_iter().flatten() {
+            for (field, kind) in [("secretRef", "Secret"), ("configMapRef", "ConfigMap")] {
+                let r = &env_from[field];
+                if r.is_object() {
+                    refs.push(KeyRef {
+                        kind,
+                        name: r["name"].as_str().expect("a name"),
+                        key: None,
+                        optional: optional(r),
+                        from: "envFrom".into(),
+                    });
+                }
+            }
+        }
+    }
+    for volume in pod["volumes"].as_array().into_iter().flatten() {
+        let from = format!("volume {}", volume["name"]);
+        for (field, name_field, kind) in [
+            ("secret", "secretName", "Secret"),
+            ("configMap", "name", "ConfigMap"),
+        ] {
+            let v = &volume[field];
+            if !v.is_object() {
+                continue;
+            }
+            let name = v[name_field].as_str().expect("a name");
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                refs.push(KeyRef {
+                    kind,
+                    name,
+                    key: None,
+                    optional: optional(v),
+                    from: from.clone(),
+                });
+            }
+            for item in v["items"].as_array().into_iter().flatten() {
+                refs.push(KeyRef {
+                    kind,
+                    name,
+                    key: Some(item["key"].as_str().expect("a key")),
+                    optional: optional(v),
+                    from: from.clone(),
+                });
+            }
+        }
+        assert!(
+            volume.get("projected").is_none(),
+            "{from}: a projected volume; teach key_refs its sources"
+        );
+    }
+    refs
+}
+
+/// The port a probe or a Service's targetPort names, as a number of the container's.
+fn container_port(container: &Value, port: &Value) -> u64 {
+    match port {
+        Value::Number(n) => n.as_u64().expect("a port number"),
+        Value::String(name) => container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == *name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("the container has no port named {name}")),
+        other => panic!("not a port: {other}"),
+    }
+}
+
+fn labels_match(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| labels[k] == *v))
+}
+
+/// The checks that need the objects together, for one values case.
+fn check_objects_fit_together(case: &ValuesCase, docs: &[Value], known_env: &BTreeSet<String>) {
+    let what = &case.name;
+    let deployment = the(docs, "Deployment");
+    let template = &deployment["spec"]["template"];
+    let pod = &template["spec"];
+    let container = pod["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "hippo-gitops"))
+        .unwrap_or_else(|| panic!("{what}: no hippo-gitops container"));
+    let args = str_list(&container["args"]);
+    let env = container["env"].as_array().cloned().unwrap_or_default();
+    let env_var = |name: &str| env.iter().find(|e| e["name"] == name);
+
+    // The address the controller listens on: --listen, else HIPPO_GITOPS_LISTEN, else the
+    // binary's default (loopback, which no probe reaches).
+    let listen = args
+        .windows(2)
+        .find(|w| w[0] == "--listen")
+        .map(|w| w[1].to_string())
+        .or_else(|| {
+            env_var("HIPPO_GITOPS_LISTEN").and_then(|e| e["value"].as_str().map(String::from))
+        })
+        .unwrap_or_else(|| "127.0.0.1:9090".into());
+    let (host, port) = listen.rsplit_once(':').expect("HOST:PORT");
+    let port: u64 = port.parse().expect("a port number");
+    assert!(
+        !matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
+        "{what}: --listen {listen} is not reachable from outside the pod"
+    );
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{what}: {probe}'s path");
+        assert_eq!(
+            container_port(container, &get["port"]),
+            port,
+            "{what}: {probe} hits the port --listen {listen} binds"
+        );
+    }
+
+    // The Service reaches the pods on that port.
+    let service = the(docs, "Service");
+    assert!(
+        labels_match(
+            &service["spec"]["selector"],
+            &template["metadata"]["labels"]
+        ),
+        "{what}: the Service selects the pods"
+    );
+    let service_ports = service["spec"]["ports"].as_array().expect("ports");
+    for p in service_ports {
+        assert_eq!(
+            container_port(container, &p["targetPort"]),
+            port,
+            "{what}: the Service's port {} reaches --listen {listen}",
+            p["name"]
+        );
+    }
+
+    // The ServiceMonitor selects the Service, on a port it has.
+    if let Some(monitor) = find(docs, "ServiceMonitor") {
+        let namespaces = match monitor["spec"]["namespaceSelector"]["matchNames"].as_array() {
+            Some(names) => names.iter().filter_map(Value::as_str).collect(),
+            None => vec![monitor["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()],
+        };
+        assert!(
+            namespaces.contains(
+                &service["metadata"]["namespace"]
+                    .as_str()
+                    .expect("a namespace")
+            ),
+            "{what}: the ServiceMonitor looks in the Service's namespace: {namespaces:?}"
+        );
+        let selector = &monitor["spec"]["selector"];
+        assert!(
+            selector.get("matchExpressions").is_none(),
+            "{what}: teach this test matchExpressions"
+        );
+        assert!(
+            labels_match(&selector["matchLabels"], &service["metadata"]["labels"]),
+            "{what}: the ServiceMonitor's selector {selector} selects the Service's labels {}",
+            service["metadata"]["labels"]
+        );
+        for endpoint in monitor["spec"]["endpoints"].as_array().expect("endpoints") {
+            assert!(
+                service_ports.iter().any(|p| p["name"] == endpoint["port"]),
+                "{what}: the ServiceMonitor scrapes port {} of the Service",
+                endpoint["port"]
+            );
+            assert_eq!(endpoint["path"], "/metrics", "{what}");
+        }
+    }
+
+    // The Ingress routes to the Service's port.
+    if let Some(ingress) = find(docs, "Ingress") {
+        for rule in ingress["spec"]["rules"].as_array().expect("rules") {
+            for path in rule["http"]["paths"].as_array().expect("paths") {
+                let backend = &path["backend"]["service"];
+                assert_eq!(backend["name"], service["metadata"]["name"], "{what}");
+                assert!(
+                    service_ports
+                        .iter()
+                        .any(|p| p["name"] == backend["port"]["name"]),
+                    "{what}: the Ingress routes to a port of the Service"
+                );
+            }
+        }
+    }
+
+    // Every Secret/ConfigMap key the pod reads: a required key of an object the chart makes
+    // is in it; an object the chart doesn't make, and its keys, are named in the values.
+    let mut named = BTreeSet::new();
+    value_strings(&case.values, &mut named);
+    for r in key_refs(pod) {
+        let made = docs
+            .iter()
+            .find(|d| d["kind"] == r.kind && d["metadata"]["name"] == r.name);
+        match (made, r.key) {
+            (Some(object), Some(key)) => {
+                let has = ["data", "stringData", "binaryData"]
+                    .iter()
+                    .any(|field| object[field].get(key).is_some());
+                assert!(
+                    has || r.optional,
+                    "{what}: {} reads key {key} of {} {}, which the chart makes without it",
+                    r.from,
+                    r.kind,
+                    r.name
+                );
+            }
+            (Some(_), None) => {}
+            (None, key) => {
+                assert!(
+                    named.contains(r.name),
+                    "{what}: {} reads {} {}, which the chart doesn't make and the values don't name",
+                    r.from,
+                    r.kind,
+                    r.name
+                );
+                if let Some(key) = key {
+                    assert!(
+                        named.contains(key),
+                        "{what}: {} reads key {key} of {} {}, a key the values don't name",
+                        r.from,
+                        r.kind,
+                        r.name
+                    );
+                }
+            }
+        }
+    }
+
+    // Every variable set is one the binary (or git) reads.
+    let names: Vec<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+    let unknown = unknown_vars(names.iter().copied(), known_env);
+    assert!(
+        unknown.is_empty(),
+        "{what}: the chart sets variables that neither hippo-gitops nor git reads: {unknown:?}"
+    );
+
+    // More than one replica only with leader election: not turned off, and NOMAD_ADDR set
+    // (without it there is no election), from a Secret key that must exist.
+    let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
+    if replicas > 1 {
+        assert!(
+            !args.contains(&"--no-leader-election"),
+            "{what}: {replicas} replicas with --no-leader-election"
+        );
+        let nomad_addr = env_var("NOMAD_ADDR")
+            .unwrap_or_else(|| panic!("{what}: {replicas} replicas without NOMAD_ADDR"));
+        let from_secret = &nomad_addr["valueFrom"]["secretKeyRef"];
+        assert!(
+            nomad_addr["value"].is_string()
+                || (from_secret.is_object() && from_secret["optional"] == false),
+            "{what}: {replicas} replicas with a NOMAD_ADDR that may be missing: {nomad_addr}"
+        );
+    }
+}
+
+#[test]
+fn rendered_objects_fit_together() {
+    let known_env = env_vars_the_binary_reads();
+    let cases = values_cases();
+    let mut kinds = BTreeSet::new();
+    let mut max_replicas = 0;
+    for case in &cases {
+        let rendered = render(case);
+        check_objects_fit_together(case, &rendered.docs, &known_env);
+        for doc in &rendered.docs {
+            kinds.insert(doc["kind"].as_str().unwrap_or_default().to_string());
+        }
+        max_replicas = max_replicas.max(
+            the(&rendered.docs, "Deployment")["spec"]["replicas"]
+                .as_u64()
+                .unwrap_or(1),
+        );
+    }
+    // Together the cases render every kind the chart has, and more than one replica.
+    for kind in [
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "Secret",
+        "ServiceMonitor",
+        "Ingress",
+    ] {
+        assert!(kinds.contains(kind), "no values case renders a {kind}");
+    }
+    assert!(max_replicas > 1, "no values case runs several replicas");
+}
+
+#[test]
+fn the_fit_checks_catch_a_broken_chart() {
+    // Each check above can fail: objects broken as a template mistake would break them.
+    let known_env = env_vars_the_binary_reads();
+    let cases = values_cases();
+    let breakages: [(&str, &str, &str, &str, &str, Value); 7] = [
+        (
+            "a probe on another port",
+            "livenessProbe hits the port",
+            "ci/created-secret-values.yaml",
+            "Deployment",
+            "/spec/template/spec/containers/0/livenessProbe/httpGet/port",
+            json!(8080),
+        ),
+        (
+            "a ServiceMonitor selecting other labels",
+            "selects the Service",
+            "ci/created-secret-values.yaml",
+            "ServiceMonitor",
+            "/spec/selector/matchLabels",
+            json!({"app.kubernetes.io/name": "other"}),
+        ),
+        (
+            "a key the chart-made Secret lacks",
+            "which the chart makes without it",
+            "ci/created-secret-values.yaml",
+            "Deployment",
+            "/spec/template/spec/containers/0/env/0",
+            json!({"name": "HIPPO_URL", "valueFrom": {"secretKeyRef": {"name": "packaging-test-hippo-gitops", "key": "HIPPO_ULR"}}}),
+        ),
+        (
+            "a Secret the values don't name",
+            "the values don't name",
+            "ci/created-secret-values.yaml",
+            "Deployment",
+            "/spec/template/spec/volumes/0",
+            json!({"name": "state", "secret": {"secretName": "hard-coded"}}),
+        ),
+        (
+            "a variable nobody reads",
+            "neither hippo-gitops nor git reads",
+            "ci/created-secret-values.yaml",
+            "Deployment",
+            "/spec/template/spec/containers/0/env/0",
+            json!({"name": "HIPPO_GITOPS_GIT_REPO", "value": "x"}),
+        ),
+        (
+            "two replicas with leader election turned off",
+            "with --no-leader-election",
+            "ci/leader-election-values.yaml",
+            "Deployment",
+            "/spec/template/spec/containers/0/args",
+            json!([
+                "reconcile",
+                "--listen",
+                "0.0.0.0:9090",
+                "--no-leader-election"
+            ]),
+        ),
+        (
+            "two replicas where NOMAD_ADDR may be missing",
+            "NOMAD_ADDR that may be missing",
+            "ci/created-secret-values.yaml",
+            "Deployment",
+            "/spec/replicas",
+            json!(2),
+        ),
+    ];
+    for (what, expected, case_name, kind, pointer, value) in breakages {
+        let base = case(&cases, case_name);
+        let mut docs = render(base).docs;
+        let doc = docs
+            .iter_mut()
+            .find(|d| d["kind"] == kind)
+            .expect("rendered");
+        *doc.pointer_mut(pointer)
+            .unwrap_or_else(|| panic!("{what}: nothing at {pointer}")) = value;
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check_objects_fit_together(base, &docs, &known_env);
+        }));
+        let message = match caught {
+            Ok(()) => panic!("the checks missed {what}"),
+            Err(payload) => payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        };
+        assert!(
+            message.contains(expected),
+            "{what}: caught, but by another check: {message}"
+        );
+    }
+}
+
+#[test]
+fn helm_renders_the_default_values_as_documented() {
+    let cases = values_cases();
+    let Rendered { text, docs } = render(&cases[0]);
     let mut kinds = BTreeSet::new();
     for doc in &docs {
         let kind = doc["kind"]
@@ -499,7 +1148,7 @@ fn helm_template_renders_kubernetes_yaml() {
     assert!(!text.contains("stringData"), "no plain-text Secret data");
 
     // The Deployment.
-    let deployment = find(&docs, "Deployment");
+    let deployment = the(&docs, "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 1);
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
@@ -583,44 +1232,66 @@ fn helm_template_renders_kubernetes_yaml() {
         .to_string();
     assert!(volume(mount_of(&key))["secret"]["secretName"].is_string());
 
-    let service = find(&docs, "Service");
+    let service = the(&docs, "Service");
     assert_eq!(service["spec"]["ports"][0]["port"], 9090);
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
 
     // With a chart-made Secret, the secret never appears in plain text.
-    let sentinel = "plain-text-sentinel-3f9c1e";
-    let (text, docs) = helm_template(&with(&[
-        ("/credentials/createSecret", json!(true)),
-        ("/credentials/existingSecret", json!("")),
-        (
-            "/credentials/secretData",
-            json!({"HIPPO_URL": "https://hippo.example.com", "HIPPO_PASSWORD": sentinel}),
-        ),
-        ("/serviceMonitor/enabled", json!(true)),
-        ("/ingress/enabled", json!(true)),
-        ("/git/auth/method", json!("ssh")),
-        ("/git/auth/existingSecret", json!("deploy-key")),
-    ]))
-    .unwrap_or_else(|e| panic!("helm template fails with createSecret:\n{e}"));
+    let made = case(&cases, "ci/created-secret-values.yaml");
+    let sentinel = made.values["credentials"]["secretData"]["HIPPO_PASSWORD"]
+        .as_str()
+        .expect("a sentinel password");
+    let Rendered { text, docs } = render(made);
     assert!(
         !text.contains(sentinel),
         "the password appears in plain text"
     );
-    let secret = find(&docs, "Secret");
+    let secret = the(&docs, "Secret");
     assert!(secret.get("stringData").is_none());
     assert!(secret["data"]["HIPPO_PASSWORD"].is_string());
-    find(&docs, "ServiceMonitor");
-    find(&docs, "Ingress");
+}
 
-    // helm refuses what the schema refuses.
-    let refused = helm_template(&with(&[
-        ("/replicaCount", json!(2)),
-        ("/controller/leaderElection", json!(false)),
-    ]));
-    assert!(
-        refused.is_err(),
-        "helm template accepted 2 replicas without leader election"
-    );
+#[test]
+fn helm_refuses_what_would_not_run() {
+    let cases = values_cases();
+    let default = &cases[0];
+    for (what, base, changes) in [
+        (
+            "2 replicas without leader election",
+            default,
+            vec![
+                ("/replicaCount", json!(2)),
+                ("/controller/leaderElection", json!(false)),
+            ],
+        ),
+        (
+            "2 replicas without NOMAD_ADDR",
+            default,
+            vec![
+                ("/replicaCount", json!(2)),
+                ("/credentials/keys/nomadAddr", json!("")),
+            ],
+        ),
+        (
+            "a chart-made Secret without HIPPO_URL",
+            case(&cases, "ci/created-secret-values.yaml"),
+            vec![("/credentials/keys/hippoUrl", json!("HIPPO_ADDRESS"))],
+        ),
+        (
+            "a chart-made Secret without the signing key",
+            case(&cases, "ci/created-secret-values.yaml"),
+            vec![("/bindle/signingKey/key", json!("other.toml"))],
+        ),
+        (
+            "ssh auth without its Secret",
+            default,
+            vec![("/git/auth/method", json!("ssh"))],
+        ),
+    ] {
+        if let Ok(rendered) = render_with(base, &changes) {
+            panic!("helm template accepted {what}:\n{}", rendered.text);
+        }
+    }
 }
 
 // ---- the Nomad job ----
@@ -849,6 +1520,17 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
 
 // ---- the GitHub Actions example ----
 
+/// The `run:` scripts of every step of every job of a workflow.
+fn run_scripts(workflow: &Value) -> Vec<String> {
+    workflow["jobs"]
+        .as_object()
+        .expect("jobs")
+        .values()
+        .flat_map(|job| job["steps"].as_array().cloned().unwrap_or_default())
+        .filter_map(|step| step["run"].as_str().map(str::to_string))
+        .collect()
+}
+
 #[test]
 fn github_actions_example_validates_plans_and_reconciles() {
     let path = Path::new("examples/github-actions/hippo-gitops.yml");
@@ -863,13 +1545,7 @@ fn github_actions_example_validates_plans_and_reconciles() {
         "and on pushes to main"
     );
 
-    let runs: Vec<String> = workflow["jobs"]
-        .as_object()
-        .expect("jobs")
-        .values()
-        .flat_map(|job| job["steps"].as_array().cloned().unwrap_or_default())
-        .filter_map(|step| step["run"].as_str().map(str::to_string))
-        .collect();
+    let runs = run_scripts(&workflow);
     let has = |needle: &str| runs.iter().any(|r| r.contains(needle));
     assert!(has("hippo-gitops validate -f"), "validates");
     assert!(
@@ -891,5 +1567,322 @@ fn github_actions_example_validates_plans_and_reconciles() {
     assert!(
         text.contains("${{ secrets.HIPPO_URL }}"),
         "credentials from repository secrets"
+    );
+}
+
+// ---- the Nomad Variable ----
+
+/// The default of the job file's `variable "NAME"`.
+fn nomad_variable_default(file: &hcl::Body, name: &str) -> String {
+    let variable = file
+        .blocks()
+        .find(|b| {
+            b.identifier() == "variable" && b.labels().first().map(|l| l.as_str()) == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no variable {name:?}"));
+    template_text(attribute(variable.body(), "default"))
+}
+
+#[test]
+fn nomad_variable_path_and_items_are_documented() {
+    let file = nomad_job();
+    let task = nomad_task(&file);
+    let mut paths = BTreeSet::new();
+    let mut items = BTreeSet::new();
+    for template in task.blocks().filter(|b| b.identifier() == "template") {
+        let data = template_text(attribute(template.body(), "data"));
+        for rest in data.split("nomadVar \"").skip(1) {
+            let path = rest.split('"').next().expect("a quoted path");
+            // `${var.NAME}`: the job variable's default.
+            let path = match path
+                .strip_prefix("${var.")
+                .and_then(|p| p.strip_suffix('}'))
+            {
+                Some(var) => nomad_variable_default(&file, var),
+                None => path.to_string(),
+            };
+            paths.insert(path);
+        }
+        // The items: `.item` inside the `with nomadVar` block (`.Value` is an item's value).
+        if data.contains("nomadVar") {
+            for rest in data.split("{{ with .").skip(1) {
+                let item: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                items.insert(item);
+            }
+        }
+    }
+    assert_eq!(
+        paths,
+        BTreeSet::from(["nomad/jobs/hippo-gitops".to_string()]),
+        "the job reads one Nomad Variable"
+    );
+    for item in [
+        "hippo_url",
+        "bindle_server_url",
+        "bindle_signing_key",
+        "git_ssh_key",
+    ] {
+        assert!(items.contains(item), "found item {item}: {items:?}");
+    }
+    let docs = read("docs/controller.md");
+    let section = docs
+        .split("\n## ")
+        .find(|s| s.starts_with("On Nomad"))
+        .expect("docs/controller.md has a section \"On Nomad\"");
+    for path in &paths {
+        assert!(
+            section.contains(&format!("`{path}`")),
+            "docs/controller.md's \"On Nomad\" names the variable path `{path}`"
+        );
+    }
+    let undocumented: Vec<&String> = items
+        .iter()
+        .filter(|item| !section.contains(&format!("`{item}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/controller.md's \"On Nomad\" section does not document the Nomad Variable items {undocumented:?}"
+    );
+}
+
+// ---- actionlint, hadolint, shellcheck ----
+
+/// The files under DIR (relative to the repository root) whose names end with one of EXTS.
+fn files_in(dir: &str, exts: &[&str]) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| exts.iter().any(|ext| name.ends_with(ext)))
+        .map(|name| format!("{dir}/{name}"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn actionlint_finds_nothing_in_the_workflows() {
+    let workflows = files_in(WORKFLOWS, &[".yml", ".yaml"]);
+    for expected in ["hippo-gitops.yml", "release.yml"] {
+        assert!(
+            workflows.contains(&format!("{WORKFLOWS}/{expected}")),
+            "{WORKFLOWS}/{expected} exists: {workflows:?}"
+        );
+    }
+    // shellcheck named explicitly: actionlint quietly drops its check of `run:` scripts when
+    // it finds none.
+    let shellcheck = tool("shellcheck");
+    let mut args = vec![
+        "-verbose",
+        "-no-color",
+        "-shellcheck",
+        shellcheck.to_str().expect("UTF-8"),
+    ];
+    args.extend(workflows.iter().map(String::as_str));
+    let out = run("actionlint", &args, None);
+    let findings = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "actionlint:\n{findings}{log}"
+    );
+    assert!(
+        !log.contains("Rule \"shellcheck\" was disabled"),
+        "actionlint ran without shellcheck:\n{log}"
+    );
+    for workflow in &workflows {
+        assert!(
+            log.contains(&format!("Linting {workflow}")),
+            "actionlint linted {workflow}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn actionlint_checks_run_scripts_with_shellcheck() {
+    // What the test above relies on: a script error in a `run:` step is a finding.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let workflow = dir.path().join("w.yml");
+    std::fs::write(
+        &workflow,
+        "on: push\njobs:\n  j:\n    runs-on: ubuntu-latest\n    steps:\n      - run: rm -rf $DIR/*\n",
+    )
+    .expect("writes");
+    let shellcheck = tool("shellcheck");
+    let out = run(
+        "actionlint",
+        &[
+            "-no-color",
+            "-shellcheck",
+            shellcheck.to_str().expect("UTF-8"),
+            workflow.to_str().expect("UTF-8"),
+        ],
+        None,
+    );
+    let report = printed(&out);
+    assert!(
+        !out.status.success() && report.contains("shellcheck reported issue"),
+        "actionlint did not report the unquoted variable:\n{report}"
+    );
+}
+
+#[test]
+fn hadolint_finds_nothing_in_the_dockerfile() {
+    let out = run("hadolint", &["--no-color", "Dockerfile"], None);
+    let report = printed(&out);
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "hadolint Dockerfile:\n{report}"
+    );
+    // A rule is ignored only inline, with the reason in the comment lines just above it.
+    let text = read("Dockerfile");
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("hadolint ignore=") {
+            let reason = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| l.starts_with('#'))
+                .count();
+            assert!(
+                reason >= 1,
+                "Dockerfile:{}: `{line}` has no reason beside it",
+                i + 1
+            );
+        }
+    }
+    assert!(
+        !root().join(".hadolint.yaml").exists() && !root().join(".hadolint.yml").exists(),
+        "no hadolint config file: rules are ignored inline, with their reasons"
+    );
+}
+
+/// Every shell script of the repository: `*.sh` and `*.bash`, and files that start with a
+/// shell's `#!` line (like `.ci/run`), outside target/ and .git.
+fn shell_scripts() -> Vec<String> {
+    fn walk(dir: &Path, rel: &str, into: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("reads a directory") {
+            let entry = entry.expect("a directory entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let rel = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let file_type = entry.file_type().expect("a file type");
+            if file_type.is_dir() {
+                if !matches!(
+                    name.as_str(),
+                    "target" | ".git" | ".hippo-gitops" | "node_modules"
+                ) {
+                    walk(&path, &rel, into);
+                }
+            } else if file_type.is_file() {
+                let shebang = || {
+                    let mut head = [0u8; 64];
+                    let n = std::fs::File::open(&path)
+                        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                        .unwrap_or(0);
+                    let first = String::from_utf8_lossy(&head[..n]);
+                    let first = first.lines().next().unwrap_or_default();
+                    first.starts_with("#!")
+                        && ["sh", "bash", "dash"].iter().any(|sh| {
+                            first.ends_with(&format!("/{sh}")) || first.ends_with(&format!(" {sh}"))
+                        })
+                };
+                if name.ends_with(".sh") || name.ends_with(".bash") || shebang() {
+                    into.push(rel);
+                }
+            }
+        }
+    }
+    let mut scripts = Vec::new();
+    walk(&root(), "", &mut scripts);
+    scripts.sort();
+    scripts
+}
+
+#[test]
+fn shellcheck_finds_nothing_in_the_shell_scripts() {
+    let scripts = shell_scripts();
+    for expected in [".ci/run", ".ci/tools.sh"] {
+        assert!(
+            scripts.iter().any(|s| s == expected),
+            "{expected} is found as a shell script: {scripts:?}"
+        );
+    }
+    // -x follows `. .ci/tools.sh` from .ci/run (paths are relative to the repository root).
+    let mut args = vec!["-x", "--color=never"];
+    args.extend(scripts.iter().map(String::as_str));
+    let out = run("shellcheck", &args, None);
+    let report = printed(&out);
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "shellcheck {scripts:?}:\n{report}"
+    );
+}
+
+// ---- the release workflow ----
+
+#[test]
+fn release_workflow_publishes_checksummed_binaries_for_linux_and_macos() {
+    let text = read(&format!("{WORKFLOWS}/release.yml"));
+    let workflow = yaml(&text, "the release workflow");
+    let tags = str_list(&workflow["on"]["push"]["tags"]);
+    assert!(!tags.is_empty(), "runs on a pushed tag: {}", workflow["on"]);
+    assert!(
+        workflow["on"]["push"].get("branches").is_none(),
+        "and not on branch pushes"
+    );
+    let jobs = workflow["jobs"].as_object().expect("jobs");
+    // Every target from the build matrix, and the runner each one builds on.
+    let targets: BTreeSet<String> = jobs
+        .values()
+        .flat_map(|job| {
+            job["strategy"]["matrix"]["include"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|entry| entry["target"].as_str().map(str::to_string))
+        .collect();
+    for target in [
+        "x86_64-unknown-linux-musl",
+        "aarch64-unknown-linux-musl",
+        "x86_64-apple-darwin",
+        "aarch64-apple-darwin",
+    ] {
+        assert!(targets.contains(target), "builds {target}: {targets:?}");
+    }
+    let runs = run_scripts(&workflow).join("\n");
+    assert!(
+        runs.contains("--locked") && runs.contains("--release"),
+        "builds --release --locked"
+    );
+    assert!(
+        runs.contains("sha256sum") || runs.contains("shasum -a 256"),
+        "writes SHA-256 checksums"
+    );
+    assert!(
+        runs.contains("gh release"),
+        "publishes a GitHub release with gh"
+    );
+    let writes: BTreeMap<&str, &Value> = jobs
+        .iter()
+        .filter(|(_, job)| job["permissions"]["contents"] == "write")
+        .map(|(name, job)| (name.as_str(), job))
+        .collect();
+    assert_eq!(
+        writes.len(),
+        1,
+        "exactly one job (the one that publishes) may write the repository's contents"
     );
 }

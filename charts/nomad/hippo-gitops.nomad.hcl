@@ -30,10 +30,10 @@
 # JWT in NOMAD_TOKEN; Nomad >= 1.7). Grant that identity a policy:
 #
 #   cat > hippo-gitops.policy.hcl <<'EOF'
-#   namespace "default" {                      # the namespace of Hippo's jobs
+#   namespace "default" {                      # Hippo's jobs (var.hippo_nomad_namespace)
 #     capabilities = ["list-jobs", "read-job"] # add "submit-job" for --prune-orphans
-#     variables {
-#       path "hippo-gitops/*" { capabilities = ["read", "write", "list"] }   # the leader lock
+#     variables {                              # the leader lock, in this job's own namespace
+#       path "hippo-gitops/*" { capabilities = ["read", "write", "list"] }   # (var.namespace)
 #     }
 #   }
 #   EOF
@@ -121,7 +121,7 @@ variable "nomad_addr" {
 
 variable "hippo_nomad_namespace" {
   type        = string
-  description = "NOMAD_NAMESPACE: the namespace of Hippo's jobs."
+  description = "HIPPO_GITOPS_HIPPO_NAMESPACE: the namespace of Hippo's jobs (Hippo registers them in default)."
   default     = "default"
 }
 
@@ -229,17 +229,18 @@ job "hippo-gitops" {
       kill_timeout = "45s"
 
       env {
-        HIPPO_GITOPS_STATE_DIR    = "${NOMAD_ALLOC_DIR}/data/hippo-gitops"
-        HOME                      = "${NOMAD_ALLOC_DIR}/data"
-        TMPDIR                    = "${NOMAD_TASK_DIR}"
-        HIPPO_GITOPS_GIT_BRANCH   = var.git_branch
-        HIPPO_GITOPS_GIT_PATH     = var.git_path
-        HIPPO_GITOPS_GIT_INTERVAL = var.git_interval
-        HIPPO_GITOPS_INTERVAL     = var.interval
-        HIPPO_GITOPS_LEADER_LOCK  = var.leader_lock
-        NOMAD_ADDR                = var.nomad_addr
-        NOMAD_NAMESPACE           = var.hippo_nomad_namespace
-        BINDLE_SIGNING_KEY        = "${NOMAD_SECRETS_DIR}/bindle-signing-key.toml"
+        HIPPO_GITOPS_STATE_DIR       = "${NOMAD_ALLOC_DIR}/data/hippo-gitops"
+        HOME                         = "${NOMAD_ALLOC_DIR}/data"
+        TMPDIR                       = "${NOMAD_TASK_DIR}"
+        HIPPO_GITOPS_GIT_BRANCH      = var.git_branch
+        HIPPO_GITOPS_GIT_PATH        = var.git_path
+        HIPPO_GITOPS_GIT_INTERVAL    = var.git_interval
+        HIPPO_GITOPS_INTERVAL        = var.interval
+        HIPPO_GITOPS_LEADER_LOCK     = var.leader_lock
+        NOMAD_ADDR                   = var.nomad_addr
+        # NOMAD_NAMESPACE, where the leader lock lives, is the job's own: Nomad sets it.
+        HIPPO_GITOPS_HIPPO_NAMESPACE = var.hippo_nomad_namespace
+        BINDLE_SIGNING_KEY           = "${NOMAD_SECRETS_DIR}/bindle-signing-key.toml"
       }
 
       # Settings and credentials from the Nomad Variable, as environment variables (values are

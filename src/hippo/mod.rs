@@ -433,12 +433,12 @@ impl HippoClient {
                 let method = method.clone();
                 let payload = payload.map(<[u8]>::to_vec);
                 async move {
-                    let token = self.token().await.map_err(|e| {
-                        if e.is_transient() {
-                            Attempt::Retry(e, None)
-                        } else {
-                            Attempt::Fail(e)
+                    let token = self.token().await.map_err(|e| match &e {
+                        HippoError::Transport { source, .. } if source.is_connect() => {
+                            Attempt::Unreachable(e)
                         }
+                        _ if e.is_transient() => Attempt::Retry(e, None),
+                        _ => Attempt::Fail(e),
                     })?;
                     let mut req = self
                         .http
@@ -462,11 +462,7 @@ impl HippoClient {
                                 path: path.to_string(),
                                 source,
                             };
-                            return Err(if idempotent || connect {
-                                Attempt::Retry(e, None)
-                            } else {
-                                Attempt::Fail(e)
-                            });
+                            return Err(crate::retry::transport_attempt(e, idempotent, connect));
                         }
                     };
                     let status = resp.status();

@@ -833,11 +833,7 @@ impl NomadClient {
                                 path: path.to_string(),
                                 source,
                             };
-                            return Err(if idempotent || connect {
-                                Attempt::Retry(e, None)
-                            } else {
-                                Attempt::Fail(e)
-                            });
+                            return Err(crate::retry::transport_attempt(e, idempotent, connect));
                         }
                     };
                     let status = resp.status();

@@ -125,6 +125,7 @@ pub fn fast_retry() -> RetryPolicy {
         initial: Duration::from_millis(5),
         max_interval: Duration::from_millis(50),
         max_elapsed: Duration::from_secs(5),
+        max_unreachable: Duration::from_secs(5),
     }
 }
 
@@ -182,10 +183,25 @@ pub fn load(path: &Path) -> DesiredState {
     spec::load(&[path.to_path_buf()], &LoadOptions::default()).unwrap_or_else(|d| panic!("{d}"))
 }
 
-/// The repository's own example deploy files, copied so tests may change them.
+/// The repository's own example deploy files, copied so tests may change them. The copy's
+/// production channel gets `env: {RUST_LOG: info}`, which the shipped example leaves out (Hippo
+/// does not pass channel env to Nomad, so it would warn on every run), for the tests of env
+/// handling.
 pub fn copy_examples(to: &Path) -> PathBuf {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy-specs");
     copy_dir(&from, &to.join("deploy-specs"));
+    let weather = to.join("deploy-specs/weather.yaml");
+    let text = std::fs::read_to_string(&weather).unwrap();
+    let with_env = text.replacen(
+        "      domain: weather.example.com\n",
+        "      domain: weather.example.com\n      env:\n        RUST_LOG: info\n",
+        1,
+    );
+    assert_ne!(
+        text, with_env,
+        "the example's production channel has a domain line"
+    );
+    std::fs::write(&weather, with_env).unwrap();
     to.join("deploy-specs")
 }
 
