@@ -28,3 +28,4 @@ pub mod secret;
 pub mod spec;
 pub mod stats;
 pub mod status;
+pub mod walk;
