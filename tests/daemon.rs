@@ -42,7 +42,7 @@ fn replica(nb: &NomadBed) -> (Context, RequestStats) {
 fn config(files: &Path, holder: &str) -> ControllerConfig {
     let mut c = ControllerConfig::new(SourceConfig::Files {
         paths: vec![files.to_path_buf()],
-        root: None,
+        options: Default::default(),
     });
     c.interval = Duration::from_millis(300);
     c.progress_interval = Duration::from_millis(100);
