@@ -239,9 +239,41 @@ pub struct FileArgs {
         value_name = "PATH"
     )]
     pub files: Vec<PathBuf>,
-    /// Repository root: every `path:` must stay inside it (no `..` or symlink escapes).
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+/// Where deploy files and the files they name may come from, and how large deploy files may be.
+#[derive(Debug, Clone, Args)]
+pub struct InputArgs {
+    /// Repository root: deploy files and every file a `path:` packs must stay inside it (no
+    /// `..` or symlink escapes). Default: the deploy files' Git repository (the nearest
+    /// directory above them with a `.git`), or their directory outside Git.
     #[arg(help_heading = "Deploy files", long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// Let deploy files and packed files come from anywhere (no root).
+    #[arg(help_heading = "Deploy files", long, conflicts_with = "root")]
+    pub allow_outside_root: bool,
+    /// Refuse deploy files larger than this, unread (e.g. 10MB, 512KB).
+    #[arg(
+        help_heading = "Deploy files",
+        long,
+        default_value = "10MB",
+        value_parser = spec::parse_size,
+        value_name = "SIZE"
+    )]
+    pub max_file_size: u64,
+}
+
+impl InputArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            root: self.root.clone(),
+            allow_outside_root: self.allow_outside_root,
+            max_file_size: self.max_file_size,
+            pack_cache: None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -335,9 +367,8 @@ pub struct ReconcileArgs {
         value_name = "PATH"
     )]
     pub files: Vec<PathBuf>,
-    /// Repository root: every `path:` must stay inside it (no `..` or symlink escapes).
-    #[arg(help_heading = "Deploy files", long, value_name = "DIR")]
-    pub root: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: InputArgs,
     #[command(flatten)]
     pub connection: ConnectionArgs,
     #[command(flatten)]
@@ -697,11 +728,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn load(files: &FileArgs) -> Result<DesiredState, ExitCode> {
-    let options = LoadOptions {
-        root: files.root.clone(),
-        pack_cache: None,
-    };
-    spec::load(&files.files, &options).map_err(|diagnostics| {
+    spec::load(&files.files, &files.input.load_options()).map_err(|diagnostics| {
         for d in &diagnostics.0 {
             eprintln!("{d}");
         }
@@ -889,7 +916,7 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     }
     let files = FileArgs {
         files: args.files.clone(),
-        root: args.root.clone(),
+        input: args.input.clone(),
     };
     let (desired, sandbox) = match prepare(&files, &mut args.connection, &args.sandbox).await? {
         Ok(ready) => ready,
@@ -955,10 +982,11 @@ async fn daemon(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
             interval: d.git_interval,
             dir: state_dir.join("git"),
             timeout: Duration::from_secs(120),
+            max_file_size: args.input.max_file_size,
         }),
         (None, false) => SourceConfig::Files {
             paths: args.files.clone(),
-            root: args.root.clone(),
+            options: args.input.load_options(),
         },
         (None, true) => return Err(UsageError("reconcile needs -f PATH or --git-url URL").into()),
     };

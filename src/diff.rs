@@ -522,6 +522,19 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
     if !plan.problems.is_empty() && hippo_app.is_none() {
         return plan;
     }
+    // Hippo creates an app only when its storage id names a bindle on the Bindle server
+    // (HIPPO-API.md §13): with none there and none to push, creating it would fail.
+    if hippo_app.is_none() && server.is_empty() && pushes.is_empty() {
+        plan.problems.push(problem(
+            "StorageIdNotOnBindle",
+            true,
+            format!(
+                "app {} cannot be created yet: Hippo requires a bindle named {:?} on the Bindle server, and there is none and none to push (add a `path:` revision, or push one first)",
+                spec.name, spec.storage_id
+            ),
+        ));
+        return plan;
+    }
     for op in pushes {
         plan.changes.push(Change::new(&spec.name, Stage::Push, op));
     }
@@ -1428,6 +1441,31 @@ mod tests {
         let json = serde_json::to_value(&plan).unwrap();
         assert_eq!(json["moves"][0]["from"], "1.1.0");
         assert_eq!(json["moves"][0]["to"], "1.2.0");
+    }
+
+    #[test]
+    fn an_app_is_not_created_before_its_storage_id_is_on_bindle() {
+        let (mut spec, mut snapshot) = converged();
+        snapshot.apps.clear();
+        snapshot.channels.clear();
+        snapshot.revisions.clear();
+        snapshot
+            .bindles
+            .insert("weather".into(), Ok(Arc::new(BindleVersions::default())));
+        spec.revisions.clear();
+        spec.channels.clear();
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert_eq!(plan.problems[0].reason, "StorageIdNotOnBindle");
+        // With a bindle to push first, it can.
+        spec.revisions.push(pushed("1.0.0", &["a"]));
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.problems.is_empty());
+        assert!(
+            ops(&plan)[1].starts_with("create app weather"),
+            "{:?}",
+            ops(&plan)
+        );
     }
 
     #[test]

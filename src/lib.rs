@@ -29,3 +29,4 @@ pub mod secret;
 pub mod spec;
 pub mod stats;
 pub mod status;
+pub mod walk;

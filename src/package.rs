@@ -40,6 +40,12 @@ pub enum PackageError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("{}: resolves to {}, outside the repository root {}; not read", .path.display(), .real.display(), .root.display())]
+    OutsideRoot {
+        path: PathBuf,
+        real: PathBuf,
+        root: PathBuf,
+    },
 }
 
 impl PackageError {
@@ -192,11 +198,79 @@ pub fn load_for_spec(
 }
 
 fn pack_for_spec(dir: &Path, root: Option<&Path>) -> Result<Loaded, PackageError> {
+    if root.is_some() {
+        // Every file packing reads is checked against the root before any is read (a module
+        // could be `/proc/kmsg`, an asset directory a symlink to `/`).
+        input_files(dir, root)?;
+    }
     let packed = load(dir)?;
     Ok(Loaded {
         outside_root: root.and_then(|r| parcels_outside_root(&packed, r)),
         local: std::sync::Arc::new(LocalBindle::from(&packed)),
     })
+}
+
+/// Why `path` may not be read: it resolves outside `root`.
+fn outside(path: &Path, real: &Path, root: &Path) -> PackageError {
+    PackageError::OutsideRoot {
+        path: path.to_path_buf(),
+        real: real.to_path_buf(),
+        root: root.to_path_buf(),
+    }
+}
+
+/// Refuses `path` when it resolves outside `root` (a path that does not resolve is left to
+/// whoever reads it, to say it is missing).
+fn confined(path: &Path, root: Option<&Path>) -> Result<(), PackageError> {
+    match (root, path.canonicalize()) {
+        (Some(root), Ok(real)) if !real.starts_with(root) => Err(outside(path, &real, root)),
+        _ => Ok(()),
+    }
+}
+
+/// What packing `dir` reads: the manifest or invoice (its text) and every other file (modules,
+/// the assets the globs find, parcels). With `root`, each is checked against it before it is
+/// read, and asset directories resolving outside it are not walked but refused.
+fn input_files(dir: &Path, root: Option<&Path>) -> Result<(Vec<u8>, Vec<PathBuf>), PackageError> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let text = match layout(dir)? {
+        Layout::Spin => {
+            let spin = dir.join("spin.toml");
+            confined(&spin, root)?;
+            let text = fs::read(&spin).map_err(PackageError::io(&spin))?;
+            let manifest = read_spin_manifest(&spin)?;
+            for component in &manifest.component {
+                if let toml::Value::String(source) = &component.source {
+                    files.push(dir.join(source));
+                }
+                files.extend(
+                    collect_assets(dir, component, &spin, root)?
+                        .into_iter()
+                        .map(|a| a.path),
+                );
+            }
+            text
+        }
+        Layout::Standalone => {
+            let invoice_path = dir.join("invoice.toml");
+            confined(&invoice_path, root)?;
+            let text = fs::read(&invoice_path).map_err(PackageError::io(&invoice_path))?;
+            let invoice: Invoice = toml::from_slice(&text).map_err(|e| {
+                PackageError::invalid(&invoice_path, format!("invalid invoice: {e}"))
+            })?;
+            for parcel in invoice.parcel.iter().flatten() {
+                files.push(
+                    dir.join("parcels")
+                        .join(format!("{}.dat", parcel.label.sha256)),
+                );
+            }
+            text
+        }
+    };
+    for file in &files {
+        confined(file, root)?;
+    }
+    Ok((text, files))
 }
 
 /// Why a parcel of `bindle` resolves (through a symlink) outside `root`, if one does.
@@ -258,7 +332,7 @@ impl PackCache {
     pub fn load(&self, dir: &Path, root: Option<&Path>) -> Result<Loaded, PackageError> {
         let key = (dir.to_path_buf(), root.map(Path::to_path_buf));
         // No stamp (unreadable, or too fresh to trust): pack afresh, keep nothing.
-        let stamp = input_stamp(dir, self.settle).ok().flatten();
+        let stamp = input_stamp(dir, self.settle, root).ok().flatten();
         if let Some(stamp) = stamp {
             let entries = self.entries.lock().expect("pack cache");
             if let Some((s, loaded)) = entries.get(&key) {
@@ -301,39 +375,15 @@ impl PackCache {
 
 /// A digest of everything packing `dir` reads, by file metadata rather than content; `None`
 /// when a file changed too recently to be judged by its metadata.
-fn input_stamp(dir: &Path, settle: std::time::Duration) -> Result<Option<[u8; 32]>, PackageError> {
+fn input_stamp(
+    dir: &Path,
+    settle: std::time::Duration,
+    root: Option<&Path>,
+) -> Result<Option<[u8; 32]>, PackageError> {
     use std::os::unix::fs::MetadataExt;
     let mut h = Sha256::new();
-    let mut files: Vec<PathBuf> = Vec::new();
-    let spin = dir.join("spin.toml");
-    if spin.is_file() {
-        let text = fs::read(&spin).map_err(PackageError::io(&spin))?;
-        h.update(&text);
-        let manifest: SpinManifest =
-            toml::from_slice(&text).map_err(|e| PackageError::invalid(&spin, e.to_string()))?;
-        for component in &manifest.component {
-            if let toml::Value::String(source) = &component.source {
-                files.push(dir.join(source));
-            }
-            files.extend(
-                collect_assets(dir, component, &spin)?
-                    .into_iter()
-                    .map(|a| a.path),
-            );
-        }
-    } else {
-        let invoice_path = dir.join("invoice.toml");
-        let text = fs::read(&invoice_path).map_err(PackageError::io(&invoice_path))?;
-        h.update(&text);
-        let invoice: Invoice = toml::from_slice(&text)
-            .map_err(|e| PackageError::invalid(&invoice_path, e.to_string()))?;
-        for parcel in invoice.parcel.iter().flatten() {
-            files.push(
-                dir.join("parcels")
-                    .join(format!("{}.dat", parcel.label.sha256)),
-            );
-        }
-    }
+    let (text, files) = input_files(dir, root)?;
+    h.update(&text);
     // Whole seconds, rounded so that a file changed within `settle` is never trusted.
     let settled_before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -390,17 +440,29 @@ impl std::fmt::Debug for ParcelSet {
     }
 }
 
-/// Reads the app or bindle at `dir`.
-pub fn load(dir: &Path) -> Result<PackedBindle, PackageError> {
+/// The two kinds of local bindle directory.
+enum Layout {
+    Spin,
+    Standalone,
+}
+
+fn layout(dir: &Path) -> Result<Layout, PackageError> {
     if !dir.exists() {
-        return Err(PackageError::NotFound(dir.to_path_buf()));
-    }
-    if dir.join("spin.toml").is_file() {
-        load_spin_app(dir)
+        Err(PackageError::NotFound(dir.to_path_buf()))
+    } else if dir.join("spin.toml").is_file() {
+        Ok(Layout::Spin)
     } else if dir.join("invoice.toml").is_file() {
-        load_standalone(dir)
+        Ok(Layout::Standalone)
     } else {
         Err(PackageError::UnknownLayout(dir.to_path_buf()))
+    }
+}
+
+/// Reads the app or bindle at `dir`.
+pub fn load(dir: &Path) -> Result<PackedBindle, PackageError> {
+    match layout(dir)? {
+        Layout::Spin => load_spin_app(dir),
+        Layout::Standalone => load_standalone(dir),
     }
 }
 
@@ -666,7 +728,7 @@ fn load_spin_app(dir: &Path) -> Result<PackedBindle, PackageError> {
         parcels.insert(wasm_sha.clone(), ParcelSource::File(wasm_path));
 
         let group = format!("files-{}", component.id);
-        for asset in collect_assets(dir, component, &manifest_path)? {
+        for asset in collect_assets(dir, component, &manifest_path, None)? {
             let media_type = mime_guess::from_path(&asset.path)
                 .first_or_octet_stream()
                 .to_string();
@@ -801,10 +863,13 @@ fn bindle_component(
     toml::Value::Table(t)
 }
 
+/// A component's assets, by their name in the bindle. With `root`, a directory resolving
+/// outside it is refused rather than walked.
 fn collect_assets(
     dir: &Path,
     component: &SpinComponent,
     manifest_path: &Path,
+    root: Option<&Path>,
 ) -> Result<Vec<Asset>, PackageError> {
     let excludes = component
         .exclude_files
@@ -821,8 +886,7 @@ fn collect_assets(
     for mount in component.files.iter().flatten() {
         match mount {
             FileMount::Pattern(pattern) => {
-                let full = dir.join(pattern);
-                let entries = glob::glob(&full.to_string_lossy()).map_err(|e| {
+                let bad_pattern = |e: glob::PatternError| {
                     PackageError::invalid(
                         manifest_path,
                         format!(
@@ -830,11 +894,11 @@ fn collect_assets(
                             component.id
                         ),
                     )
-                })?;
-                for entry in entries {
-                    let path = entry.map_err(|e| {
-                        PackageError::invalid(manifest_path, format!("reading files: {e}"))
-                    })?;
+                };
+                for path in glob_files(dir, pattern, root).map_err(|e| match e {
+                    GlobError::Pattern(e) => bad_pattern(e),
+                    GlobError::Walk(e) => e,
+                })? {
                     if !path.is_file() {
                         continue;
                     }
@@ -848,20 +912,20 @@ fn collect_assets(
                 source,
                 destination,
             } => {
-                let root = dir.join(source);
-                if !root.is_dir() {
+                let source_dir = dir.join(source);
+                if !source_dir.is_dir() {
                     return Err(PackageError::invalid(
                         manifest_path,
                         format!(
                             "component {}: files source {} is not a directory",
                             component.id,
-                            root.display()
+                            source_dir.display()
                         ),
                     ));
                 }
                 let dest = destination.trim_start_matches('/');
-                for path in walk_files(&root)? {
-                    let rel_to_root = relative(&path, &root);
+                for path in walk_files(&source_dir, root)? {
+                    let rel_to_root = relative(&path, &source_dir);
                     let rel_to_app = relative(&path, dir);
                     if excludes.iter().any(|p| p.matches(&rel_to_app)) {
                         continue;
@@ -891,21 +955,73 @@ fn relative(path: &Path, base: &Path) -> String {
         .join("/")
 }
 
-fn walk_files(root: &Path) -> Result<Vec<PathBuf>, PackageError> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).map_err(PackageError::io(&d))? {
-            let path = entry.map_err(PackageError::io(&d))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.is_file() {
-                out.push(path);
-            }
+/// Every regular file below `dir`, sorted; symlink loops end (each directory is entered once).
+fn walk_files(dir: &Path, root: Option<&Path>) -> Result<Vec<PathBuf>, PackageError> {
+    Ok(walk_confined(dir, root)?
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect())
+}
+
+/// [`crate::walk::entries`] below `dir`; with `root`, a directory resolving outside it is an
+/// error (it is not entered).
+fn walk_confined(dir: &Path, root: Option<&Path>) -> Result<Vec<PathBuf>, PackageError> {
+    confined(dir, root)?;
+    let mut refused = None;
+    let entries = crate::walk::entries(dir, |d| match confined(d, root) {
+        Ok(()) => true,
+        Err(e) => {
+            refused.get_or_insert(e);
+            false
+        }
+    })
+    .map_err(|e| PackageError::io(&e.dir)(e.source))?;
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(entries),
+    }
+}
+
+enum GlobError {
+    Pattern(glob::PatternError),
+    Walk(PackageError),
+}
+
+/// The paths below `dir` matching `pattern` (as `glob::glob` would find them, `*` within one
+/// path component), found by walking the pattern's literal leading directories with
+/// [`crate::walk`], so that symlink loops end.
+fn glob_files(dir: &Path, pattern: &str, root: Option<&Path>) -> Result<Vec<PathBuf>, GlobError> {
+    let full = dir.join(pattern);
+    let mut base = PathBuf::new();
+    let mut rest = Vec::new();
+    for c in full.components() {
+        let part = c.as_os_str().to_string_lossy();
+        if rest.is_empty() && !part.contains(['*', '?', '[']) {
+            base.push(c);
+        } else {
+            rest.push(part.into_owned());
         }
     }
-    out.sort();
-    Ok(out)
+    if rest.is_empty() {
+        return Ok(if base.exists() { vec![base] } else { vec![] });
+    }
+    let matcher = glob::Pattern::new(&rest.join("/")).map_err(GlobError::Pattern)?;
+    if !base.is_dir() {
+        return Ok(vec![]);
+    }
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let entries = walk_confined(&base, root).map_err(GlobError::Walk)?;
+    Ok(entries
+        .into_iter()
+        .filter(|p| {
+            p.strip_prefix(&base)
+                .is_ok_and(|rel| matcher.matches_path_with(rel, options))
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ fn cases() -> Vec<Case> {
             )],
             setup: none,
             expected: vec![
-                "{dir}/a.yaml:8:7: spec.channels[0].rnage: unknown field `rnage`, expected one of `name`, `range`, `revision`, `domain`, `env`",
+                "{dir}/a.yaml:8:7: spec.channels[0].rnage: unknown field `rnage`, expected one of `name`, `range`, `revision`, `domain`, `env`, `allowEmpty`",
                 "{dir}/a.yaml:9:14: spec.channels[0].range: invalid node-semver range \"^^1\": ",
             ],
             root: false,

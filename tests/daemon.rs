@@ -42,7 +42,7 @@ fn replica(nb: &NomadBed) -> (Context, RequestStats) {
 fn config(files: &Path, holder: &str) -> ControllerConfig {
     let mut c = ControllerConfig::new(SourceConfig::Files {
         paths: vec![files.to_path_buf()],
-        root: None,
+        options: Default::default(),
     });
     c.interval = Duration::from_millis(300);
     c.progress_interval = Duration::from_millis(100);
@@ -692,6 +692,14 @@ async fn a_change_the_watcher_cannot_see_is_applied_by_the_interval_rescan() {
     .unwrap();
     let (ctx, stats) = bed.context();
     let mut cfg = config(&deploy, "single");
+    // The app is outside the deploy directory but inside the repository.
+    cfg.source = SourceConfig::Files {
+        paths: vec![deploy.clone()],
+        options: hippo_gitops::spec::LoadOptions {
+            root: Some(bed.path().to_path_buf()),
+            ..Default::default()
+        },
+    };
     cfg.interval = Duration::from_millis(500);
     assert!(cfg.watch, "the watcher is on");
     let d = Daemon::start(cfg, ctx, stats).await.unwrap();

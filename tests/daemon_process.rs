@@ -450,6 +450,42 @@ fn commits_to_a_git_branch_are_applied_and_their_sha_reported() {
     let error = s["source"]["error"].as_str().unwrap();
     assert!(error.contains("keeping the 2 app(s)"), "{error}");
     assert_eq!(metric(&d.metrics(), "hippo_gitops_source_error"), Some(1.0));
+
+    // The repository can't be reached: the last desired state stays, the error says why, and
+    // the fetch is retried with backoff, so that once it is back (with the files restored)
+    // the controller catches up by itself, long before the 60 s poll.
+    let away = root.join("deploy.git.away");
+    std::fs::rename(&bare, &away).unwrap();
+    pushed(d.addr);
+    let s = d.until(20, "the failed fetch reported", |addr| {
+        let s = status(addr)?;
+        s["source"]["error"]
+            .as_str()?
+            .contains("git fetch")
+            .then_some(s)
+    });
+    assert!(all_ready(&s), "no app dropped: {s}");
+    git(&work, &["revert", "--no-edit", "--quiet", "HEAD"]);
+    std::fs::rename(&away, &bare).unwrap();
+    git(&work, &["push", "--quiet", &url, "HEAD:refs/heads/main"]);
+    let restored = git(&work, &["rev-parse", "HEAD"]);
+    let s = d.until(
+        30,
+        "the restored files read after the retried fetch",
+        |addr| {
+            let s = status(addr)?;
+            (s["source"]["commit"] == restored.as_str() && s["source"]["error"].is_null())
+                .then_some(s)
+        },
+    );
+    assert!(all_ready(&s), "{s}");
+    // Nothing but the retry could fetch it: no webhook since, and the poll is every 60 s.
+    assert_eq!(
+        d.log_count("the deploy files are read again"),
+        1,
+        "{}",
+        d.log_text()
+    );
     d.terminate();
 
     let state = hippo_state(&home.join("sb"));

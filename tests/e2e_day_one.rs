@@ -7,28 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{app_doc, spin_app, NomadBed};
-
-/// Writes `<root>/apps/<name>-<v>` for each version and `<root>/specs/<name>.yaml`.
-fn write_app(root: &Path, name: &str, versions: &[&str], channels: &str, extra: &str) -> String {
-    let mut paths = Vec::new();
-    for v in versions {
-        let dir = root.join("apps").join(format!("{name}-{v}"));
-        if !dir.exists() {
-            spin_app(&dir, name, v, v);
-        }
-        paths.push(format!("../apps/{name}-{v}"));
-    }
-    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let specs = root.join("specs");
-    std::fs::create_dir_all(&specs).unwrap();
-    std::fs::write(
-        specs.join(format!("{name}.yaml")),
-        app_doc(name, &refs, channels, false) + extra,
-    )
-    .unwrap();
-    specs.to_string_lossy().into_owned()
-}
+use common::{spin_app, write_repo_app as write_app, NomadBed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_that_selects_nothing_never_takes_a_running_channel_down() {
@@ -226,7 +205,19 @@ fn the_shipped_example_converges_without_a_warning() {
         "HIPPO_GITOPS_STATE_DIR",
         scratch.path().join("state").to_string_lossy().into_owned(),
     )];
-    let (code, stdout, stderr) = common::run_binary(&args, &env, repo);
+    // As a user runs it: the default log filter (run_binary would set its own).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hippo-gitops"))
+        .args(&args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("HIPPO_GITOPS_LOG")
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("weather: ready"), "{stdout}");
     assert!(

@@ -10,21 +10,7 @@ use std::{path::Path, time::Duration};
 use common::{app_doc, spin_app, NomadBed, NomadBedOptions};
 
 fn write_app(root: &Path, name: &str, versions: &[&str], channels: &str) -> String {
-    let mut paths = Vec::new();
-    for v in versions {
-        let dir = root.join("apps").join(format!("{name}-{v}"));
-        spin_app(&dir, name, v, v);
-        paths.push(format!("../apps/{name}-{v}"));
-    }
-    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let specs = root.join("specs");
-    std::fs::create_dir_all(&specs).unwrap();
-    std::fs::write(
-        specs.join(format!("{name}.yaml")),
-        app_doc(name, &refs, channels, false),
-    )
-    .unwrap();
-    specs.to_string_lossy().into_owned()
+    common::write_repo_app(root, name, versions, channels, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -659,7 +659,7 @@ impl Loop {
     /// Fetches (Git) and loads the deploy files. On failure the previous desired state stays.
     async fn reload(&mut self) {
         let files = match &self.config.source {
-            SourceConfig::Files { paths, root } => Some((paths.clone(), root.clone())),
+            SourceConfig::Files { paths, options } => Some((paths.clone(), options.clone())),
             SourceConfig::Git(_) => None,
         };
         let result = match (self.git.as_mut(), files) {
@@ -667,8 +667,8 @@ impl Loop {
                 Ok(_) => repo.load(self.pack_cache.clone()).await,
                 Err(e) => Err(e),
             },
-            (None, Some((paths, root))) => {
-                source::load_files(paths, root, self.pack_cache.clone()).await
+            (None, Some((paths, options))) => {
+                source::load_files(paths, options, self.pack_cache.clone()).await
             }
             (None, None) => return,
         };

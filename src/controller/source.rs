@@ -33,6 +33,8 @@ pub struct GitConfig {
     pub dir: PathBuf,
     /// Limit for each `git` command.
     pub timeout: Duration,
+    /// Deploy files larger than this are refused unread.
+    pub max_file_size: u64,
 }
 
 /// Where the deploy files are.
@@ -40,7 +42,8 @@ pub struct GitConfig {
 pub enum SourceConfig {
     Files {
         paths: Vec<PathBuf>,
-        root: Option<PathBuf>,
+        /// The root, `--allow-outside-root` and the size limit (its `pack_cache` is not used).
+        options: LoadOptions,
     },
     Git(GitConfig),
 }
@@ -74,12 +77,12 @@ pub enum SourceError {
 /// Loads the deploy files of a Files source, off the async threads (local bindles are hashed).
 pub async fn load_files(
     paths: Vec<PathBuf>,
-    root: Option<PathBuf>,
+    options: LoadOptions,
     pack_cache: Arc<PackCache>,
 ) -> Result<Loaded, SourceError> {
     let options = LoadOptions {
-        root,
         pack_cache: Some(pack_cache),
+        ..options
     };
     let partial = tokio::task::spawn_blocking(move || spec::load_partial(&paths, &options))
         .await
@@ -227,7 +230,12 @@ impl GitRepo {
     /// Loads the deploy files at the checked-out commit. `path:`s must stay inside the clone.
     pub async fn load(&self, pack_cache: Arc<PackCache>) -> Result<Loaded, SourceError> {
         let path = self.checkout.join(&self.config.path);
-        let mut loaded = load_files(vec![path], Some(self.checkout.clone()), pack_cache).await?;
+        let options = LoadOptions {
+            root: Some(self.checkout.clone()),
+            max_file_size: self.config.max_file_size,
+            ..LoadOptions::default()
+        };
+        let mut loaded = load_files(vec![path], options, pack_cache).await?;
         loaded.commit = self.head.clone();
         Ok(loaded)
     }

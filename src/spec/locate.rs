@@ -6,10 +6,7 @@
 
 use std::collections::HashMap;
 
-use yaml_rust2::{
-    parser::{Event, MarkedEventReceiver, Parser},
-    scanner::Marker,
-};
+use super::yaml::{Node, NodeKind};
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,147 +46,59 @@ impl PositionIndex {
             .copied()
             .unwrap_or_else(|| self.of(path))
     }
-
-    /// Whether the document has no content at all (e.g. a trailing `---`).
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
 }
 
-enum Frame {
-    Map {
-        path: String,
-        key: Option<String>,
-        /// No key seen yet: a block mapping's start marker points at its first `:`, so the
-        /// mapping is placed at its first key instead.
-        first: bool,
-    },
-    Seq {
-        path: String,
-        index: usize,
-    },
-}
-
-#[derive(Default)]
-struct Builder {
-    docs: Vec<PositionIndex>,
-    current: Option<PositionIndex>,
-    stack: Vec<Frame>,
-}
-
-fn to_position(m: &Marker) -> Position {
-    Position {
-        line: m.line(),
-        column: m.col() + 1,
-    }
-}
-
-impl Builder {
-    /// Records a value node (scalar or container start) and returns its path.
-    fn value_path(&mut self, mark: Position) -> Option<String> {
-        let doc = self.current.as_mut()?;
-        let path = match self.stack.last_mut() {
-            None => String::new(),
-            Some(Frame::Map { path, key, .. }) => {
-                let k = key.take()?;
-                if path.is_empty() {
-                    k
-                } else {
-                    format!("{path}.{k}")
-                }
-            }
-            Some(Frame::Seq { path, index }) => {
-                let p = format!("{path}[{index}]");
-                *index += 1;
-                p
-            }
+impl PositionIndex {
+    /// Indexes one document read by [`super::yaml::parse`], which starts at `start`.
+    pub fn of_document(start: Position, root: &Node) -> Self {
+        let mut index = PositionIndex {
+            start,
+            ..Default::default()
         };
-        doc.values.entry(path.clone()).or_insert(mark);
-        Some(path)
+        index.add(String::new(), root);
+        index
     }
-}
 
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = to_position(&mark);
-        match ev {
-            Event::DocumentStart => {
-                self.current = Some(PositionIndex {
-                    start: pos,
-                    ..Default::default()
-                });
-                self.stack.clear();
-            }
-            Event::DocumentEnd => {
-                if let Some(doc) = self.current.take() {
-                    self.docs.push(doc);
+    fn add(&mut self, path: String, node: &Node) {
+        match &node.kind {
+            NodeKind::Scalar { .. } => {}
+            NodeKind::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.add(format!("{path}[{i}]"), item);
                 }
             }
-            Event::Scalar(text, ..)
-                if self.stack.is_empty() && matches!(text.as_str(), "" | "~" | "null") =>
-            {
-                // An empty document (`---` at the end of a file) is a lone null scalar.
-            }
-            Event::Scalar(text, ..) => {
-                // A scalar in key position names the next value.
-                if let Some(Frame::Map { path, key, first }) = self.stack.last_mut() {
-                    if key.is_none() {
-                        if std::mem::take(first) {
-                            if let Some(doc) = self.current.as_mut() {
-                                doc.values.insert(path.clone(), pos);
-                            }
-                        }
-                        let full = if path.is_empty() {
-                            text.clone()
-                        } else {
-                            format!("{path}.{text}")
-                        };
-                        if let Some(doc) = self.current.as_mut() {
-                            doc.keys.entry(full).or_insert(pos);
-                        }
-                        *key = Some(text);
-                        return;
-                    }
-                }
-                self.value_path(pos);
-            }
-            Event::Alias(_) => {
-                self.value_path(pos);
-            }
-            Event::MappingStart(..) => {
-                if let Some(path) = self.value_path(pos) {
-                    self.stack.push(Frame::Map {
-                        path,
-                        key: None,
-                        first: true,
-                    });
+            NodeKind::Map(entries) => {
+                for (key, value) in entries {
+                    let NodeKind::Scalar { text, .. } = &key.kind else {
+                        continue;
+                    };
+                    let child = if path.is_empty() {
+                        text.clone()
+                    } else {
+                        format!("{path}.{text}")
+                    };
+                    self.keys.entry(child.clone()).or_insert(key.pos);
+                    self.add(child, value);
                 }
             }
-            Event::SequenceStart(..) => {
-                if let Some(path) = self.value_path(pos) {
-                    self.stack.push(Frame::Seq { path, index: 0 });
-                }
-            }
-            Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
-            }
-            _ => {}
         }
+        self.values.entry(path).or_insert(node.pos);
     }
-}
-
-/// Indexes every document of a YAML stream. Returns what could be indexed before a syntax
-/// error; serde reports the syntax error itself.
-pub fn index_documents(source: &str) -> Vec<PositionIndex> {
-    let mut builder = Builder::default();
-    let mut parser = Parser::new_from_str(source);
-    let _ = parser.load(&mut builder, true);
-    builder.docs
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn index_documents(source: &str) -> Vec<PositionIndex> {
+        let stream = crate::spec::yaml::parse(source);
+        assert_eq!(stream.error, None);
+        stream
+            .docs
+            .iter()
+            .map(|(start, root)| PositionIndex::of_document(*start, root))
+            .collect()
+    }
 
     #[test]
     fn paths_map_to_lines_and_columns() {
@@ -232,9 +141,10 @@ mod tests {
     }
 
     #[test]
-    fn empty_document_is_empty() {
-        let docs = index_documents("kind: App\n---\n");
-        assert!(!docs[0].is_empty());
-        assert!(docs.get(1).is_none_or(|d| d.is_empty()));
+    fn empty_documents_are_left_out() {
+        assert_eq!(index_documents("kind: App\n---\n").len(), 1);
+        assert_eq!(index_documents("# only a comment\n").len(), 0);
+        assert_eq!(index_documents("").len(), 0);
+        assert_eq!(index_documents("---\n---\n# c\n").len(), 0);
     }
 }

@@ -4,17 +4,18 @@
 //! `file:line:column: field: message`; nothing downstream runs unless the list is empty.
 //! See `docs/deploy-file.md` for the user-facing reference.
 
+mod decode;
+pub mod excerpt;
 pub mod locate;
 pub mod schema;
 mod validate;
+pub mod yaml;
 
 use std::{
     collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
 };
-
-use serde::Deserialize;
 
 use crate::package::LocalBindle;
 pub use locate::Position;
@@ -33,13 +34,17 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// Diagnostics name input text (file names, keys, values): control characters are escaped so
+/// that none can forge a line of output, and each part is bounded.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        excerpt::write_escaped(f, &self.file.to_string_lossy(), 4096)?;
+        write!(f, ":{}:{}: ", self.line, self.column)?;
         if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
+            excerpt::write_escaped(f, &self.field, 200)?;
+            f.write_str(": ")?;
         }
-        f.write_str(&self.message)
+        excerpt::write_escaped(f, &self.message, 2000)
     }
 }
 
@@ -60,12 +65,49 @@ impl fmt::Display for Diagnostics {
 }
 
 /// Options for loading deploy files.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// When set, every `path:` must resolve (after symlinks) inside this directory.
+    /// Every deploy file and every file a `path:` packs must resolve (after symlinks) inside
+    /// this directory. Without it: the Git top level of each `-f` argument (the nearest
+    /// directory above it with a `.git`), or the argument's own directory outside Git.
     pub root: Option<PathBuf>,
+    /// No confinement at all (`--allow-outside-root`).
+    pub allow_outside_root: bool,
+    /// Deploy files larger than this are refused unread (`--max-file-size`).
+    pub max_file_size: u64,
     /// The controller's: local bindles packed by an earlier load, reused while unchanged.
     pub pack_cache: Option<std::sync::Arc<crate::package::PackCache>>,
+}
+
+/// 10 MiB: a deploy file of a thousand apps is well under 1 MiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 10 * 1024 * 1024;
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            root: None,
+            allow_outside_root: false,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            pack_cache: None,
+        }
+    }
+}
+
+/// `10MB`, `512KiB`, `1g`, or plain bytes (units are powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("invalid size {s:?}: use bytes, KB, MB or GB")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// The validated desired state of every app named in the deploy files.
@@ -143,11 +185,11 @@ pub struct ChannelSpec {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Raw, as written. Unknown fields are not denied by serde (that would abort the document and
-// hide its other problems); they are collected with `serde_ignored` and reported instead.
+// Raw, as written: decoded from YAML nodes by `decode.rs`, which reports every type error and
+// unknown field of a document. These types also generate the JSON Schema (`schema.rs`).
 
 /// One deploy file document: an app, its revisions and its channels (hippo-gitops/v1).
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, title = "hippo-gitops deploy file")]
 pub(crate) struct RawDocument {
@@ -160,7 +202,7 @@ pub(crate) struct RawDocument {
 }
 
 /// Identifies the app.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "Metadata")]
 struct RawMetadata {
     /// The Hippo app name (unique across the deploy files).
@@ -168,7 +210,7 @@ struct RawMetadata {
 }
 
 /// What the app should have in Hippo, Bindle and Nomad.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields, rename = "AppSpec")]
 struct RawAppSpec {
@@ -191,7 +233,7 @@ struct RawAppSpec {
 
 /// A revision: exactly one of `version` (already on the Bindle server, checked but never
 /// pushed) or `path` (a Spin app or standalone bindle directory, pushed).
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "Revision")]
 struct RawRevision {
     /// A bindle version already on the Bindle server (semver).
@@ -202,7 +244,7 @@ struct RawRevision {
 }
 
 /// A channel: exactly one of `range` or `revision`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "Channel")]
 struct RawChannel {
     /// The channel name (unique within the app).
@@ -221,8 +263,9 @@ struct RawChannel {
     allow_empty: bool,
 }
 
-/// A string that may be written as a YAML number or bool (`PORT: 8080`, `revision: 1.0`
-/// is still caught by the semver check).
+/// A value that may be written unquoted as a YAML number or bool (`PORT: 8080`,
+/// `range: 0.30`): kept exactly as written, never re-rendered (`1.10` stays `1.10`, `0x1F`
+/// stays `0x1F`). `revision: 1.0` is still caught by the semver check.
 #[derive(Debug, Clone)]
 struct ScalarString(String);
 
@@ -245,28 +288,13 @@ impl schemars::JsonSchema for ScalarString {
     }
 }
 
-impl<'de> Deserialize<'de> for ScalarString {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::String(s) => Ok(ScalarString(s)),
-            serde_yaml::Value::Number(n) => Ok(ScalarString(n.to_string())),
-            serde_yaml::Value::Bool(b) => Ok(ScalarString(b.to_string())),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a string, found {}",
-                match other {
-                    serde_yaml::Value::Null => "null",
-                    serde_yaml::Value::Sequence(_) => "a sequence",
-                    serde_yaml::Value::Mapping(_) => "a mapping",
-                    _ => "a tagged value",
-                }
-            ))),
-        }
-    }
-}
-
 /// A parsed document with the index used to place later errors.
 pub(crate) struct ParsedDocument {
     file: PathBuf,
+    /// The deploy file's own directory, absolute and without symlinks: `path:` is relative to it.
+    base: PathBuf,
+    /// The directory every file it names must resolve inside (`None`: no confinement).
+    root: Option<PathBuf>,
     positions: locate::PositionIndex,
     raw: RawDocument,
 }
@@ -274,12 +302,19 @@ pub(crate) struct ParsedDocument {
 impl ParsedDocument {
     fn diag(&self, field: &str, message: impl Into<String>) -> Diagnostic {
         let pos = self.positions.of(field);
+        let message: String = message.into();
+        // Messages quote values as excerpts; this bounds what other libraries' messages quote.
+        let message = match message.char_indices().nth(1000) {
+            Some((i, _)) => format!("{}…", &message[..i]),
+            None => message,
+        };
         Diagnostic {
             file: self.file.clone(),
             line: pos.line,
             column: pos.column,
-            field: field.to_string(),
-            message: message.into(),
+            // A field path holds the document's keys: only an excerpt of a long one.
+            field: excerpt::short(field),
+            message,
         }
     }
 }
@@ -287,63 +322,178 @@ impl ParsedDocument {
 // ---------------------------------------------------------------------------------------------
 // Loading
 
-/// Expands `-f` arguments: files as given, directories to every `*.yaml`/`*.yml` below them in
-/// sorted order (hidden directories such as `.git` are skipped).
-pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostics> {
-    let found = gather_files(paths);
-    if found.missing.is_empty() && found.unreadable.is_empty() {
-        Ok(found.files)
+/// A deploy file to read.
+#[derive(Debug, Clone)]
+struct DeployFile {
+    /// As found (the `-f` argument, or below it): how messages name it.
+    shown: PathBuf,
+    /// Absolute, without symlinks: each file is read once, by this.
+    real: PathBuf,
+    root: Option<PathBuf>,
+}
+
+/// Said after a confinement message when the root was not given with `--root`.
+const DEFAULT_ROOT_HINT: &str =
+    " (the root is the deploy files' Git repository, or their directory outside Git; --root sets it, --allow-outside-root lifts the check)";
+
+fn outside_root_message(shown: &Path, real: &Path, root: &Path, options: &LoadOptions) -> String {
+    let shown_abs = lexically_absolute(shown);
+    let mut message = if shown_abs.starts_with(root) {
+        format!(
+            "resolves through a symlink to {}, outside the repository root {}; not read",
+            real.display(),
+            root.display()
+        )
     } else {
-        Err(Diagnostics([found.missing, found.unreadable].concat()))
-    }
-}
-
-/// The deploy files below the `-f` arguments, with what is missing kept apart from what could
-/// not be read (an I/O error such as `EMFILE`: not an empty directory).
-struct Gathered {
-    files: Vec<PathBuf>,
-    /// Paths that don't exist, and directories without deploy files.
-    missing: Vec<Diagnostic>,
-    /// Paths that exist but could not be read.
-    unreadable: Vec<Diagnostic>,
-}
-
-fn gather_files(paths: &[PathBuf]) -> Gathered {
-    let mut found = Gathered {
-        files: Vec::new(),
-        missing: Vec::new(),
-        unreadable: Vec::new(),
+        format!(
+            "is outside the repository root {}; not read",
+            root.display()
+        )
     };
-    for path in paths {
-        match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => {
-                let mut files = Vec::new();
-                walk_yaml(path, &mut files, &mut found.unreadable);
-                files.sort();
-                if files.is_empty() && found.unreadable.is_empty() {
-                    found.missing.push(file_problem(
-                        path,
-                        "no *.yaml or *.yml files in this directory",
-                    ));
-                }
-                found.files.extend(files);
+    if options.root.is_none() {
+        message.push_str(DEFAULT_ROOT_HINT);
+    }
+    message
+}
+
+/// `path` made absolute against the working directory, `.` and `..` resolved by name.
+fn lexically_absolute(path: &Path) -> PathBuf {
+    let joined = std::env::current_dir()
+        .map(|d| d.join(path))
+        .unwrap_or_else(|_| path.to_path_buf());
+    validate::lexically_normal(&joined)
+}
+
+/// The root deploy files found through `arg` must stay in: `--root`, else the Git top level
+/// above `arg` (a `.git` directory or file; no `git` command needed), else `arg`'s directory.
+fn root_for(arg: &Path, options: &LoadOptions) -> Result<Option<PathBuf>, Diagnostic> {
+    if options.allow_outside_root {
+        return Ok(None);
+    }
+    if let Some(root) = &options.root {
+        return root.canonicalize().map(Some).map_err(|e| Diagnostic {
+            file: root.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("--root: {e}"),
+        });
+    }
+    let abs = lexically_absolute(arg);
+    let start = if arg.is_dir() {
+        abs.as_path()
+    } else {
+        abs.parent().unwrap_or(Path::new("/"))
+    };
+    let top = start
+        .ancestors()
+        .find(|d| d.join(".git").symlink_metadata().is_ok())
+        .unwrap_or(start);
+    Ok(Some(
+        top.canonicalize().unwrap_or_else(|_| top.to_path_buf()),
+    ))
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// Expands `-f` arguments: files as given, directories to every `*.yaml`/`*.yml` below them in
+/// sorted order (hidden directories such as `.git` are skipped; symlinked directories are
+/// followed once each, so loops end, and not at all when they resolve outside the root). Each
+/// file is listed once, by its real path; files resolving outside the root are refused
+/// without being read.
+///
+/// Failures to read ([`is_read_failure`]: out of file descriptors, an I/O error, no
+/// permission) go to `unreadable`: they say nothing about the files, and must never make the
+/// source look empty or smaller.
+fn collect_files(
+    paths: &[PathBuf],
+    options: &LoadOptions,
+    unreadable: &mut Vec<Diagnostic>,
+) -> (Vec<DeployFile>, Vec<Diagnostic>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for arg in paths {
+        let root = match root_for(arg, options) {
+            Ok(r) => r,
+            Err(d) => {
+                problems.push(d);
+                continue;
             }
-            Ok(m) if m.is_file() => found.files.push(path.clone()),
-            Ok(_) => found
-                .missing
-                .push(file_problem(path, "not a regular file or directory")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => found
-                .missing
-                .push(file_problem(path, "no such file or directory")),
-            Err(e) if is_read_failure(&e) => found
-                .unreadable
-                .push(file_problem(path, &format!("cannot read: {e}"))),
-            Err(e) => found
-                .missing
-                .push(file_problem(path, &format!("cannot read: {e}"))),
+        };
+        let inside = |p: &Path, real: &Path, problems: &mut Vec<Diagnostic>| match &root {
+            Some(root) if !real.starts_with(root) => {
+                let message = outside_root_message(p, real, root, options);
+                problems.push(file_problem(p, &message));
+                false
+            }
+            _ => true,
+        };
+        let found = if arg.is_dir() {
+            // A directory resolving outside the root is not entered (it may be an app's
+            // directory, which `path:` reports on its own).
+            let walked = crate::walk::entries(arg, |dir| {
+                let hidden = dir
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                let inside = |real: &Path| root.as_ref().is_none_or(|r| real.starts_with(r));
+                !hidden && dir.canonicalize().is_ok_and(|real| inside(&real))
+            });
+            let found: Vec<PathBuf> = match walked {
+                Ok(entries) => entries.into_iter().filter(|p| is_yaml(p)).collect(),
+                Err(e) => {
+                    let problem =
+                        file_problem(&e.dir, &format!("cannot read the directory: {}", e.source));
+                    if is_read_failure(&e.source) {
+                        unreadable.push(problem);
+                    } else {
+                        problems.push(problem);
+                    }
+                    continue;
+                }
+            };
+            if found.is_empty() {
+                problems.push(file_problem(
+                    arg,
+                    "no *.yaml or *.yml files in this directory",
+                ));
+            }
+            found
+        } else if arg.symlink_metadata().is_ok() {
+            vec![arg.clone()]
+        } else {
+            problems.push(file_problem(arg, "no such file or directory"));
+            continue;
+        };
+        for shown in found {
+            let real = match shown.canonicalize() {
+                Ok(r) => r,
+                Err(e) => {
+                    let problem = file_problem(&shown, &format!("cannot read: {e}"));
+                    if is_read_failure(&e) {
+                        unreadable.push(problem);
+                    } else {
+                        problems.push(problem);
+                    }
+                    continue;
+                }
+            };
+            if !seen.insert(real.clone()) || !inside(&shown, &real, &mut problems) {
+                continue;
+            }
+            out.push(DeployFile {
+                shown,
+                real,
+                root: root.clone(),
+            });
         }
     }
-    found
+    (out, problems)
 }
 
 /// Whether an I/O error means the source can't be read right now (out of file descriptors or
@@ -367,41 +517,6 @@ pub fn is_read_failure(e: &std::io::Error) -> bool {
     })
 }
 
-fn walk_yaml(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<Diagnostic>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        // Only a failure to read counts: a directory that vanished meanwhile has no files.
-        Err(e) if is_read_failure(&e) => {
-            unreadable.push(file_problem(dir, &format!("cannot read: {e}")));
-            return;
-        }
-        Err(_) => return,
-    };
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                unreadable.push(file_problem(dir, &format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        let path = entry.path();
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if path.is_dir() {
-            if !hidden {
-                walk_yaml(&path, out, unreadable);
-            }
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            out.push(path);
-        }
-    }
-}
-
 fn file_problem(path: &Path, message: &str) -> Diagnostic {
     Diagnostic {
         file: path.to_path_buf(),
@@ -412,18 +527,104 @@ fn file_problem(path: &Path, message: &str) -> Diagnostic {
     }
 }
 
+/// Reads a deploy file: a regular file (never a FIFO, which would block) of at most
+/// `max_size` bytes, in UTF-8.
+fn read_deploy_file(file: &DeployFile, max_size: u64) -> Result<String, NotRead> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let problem = |message: String| NotRead::Problem(file_problem(&file.shown, &message));
+    let io = |e: std::io::Error| {
+        let d = file_problem(&file.shown, &format!("cannot read: {e}"));
+        if is_read_failure(&e) {
+            NotRead::Failure(d)
+        } else {
+            NotRead::Problem(d)
+        }
+    };
+    // Non-blocking: opening a FIFO must not wait for a writer; it is refused just below.
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&file.real)
+        .map_err(io)?;
+    let meta = handle.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(problem(
+            "is not a regular file (a FIFO, socket or device); not read".into(),
+        ));
+    }
+    let too_big = |size: u64| {
+        problem(format!(
+            "is {size} bytes, more than the limit of {max_size} bytes (--max-file-size); not read"
+        ))
+    };
+    if meta.len() > max_size {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    handle
+        .take(max_size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max_size {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let bad = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let valid = std::str::from_utf8(&bytes[..bad]).expect("valid up to here");
+        let pos = yaml::line_col(valid, bad);
+        NotRead::Problem(Diagnostic {
+            file: file.shown.clone(),
+            line: pos.line,
+            column: pos.column,
+            field: String::new(),
+            message: format!("not valid UTF-8 (byte 0x{:02x})", bytes[bad]),
+        })
+    })
+}
+
+/// Why a deploy file was not read.
+enum NotRead {
+    /// Something about the file (not a regular file, too big, not UTF-8, a symlink loop).
+    Problem(Diagnostic),
+    /// A failure to read ([`is_read_failure`]), which says nothing about the file.
+    Failure(Diagnostic),
+}
+
+/// Reads and parses `files`; problems go to `problems`, failures to read to `unreadable`.
+fn parse_files(
+    files: &[&DeployFile],
+    options: &LoadOptions,
+    problems: &mut Vec<Diagnostic>,
+    unreadable: &mut Vec<Diagnostic>,
+) -> Vec<ParsedDocument> {
+    let mut docs = Vec::new();
+    for file in files {
+        match read_deploy_file(file, options.max_file_size) {
+            Ok(text) => parse_documents(file, &text, &mut docs, problems),
+            Err(NotRead::Problem(d)) => problems.push(d),
+            Err(NotRead::Failure(d)) => unreadable.push(d),
+        }
+    }
+    docs
+}
+
 /// Loads and validates deploy files (`-f` arguments). Local bindles are read and hashed here,
 /// so a missing wasm file is reported like any other field error.
 pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<DesiredState, Diagnostics> {
-    let files = collect_files(paths)?;
-    let mut problems = Vec::new();
-    let mut docs = Vec::new();
-    for file in &files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => parse_documents(file, &text, &mut docs, &mut problems),
-            Err(e) => problems.push(file_problem(file, &format!("cannot read: {e}"))),
-        }
+    let mut unreadable = Vec::new();
+    let (files, mut problems) = collect_files(paths, options, &mut unreadable);
+    problems.append(&mut unreadable);
+    if !problems.is_empty() {
+        return Err(Diagnostics(problems));
     }
+    let docs = parse_files(
+        &files.iter().collect::<Vec<_>>(),
+        options,
+        &mut problems,
+        &mut unreadable,
+    );
+    problems.append(&mut unreadable);
     let state = validate::validate(docs, options, &mut problems);
     if problems.is_empty() {
         Ok(state)
@@ -448,36 +649,27 @@ pub struct PartialLoad {
 /// two files (the same app in both) leave out the file they are reported in.
 pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
     let mut rejected: BTreeMap<PathBuf, Vec<Diagnostic>> = BTreeMap::new();
-    let found = gather_files(paths);
-    let unreadable = |unreadable| PartialLoad {
+    let mut unreadable = Vec::new();
+    let unread = |unreadable| PartialLoad {
         unreadable,
         ..PartialLoad::default()
     };
-    if !found.unreadable.is_empty() {
-        return unreadable(found.unreadable);
+    let (files, problems) = collect_files(paths, options, &mut unreadable);
+    if !unreadable.is_empty() {
+        return unread(unreadable);
     }
-    for p in found.missing {
+    for p in problems {
         rejected.entry(p.file.clone()).or_default().push(p);
     }
-    let files = found.files;
     loop {
         let mut problems = Vec::new();
-        let mut docs = Vec::new();
-        let remaining: Vec<&PathBuf> = files
+        let remaining: Vec<&DeployFile> = files
             .iter()
-            .filter(|f| !rejected.contains_key(*f))
+            .filter(|f| !rejected.contains_key(&f.shown))
             .collect();
-        for file in &remaining {
-            match std::fs::read_to_string(file) {
-                Ok(text) => parse_documents(file, &text, &mut docs, &mut problems),
-                // Removed since the walk: like a file that was never there.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) if is_read_failure(&e) => {
-                    return unreadable(vec![file_problem(file, &format!("cannot read: {e}"))])
-                }
-                // Not UTF-8, a symlink loop: a problem of this file.
-                Err(e) => problems.push(file_problem(file, &format!("cannot read: {e}"))),
-            }
+        let docs = parse_files(&remaining, options, &mut problems, &mut unreadable);
+        if !unreadable.is_empty() {
+            return unread(unreadable);
         }
         let state = validate::validate(docs, options, &mut problems);
         if problems.is_empty() {
@@ -494,7 +686,7 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
         if rejected.len() == before {
             // Problems attributed to no remaining file: leave nothing in rather than loop.
             for f in remaining {
-                rejected.entry(f.clone()).or_default();
+                rejected.entry(f.shown.clone()).or_default();
             }
             return PartialLoad {
                 state: DesiredState::default(),
@@ -506,104 +698,46 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
 }
 
 /// Parses every YAML document of one file; syntax, type and unknown-field errors go to
-/// `problems`.
-pub(crate) fn parse_documents(
-    file: &Path,
+/// `problems`. Empty documents (a trailing `---`, a comment-only file) are skipped.
+fn parse_documents(
+    file: &DeployFile,
     text: &str,
     docs: &mut Vec<ParsedDocument>,
     problems: &mut Vec<Diagnostic>,
 ) {
-    let indexes = locate::index_documents(text);
-    let mut last_error: Option<String> = None;
-    // After a syntax error serde_yaml's iterator can repeat the same error forever, so stop
-    // one document past what the parser could index, and on a repeated error.
-    for (i, de) in serde_yaml::Deserializer::from_str(text)
-        .enumerate()
-        .take(indexes.len() + 1)
-    {
-        let positions = indexes.get(i).cloned().unwrap_or_default();
-        let mut unknown = Vec::new();
-        let mut on_unknown = |path: serde_ignored::Path| unknown.push(ignored_path(&path));
-        let result = serde_path_to_error::deserialize::<_, RawDocument>(
-            serde_ignored::Deserializer::new(de, &mut on_unknown),
-        );
-        match result {
-            Ok(raw) => {
-                for path in unknown {
-                    let pos = positions.key_of(&path);
-                    problems.push(Diagnostic {
-                        file: file.to_path_buf(),
-                        line: pos.line,
-                        column: pos.column,
-                        message: unknown_field_message(&path),
-                        field: path,
-                    });
-                }
-                docs.push(ParsedDocument {
-                    file: file.to_path_buf(),
-                    positions,
-                    raw,
-                });
-            }
-            Err(e) => {
-                let mut field = clean_path(&e.path().to_string());
-                let inner = e.into_inner();
-                let syntax = is_syntax_error(&inner);
-                if syntax {
-                    field.clear();
-                }
-                let text = inner.to_string();
-                if positions.is_empty() && inner.location().is_none() {
-                    // `---` with nothing after it, or a comment-only file.
-                    continue;
-                }
-                if last_error.as_deref() == Some(text.as_str()) {
-                    break;
-                }
-                let (line, column) = match inner.location() {
-                    Some(loc) => (loc.line(), loc.column()),
-                    None => {
-                        let p = positions.key_of(&field);
-                        (p.line, p.column)
-                    }
-                };
-                problems.push(Diagnostic {
-                    file: file.to_path_buf(),
-                    line,
-                    column,
-                    message: if syntax {
-                        format!("YAML syntax error: {}", strip_location(&text))
-                    } else {
-                        clean_message(&text, &field)
-                    },
-                    field,
-                });
-                if syntax {
-                    break;
-                }
-                last_error = Some(text);
-            }
+    let stream = yaml::parse(text);
+    let base = file.real.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for (start, root) in &stream.docs {
+        let mut found = Vec::new();
+        let raw = decode::document(root, &mut found);
+        found.sort_by_key(|p| (p.node_pos.line, p.node_pos.column));
+        for p in found {
+            problems.push(Diagnostic {
+                file: file.shown.clone(),
+                line: p.node_pos.line,
+                column: p.node_pos.column,
+                field: p.field,
+                message: p.message,
+            });
+        }
+        if let Some(raw) = raw {
+            docs.push(ParsedDocument {
+                file: file.shown.clone(),
+                base: base.clone(),
+                root: file.root.clone(),
+                positions: locate::PositionIndex::of_document(*start, root),
+                raw,
+            });
         }
     }
-}
-
-/// `spec.channels[1].rnage` from serde_ignored's path.
-fn ignored_path(path: &serde_ignored::Path) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
-        Path::Map { parent, key } => {
-            let p = ignored_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    if let Some(e) = stream.error {
+        problems.push(Diagnostic {
+            file: file.shown.clone(),
+            line: e.pos.line,
+            column: e.pos.column,
+            field: String::new(),
+            message: e.message,
+        });
     }
 }
 
@@ -622,11 +756,11 @@ fn unknown_field_message(path: &str) -> String {
         })
         .collect();
     let expected: &[&str] = match shape.as_str() {
-        "" => &["apiVersion", "kind", "metadata", "spec"],
-        "metadata" => &["name"],
-        "spec" => &["storageId", "revisions", "channels", "prune"],
-        "spec.revisions" => &["version", "path"],
-        "spec.channels" => &["name", "range", "revision", "domain", "env"],
+        "" => decode::DOCUMENT_FIELDS,
+        "metadata" => decode::METADATA_FIELDS,
+        "spec" => decode::SPEC_FIELDS,
+        "spec.revisions" => decode::REVISION_FIELDS,
+        "spec.channels" => decode::CHANNEL_FIELDS,
         _ => &[],
     };
     if expected.is_empty() {
@@ -643,35 +777,54 @@ fn unknown_field_message(path: &str) -> String {
     }
 }
 
-/// serde_yaml prefixes messages with the path and ends them with the position; both are
-/// reported in their own columns.
-fn clean_message(msg: &str, field: &str) -> String {
-    let msg = strip_location(msg);
-    let prefix = format!("{field}: ");
-    msg.strip_prefix(&prefix).map(str::to_string).unwrap_or(msg)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn is_syntax_error(e: &serde_yaml::Error) -> bool {
-    let s = e.to_string();
-    s.contains("while scanning") || s.contains("while parsing") || s.contains("did not find")
-}
+    const APP: &str =
+        "apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: weather\nspec: {}\n";
 
-/// serde_path_to_error writes `.` for the root and `?` for unknown positions.
-fn clean_path(p: &str) -> String {
-    if p == "." {
-        return String::new();
+    /// The controller's load: a deploy file that is a symlink out of the repository is left out
+    /// unread, and what `/status` shows of it holds none of its text.
+    #[test]
+    fn the_controller_leaves_out_a_symlink_out_of_the_repository_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::write(dir.join("secret.env"), "HIPPO_PASSWORD=hunter2\n").unwrap();
+        std::fs::create_dir_all(dir.join("repo/.git")).unwrap();
+        std::fs::create_dir_all(dir.join("repo/deploy")).unwrap();
+        std::fs::write(dir.join("repo/deploy/a.yaml"), APP).unwrap();
+        std::os::unix::fs::symlink(dir.join("secret.env"), dir.join("repo/deploy/leak.yaml"))
+            .unwrap();
+        let partial = load_partial(&[dir.join("repo/deploy")], &LoadOptions::default());
+        assert_eq!(partial.state.apps.len(), 1);
+        let problems = &partial.rejected[&dir.join("repo/deploy/leak.yaml")];
+        let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown.len(), 1);
+        assert!(
+            shown[0].contains("outside the repository root"),
+            "{shown:?}"
+        );
+        assert!(!shown[0].contains("hunter2"), "{shown:?}");
+
+        // With the clone as the root (the Git source), the same.
+        let options = LoadOptions {
+            root: Some(dir.join("repo")),
+            ..LoadOptions::default()
+        };
+        let partial = load_partial(&[dir.join("repo/deploy")], &options);
+        assert_eq!(partial.state.apps.len(), 1);
+        assert_eq!(partial.rejected.len(), 1);
     }
-    p.split('.')
-        .filter(|s| *s != "?")
-        .collect::<Vec<_>>()
-        .join(".")
-}
 
-/// The position is reported in its own columns; drop serde_yaml's " at line X column Y".
-fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("10MB"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_size("512kb"), Ok(512 * 1024));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("5TB").is_err());
     }
 }
 

@@ -6,8 +6,8 @@ use std::{
 };
 
 use super::{
-    AppSpec, ChannelSpec, DesiredState, Diagnostic, LoadOptions, Origin, ParsedDocument,
-    RevisionSource, RevisionSpec, Selector, API_VERSION,
+    excerpt::quoted, AppSpec, ChannelSpec, DesiredState, Diagnostic, LoadOptions, Origin,
+    ParsedDocument, RevisionSource, RevisionSpec, Selector, API_VERSION, DEFAULT_ROOT_HINT,
 };
 use crate::{package, range_rule};
 
@@ -27,6 +27,9 @@ fn is_storage_id(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/')
 }
+
+/// The DNS limit on one label of a domain name.
+const MAX_LABEL: usize = 63;
 
 /// Hippo's domain rule: `^([a-z0-9]+(-[a-z0-9]+)*\.)+[a-z]{2,}$`.
 pub(crate) fn is_domain(s: &str) -> bool {
@@ -63,16 +66,31 @@ pub(crate) fn check_range(range: &str) -> Result<(), String> {
     if let Some(inner) = range_rule::range_part(range).filter(|r| r.contains(',')) {
         // The `semver` crate's requirement syntax; Hippo's node-semver parser does not take it.
         return Err(format!(
-            "invalid node-semver range {inner:?}: comparators are separated by spaces, not commas (write \">=1.0.0 <2.0.0\")"
+            "invalid node-semver range {}: comparators are separated by spaces, not commas (write \">=1.0.0 <2.0.0\")",
+            quoted(inner)
         ));
     }
+    // The error quotes the whole range: only an excerpt of it is shown.
     range_rule::RangeRule::parse(range)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            range_rule::RangeRuleError::InvalidRange { range, message } => format!(
+                "invalid node-semver range {}: {}",
+                quoted(&range),
+                super::excerpt::short(&message)
+            ),
+            other => other.to_string(),
+        })
 }
 
 fn check_version(v: &str) -> Result<semver::Version, String> {
-    semver::Version::parse(v).map_err(|e| format!("invalid semantic version {v:?}: {e}"))
+    semver::Version::parse(v).map_err(|e| {
+        format!(
+            "invalid semantic version {}: {}",
+            quoted(v),
+            super::excerpt::short(&e.to_string())
+        )
+    })
 }
 
 /// The domain Hippo v0.19 assigns when none is given: it must pass Hippo's own domain rule, or
@@ -81,7 +99,7 @@ fn default_domain_label(name: &str) -> String {
     name.replace('_', "-").to_lowercase()
 }
 
-fn lexically_normal(path: &Path) -> PathBuf {
+pub(super) fn lexically_normal(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
@@ -100,10 +118,6 @@ pub(super) fn validate(
     options: &LoadOptions,
     problems: &mut Vec<Diagnostic>,
 ) -> DesiredState {
-    let root = options
-        .root
-        .as_ref()
-        .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
     let mut apps = Vec::new();
     let mut app_names: HashMap<String, Origin> = HashMap::new();
     let mut domains: HashMap<String, Origin> = HashMap::new();
@@ -117,15 +131,15 @@ pub(super) fn validate(
             problems.push(doc.diag(
                 "apiVersion",
                 format!(
-                    "unsupported apiVersion {:?}; expected {API_VERSION:?}",
-                    raw.api_version
+                    "unsupported apiVersion {}; expected {API_VERSION:?}",
+                    quoted(&raw.api_version)
                 ),
             ));
         }
         if raw.kind != "App" {
             problems.push(doc.diag(
                 "kind",
-                format!("unknown kind {:?}; expected \"App\"", raw.kind),
+                format!("unknown kind {}; expected \"App\"", quoted(&raw.kind)),
             ));
         }
         let name = raw.metadata.name.clone();
@@ -136,7 +150,7 @@ pub(super) fn validate(
         if !is_name(&name, 128) {
             problems.push(doc.diag(
                 "metadata.name",
-                format!("{name:?} is not a valid Hippo app name (letters, digits, '-' and '_', 1 to 128 characters)"),
+                format!("{} is not a valid Hippo app name (letters, digits, '-' and '_', 1 to 128 characters)", quoted(&name)),
             ));
         } else if let Some(prev) = app_names.get(&name) {
             problems.push(doc.diag(
@@ -150,7 +164,7 @@ pub(super) fn validate(
         if !is_storage_id(&storage_id) {
             problems.push(doc.diag(
                 if raw.spec.storage_id.is_some() { "spec.storageId" } else { "metadata.name" },
-                format!("{storage_id:?} is not a valid storageId (letters, digits, '-', '_' and '/', 1 to 200 characters; Hippo's revision registration rejects '.')"),
+                format!("{} is not a valid storageId (letters, digits, '-', '_' and '/', 1 to 200 characters; Hippo's revision registration rejects '.')", quoted(&storage_id)),
             ));
         }
 
@@ -180,17 +194,23 @@ pub(super) fn validate(
                 },
                 (None, Some(p)) => {
                     let pfield = format!("{field}.path");
-                    let base = doc.file.parent().unwrap_or(Path::new("."));
-                    let resolved = lexically_normal(&base.join(p));
-                    if let Some(root) = &root {
+                    // Against the deploy file's own absolute directory: `..` is never dropped,
+                    // whatever the working directory.
+                    let resolved = lexically_normal(&doc.base.join(p));
+                    let hint = if options.root.is_none() {
+                        DEFAULT_ROOT_HINT
+                    } else {
+                        ""
+                    };
+                    if let Some(root) = &doc.root {
                         if let Err(msg) = check_inside_root(&resolved, root) {
-                            problems.push(doc.diag(&pfield, msg));
+                            problems.push(doc.diag(&pfield, msg + hint));
                             continue;
                         }
                     }
                     let loaded = package::load_for_spec(
                         &resolved,
-                        root.as_deref(),
+                        doc.root.as_deref(),
                         options.pack_cache.as_deref(),
                     );
                     let bindle = match loaded {
@@ -198,10 +218,14 @@ pub(super) fn validate(
                             outside_root: Some(msg),
                             ..
                         }) => {
-                            problems.push(doc.diag(&pfield, msg));
+                            problems.push(doc.diag(&pfield, msg + hint));
                             continue;
                         }
                         Ok(l) => l.local,
+                        Err(e @ package::PackageError::OutsideRoot { .. }) => {
+                            problems.push(doc.diag(&pfield, e.to_string() + hint));
+                            continue;
+                        }
                         Err(e) => {
                             problems.push(doc.diag(&pfield, e.to_string()));
                             continue;
@@ -211,9 +235,10 @@ pub(super) fn validate(
                         problems.push(doc.diag(
                             &pfield,
                             format!(
-                                "the bindle at {} is named {:?}, but this app's storageId is {storage_id:?}; they must be equal",
+                                "the bindle at {} is named {}, but this app's storageId is {}; they must be equal",
                                 resolved.display(),
-                                bindle.id.name()
+                                quoted(bindle.id.name()),
+                                quoted(&storage_id)
                             ),
                         ));
                         continue;
@@ -273,13 +298,17 @@ pub(super) fn validate(
             if !is_name(&ch.name, 64) {
                 problems.push(doc.diag(
                     &format!("{field}.name"),
-                    format!("{:?} is not a valid channel name (letters, digits, '-' and '_', 1 to 64 characters)", ch.name),
+                    format!("{} is not a valid channel name (letters, digits, '-' and '_', 1 to 64 characters)", quoted(&ch.name)),
                 ));
                 ok = false;
             } else if channel_names.contains_key(&ch.name) {
                 problems.push(doc.diag(
                     &format!("{field}.name"),
-                    format!("channel {:?} is listed twice in app {name:?}", ch.name),
+                    format!(
+                        "channel {} is listed twice in app {}",
+                        quoted(&ch.name),
+                        quoted(&name)
+                    ),
                 ));
                 ok = false;
             } else {
@@ -315,16 +344,22 @@ pub(super) fn validate(
             };
             if let Some(domain) = &ch.domain {
                 let dfield = format!("{field}.domain");
-                if !is_domain(domain) {
+                if domain.len() > 253 || domain.split('.').any(|l| l.len() > MAX_LABEL) {
                     problems.push(doc.diag(
                         &dfield,
-                        format!("{domain:?} is not a valid domain (lowercase labels of letters, digits and single '-', and a top-level domain of 2+ letters)"),
+                        format!("{} is not a valid domain: a label is longer than {MAX_LABEL} characters, or the name than 253 (the DNS limits)", quoted(domain)),
+                    ));
+                    ok = false;
+                } else if !is_domain(domain) {
+                    problems.push(doc.diag(
+                        &dfield,
+                        format!("{} is not a valid domain (lowercase labels of letters, digits and single '-', and a top-level domain of 2+ letters)", quoted(domain)),
                     ));
                     ok = false;
                 } else if let Some(prev) = domains.get(domain) {
                     problems.push(doc.diag(
                         &dfield,
-                        format!("domain {domain:?} is already used at {prev}"),
+                        format!("domain {} is already used at {prev}", quoted(domain)),
                     ));
                     ok = false;
                 } else {
@@ -349,7 +384,7 @@ pub(super) fn validate(
                 if !is_env_key(k) {
                     problems.push(doc.diag(
                         &format!("{field}.env.{k}"),
-                        format!("{k:?} is not a valid environment variable name"),
+                        format!("{} is not a valid environment variable name", quoted(k)),
                     ));
                     ok = false;
                 }

@@ -402,3 +402,33 @@ pub fn assert_examples_converged(state: &EmulatorState) {
     assert_eq!(state.channels.len(), 3, "{:?}", state.channels);
     assert_eq!(state.revisions.len(), 3, "{:?}", state.revisions);
 }
+
+/// Writes `<root>/apps/<name>-<v>` for each version and `<root>/specs/<name>.yaml` naming them
+/// as `../apps/...`, in a repository (`<root>/.git`: deploy files are confined to their Git top
+/// level, else to their own directory). Returns the specs directory.
+pub fn write_repo_app(
+    root: &Path,
+    name: &str,
+    versions: &[&str],
+    channels: &str,
+    extra: &str,
+) -> String {
+    std::fs::create_dir_all(root.join(".git")).unwrap();
+    let mut paths = Vec::new();
+    for v in versions {
+        let dir = root.join("apps").join(format!("{name}-{v}"));
+        if !dir.exists() {
+            spin_app(&dir, name, v, v);
+        }
+        paths.push(format!("../apps/{name}-{v}"));
+    }
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let specs = root.join("specs");
+    std::fs::create_dir_all(&specs).unwrap();
+    std::fs::write(
+        specs.join(format!("{name}.yaml")),
+        app_doc(name, &refs, channels, false) + extra,
+    )
+    .unwrap();
+    specs.to_string_lossy().into_owned()
+}
