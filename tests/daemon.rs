@@ -962,3 +962,67 @@ async fn idle_cycles_write_nothing_and_what_was_applied_stays_visible() {
     }
     d.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nomad_watch_names_the_jobs_whose_allocations_changed_or_went() {
+    let nb = NomadBed::start().await;
+    let (failing, lost) = (
+        "0b8f3c7e-8d51-4bde-9d64-1d2c3b4a5f01",
+        "0b8f3c7e-8d51-4bde-9d64-1d2c3b4a5f02",
+    );
+    nb.add_orphan_job(failing).await;
+    nb.add_orphan_job(lost).await;
+    let nomad = observer(&nb.nomad.url());
+    // Both jobs' allocations running and judged, so nothing moves by itself any more.
+    let settled = || async {
+        let allocs = nomad
+            .client
+            .list_allocations(None, None)
+            .await
+            .unwrap()
+            .value;
+        [failing, lost]
+            .iter()
+            .all(|job| allocs.iter().any(|a| a.job_id == *job && a.is_healthy()))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !settled().await {
+        assert!(tokio::time::Instant::now() < deadline, "jobs never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wait = Duration::from_secs(30);
+    // No list kept yet: one plain read keeps one, and names nothing.
+    assert!(nomad
+        .wait_for_allocation_change(wait)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Blocks until the change, then names only the job it touched.
+    let watch = {
+        let nomad = nomad.clone();
+        tokio::spawn(async move { nomad.wait_for_allocation_change(wait).await })
+    };
+    nb.nomad.fail_allocations(failing, "spin: no such file");
+    let changed = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("the blocking query returned on the change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.into_iter().collect::<Vec<_>>(), vec![failing]);
+
+    // A job whose allocations are gone (purged and collected) is named too.
+    nb.nomad.lose_job(lost);
+    let changed = nomad.wait_for_allocation_change(wait).await.unwrap();
+    assert!(changed.contains(lost), "{changed:?}");
+    assert!(!changed.contains(failing), "{changed:?}");
+
+    // Nothing new: the query waits its time out and names nothing.
+    let started = tokio::time::Instant::now();
+    let changed = nomad
+        .wait_for_allocation_change(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(changed.is_empty(), "{changed:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}

@@ -3,8 +3,9 @@
 //!
 //! # Shape
 //! One loop owns the desired state and the per-app [`schedule`]. It wakes on a trigger (an
-//! interval tick with jitter, a file change, a Git fetch or webhook, a change of leadership)
-//! or when an app's backoff ends, and runs a *cycle*: the apps due are reconciled together
+//! interval tick with jitter, a file change, a Git fetch or webhook, a change of leadership, a
+//! change to a managed app's allocations on Nomad: [`nomad_watch`]) or when an app's backoff
+//! ends, and runs a *cycle*: the apps due are reconciled together
 //! through [`apply::reconcile`] (one observation of Hippo serves them all: Hippo can't filter
 //! by app, so observing per app would cost O(apps²) requests), and each app's result moves it
 //! in the schedule on its own: converged resets its backoff, a transient failure backs it off
