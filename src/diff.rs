@@ -1356,6 +1356,21 @@ mod tests {
         );
     }
 
+    /// The Bindle server holds `weather/<version>` with these parcels.
+    fn on_server(snapshot: &mut Snapshot, version: &str, shas: &[&str]) {
+        let versions = snapshot
+            .bindles
+            .get_mut("weather")
+            .unwrap()
+            .as_mut()
+            .unwrap();
+        Arc::make_mut(versions).insert(ServerBindle {
+            version: version.into(),
+            yanked: false,
+            parcels: ParcelSet::of(shas.iter().copied()),
+        });
+    }
+
     #[test]
     fn a_rule_that_selects_nothing_never_empties_a_running_channel() {
         let (mut spec, snapshot) = converged();
@@ -1392,19 +1407,7 @@ mod tests {
     fn a_rule_matched_by_a_revision_registered_in_the_same_run_is_not_empty() {
         let (mut spec, mut snapshot) = converged();
         spec.revisions.push(pushed("3.0.0", &["c"]));
-        Arc::make_mut(
-            snapshot
-                .bindles
-                .get_mut("weather")
-                .unwrap()
-                .as_mut()
-                .unwrap(),
-        )
-        .insert(ServerBindle {
-            version: "3.0.0".into(),
-            yanked: false,
-            parcels: ParcelSet::of(["c"]),
-        });
+        on_server(&mut snapshot, "3.0.0", &["c"]);
         spec.channels[0] = range_channel("production", "^3.0");
         let plan = diff_app(&spec, &snapshot);
         assert!(plan.problems.is_empty(), "{:?}", plan.problems);
@@ -1418,19 +1421,7 @@ mod tests {
     fn a_new_revision_shows_the_range_channels_it_moves() {
         let (mut spec, mut snapshot) = converged();
         spec.revisions.push(pushed("1.2.0", &["c"]));
-        Arc::make_mut(
-            snapshot
-                .bindles
-                .get_mut("weather")
-                .unwrap()
-                .as_mut()
-                .unwrap(),
-        )
-        .insert(ServerBindle {
-            version: "1.2.0".into(),
-            yanked: false,
-            parcels: ParcelSet::of(["c"]),
-        });
+        on_server(&mut snapshot, "1.2.0", &["c"]);
         let plan = diff_app(&spec, &snapshot);
         assert_eq!(ops(&plan), vec!["register revision 1.2.0"]);
         assert_eq!(
@@ -1483,19 +1474,7 @@ mod tests {
         let (mut spec, mut snapshot) = converged();
         // 1.2.0 conflicts with what the server holds: never pushed nor registered.
         spec.revisions.push(pushed("1.2.0", &["a", "CHANGED"]));
-        Arc::make_mut(
-            snapshot
-                .bindles
-                .get_mut("weather")
-                .unwrap()
-                .as_mut()
-                .unwrap(),
-        )
-        .insert(ServerBindle {
-            version: "1.2.0".into(),
-            yanked: false,
-            parcels: ParcelSet::of(["a", "b"]),
-        });
+        on_server(&mut snapshot, "1.2.0", &["a", "b"]);
         spec.channels[1] = pinned_channel("canary", "1.2.0");
         spec.channels.push(range_channel("stable", "~1.0.0"));
         let plan = diff_app(&spec, &snapshot);
