@@ -22,6 +22,9 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 /// `hippo_gitops_heap_live_bytes`): one relaxed atomic add per allocation.
 struct CountingAlloc;
 
+// SAFETY: every method forwards to mimalloc's `GlobalAlloc` with the same arguments and returns
+// its result unchanged, so `CountingAlloc` keeps each of mimalloc's guarantees (alignment, size,
+// pointer validity); the counter beside it is a relaxed atomic that no allocation depends on.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = GlobalAlloc::alloc(&MiMalloc, layout);

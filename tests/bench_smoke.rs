@@ -39,10 +39,8 @@ async fn the_benchmark_runs_and_its_figures_hold() {
     assert!((idle.per_cycle[0] - 3.0).abs() < 1.0, "{idle:?}");
     assert_eq!(idle.per_cycle[1], 0.0, "{idle:?}");
     assert!(idle.rss_kib > 0);
-    assert!(idle.rss_peak_kib >= idle.rss_kib, "{idle:?}");
     // The live heap is read from the controller's own gauge, and is part of what is resident.
     assert!(idle.heap_kib > 0, "{idle:?}");
-    assert!(idle.heap_peak_kib >= idle.heap_kib, "{idle:?}");
     assert!(idle.heap_kib < idle.rss_kib, "{idle:?}");
     assert!(idle.change_to_write < Duration::from_secs(10));
 

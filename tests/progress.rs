@@ -37,10 +37,10 @@ fn no_progress_line_when_stderr_is_not_a_terminal() {
 #[test]
 fn a_terminal_gets_upload_and_nomad_progress() {
     // `script` (util-linux) runs the command on a pseudo-terminal.
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: `script` (util-linux) is not installed, so no pseudo-terminal");
-        return;
-    }
+    assert!(
+        Command::new("script").arg("--version").output().is_ok(),
+        "`script` (util-linux/bsdutils) is needed for a pseudo-terminal; install it to run this test"
+    );
     let (_tmp, dir) = checkout();
     let command = format!("{} {}", env!("CARGO_BIN_EXE_hippo-gitops"), ARGS.join(" "));
     let out = Command::new("script")

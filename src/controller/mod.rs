@@ -480,16 +480,6 @@ impl Daemon {
             .await
             .map_err(|e| ControllerError::Join(e.to_string()))
     }
-
-    /// Runs until `signal` resolves, then shuts down gracefully.
-    pub async fn run_until(
-        self,
-        signal: impl std::future::Future<Output = ()>,
-    ) -> Result<(), ControllerError> {
-        signal.await;
-        tracing::info!("shutting down: finishing in-flight writes, then releasing the leader lock");
-        self.shutdown().await
-    }
 }
 
 /// The reconcile loop's own state.

@@ -221,10 +221,6 @@ impl HippoClient {
         })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     // -- reads ------------------------------------------------------------------------------
 
     /// Every app, through paged list calls.
