@@ -6,6 +6,7 @@
 //! closes for good on shutdown. Apply checks it before every single write, so a leader that
 //! loses its lock stops after the write in flight.
 
+use crate::sync::MutexExt;
 use std::{
     sync::{Arc, Mutex},
     time::Instant,
@@ -57,7 +58,7 @@ impl WriteGate {
     pub fn single() -> Self {
         let gate = WriteGate::leased();
         if let Some(inner) = &gate.inner {
-            inner.lock().expect("gate lock").forever = true;
+            inner.locked().forever = true;
         }
         gate
     }
@@ -71,7 +72,7 @@ impl WriteGate {
         let Some(inner) = &self.inner else {
             return Ok(());
         };
-        let st = inner.lock().expect("gate lock");
+        let st = inner.locked();
         if st.stopping {
             return Err(WriteRefused::ShuttingDown);
         }
@@ -89,7 +90,7 @@ impl WriteGate {
     /// Opens the gate until `until` (a lease acquired or renewed).
     pub fn grant(&self, until: Instant) {
         if let Some(inner) = &self.inner {
-            let mut st = inner.lock().expect("gate lock");
+            let mut st = inner.locked();
             st.lease_until = Some(until);
             st.granted = true;
         }
@@ -98,7 +99,7 @@ impl WriteGate {
     /// Closes the gate: the lease is lost.
     pub fn revoke(&self) {
         if let Some(inner) = &self.inner {
-            let mut st = inner.lock().expect("gate lock");
+            let mut st = inner.locked();
             st.lease_until = None;
             st.granted = false;
         }
@@ -107,7 +108,7 @@ impl WriteGate {
     /// Closes the gate for good; writes already started are not affected.
     pub fn stop(&self) {
         if let Some(inner) = &self.inner {
-            inner.lock().expect("gate lock").stopping = true;
+            inner.locked().stopping = true;
         }
     }
 
@@ -116,7 +117,7 @@ impl WriteGate {
         match &self.inner {
             None => true,
             Some(inner) => {
-                let st = inner.lock().expect("gate lock");
+                let st = inner.locked();
                 st.forever || st.lease_until.is_some_and(|u| Instant::now() < u)
             }
         }

@@ -29,4 +29,5 @@ pub mod secret;
 pub mod spec;
 pub mod stats;
 pub mod status;
+pub mod sync;
 pub mod walk;

@@ -5,6 +5,7 @@
 //! (beyond paging). Hippo cannot filter revisions or channels by app, which is why the
 //! reconciler works on one global snapshot rather than per-app reads.
 
+use crate::sync::MutexExt;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
@@ -148,7 +149,7 @@ impl NomadObserver {
         concurrency: usize,
     ) -> Result<NomadState, NomadError> {
         let (kept_allocations, kept_stubs) = {
-            let cache = self.cache.lock().expect("nomad cache");
+            let cache = self.cache.locked();
             (cache.allocations.clone(), cache.stubs.clone())
         };
         let known_allocations = kept_allocations.as_ref().map(|k| k.0);
@@ -174,13 +175,13 @@ impl NomadObserver {
             list.into_iter().map(|j| (j.id.clone(), j)).collect()
         });
         {
-            let mut cache = self.cache.lock().expect("nomad cache");
+            let mut cache = self.cache.locked();
             cache.allocations = Some((allocations_index, allocations.clone()));
             cache.stubs = Some(stubs.clone());
         }
         let jobs = stubs.1;
         let stale: Vec<String> = {
-            let cache = &self.cache.lock().expect("nomad cache").jobs;
+            let cache = &self.cache.locked().jobs;
             wanted
                 .iter()
                 .filter(|id| match (jobs.get(*id), cache.get(*id)) {
@@ -201,7 +202,7 @@ impl NomadObserver {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        let mut guard = self.cache.lock().expect("nomad cache");
+        let mut guard = self.cache.locked();
         let cache = &mut guard.jobs;
         for (id, job) in read {
             match job {
@@ -238,7 +239,7 @@ impl NomadObserver {
         &self,
         wait: std::time::Duration,
     ) -> Result<BTreeSet<String>, NomadError> {
-        let kept = self.cache.lock().expect("nomad cache").allocations.clone();
+        let kept = self.cache.locked().allocations.clone();
         let Some((since, old)) = kept else {
             let listed = self.client.list_allocations_since(None, None, None).await?;
             self.keep_allocations(fresh_or_kept(listed, None, Allocations::from));
@@ -271,7 +272,7 @@ impl NomadObserver {
 
     /// Keeps `list` unless a newer one was kept meanwhile (a cycle observed while this waited).
     fn keep_allocations(&self, list: (u64, Arc<Allocations>)) {
-        let mut cache = self.cache.lock().expect("nomad cache");
+        let mut cache = self.cache.locked();
         if cache
             .allocations
             .as_ref()
@@ -367,7 +368,7 @@ impl BindleCache {
     }
 
     fn fresh(&self, name: &str) -> Option<Arc<BindleVersions>> {
-        let entries = self.entries.lock().expect("bindle cache");
+        let entries = self.entries.locked();
         entries
             .get(name)
             .filter(|(at, _)| at.elapsed() < self.max_age)
@@ -375,7 +376,7 @@ impl BindleCache {
     }
 
     fn store(&self, name: &str, versions: &Arc<BindleVersions>) {
-        self.entries.lock().expect("bindle cache").insert(
+        self.entries.locked().insert(
             name.to_string(),
             (std::time::Instant::now(), versions.clone()),
         );

@@ -11,6 +11,7 @@
 //! Reading is local and synchronous; nothing here talks to a server. Parcel bytes stay on disk
 //! until upload, so large apps don't sit in memory.
 
+use crate::sync::MutexExt;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -334,7 +335,7 @@ impl PackCache {
         // No stamp (unreadable, or too fresh to trust): pack afresh, keep nothing.
         let stamp = input_stamp(dir, self.settle, root).ok().flatten();
         if let Some(stamp) = stamp {
-            let entries = self.entries.lock().expect("pack cache");
+            let entries = self.entries.locked();
             if let Some((s, loaded)) = entries.get(&key) {
                 if *s == stamp {
                     return Ok(loaded.clone());
@@ -344,7 +345,7 @@ impl PackCache {
         self.packs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let loaded = pack_for_spec(dir, root);
-        let mut entries = self.entries.lock().expect("pack cache");
+        let mut entries = self.entries.locked();
         match (&loaded, stamp) {
             (Ok(l), Some(stamp)) => {
                 entries.insert(key, (stamp, l.clone()));
@@ -359,13 +360,12 @@ impl PackCache {
     /// Forgets the directories not in `keep` (apps removed from the deploy files).
     pub fn retain(&self, keep: &BTreeSet<PathBuf>) {
         self.entries
-            .lock()
-            .expect("pack cache")
+            .locked()
             .retain(|(dir, _), _| keep.contains(dir));
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("pack cache").len()
+        self.entries.locked().len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,6 +3,7 @@
 //! nothing is drawn: the log's plain lines ("pushed bindle …", "waiting for Nomad …") say the
 //! same, once per step.
 
+use crate::sync::MutexExt;
 use std::{
     collections::BTreeMap,
     io::{IsTerminal, Write},
@@ -64,7 +65,7 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let mut u = self.uploads.lock().expect("progress lock");
+        let mut u = self.uploads.locked();
         u.started.get_or_insert_with(Instant::now);
         u.active.insert(id.to_string(), bytes);
         u.total += bytes;
@@ -77,7 +78,7 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        self.uploads.lock().expect("progress lock").done += bytes;
+        self.uploads.locked().done += bytes;
         self.draw_uploads(false);
     }
 
@@ -86,7 +87,7 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let mut u = self.uploads.lock().expect("progress lock");
+        let mut u = self.uploads.locked();
         u.active.remove(id);
         let idle = u.active.is_empty();
         if idle {
@@ -102,7 +103,7 @@ impl Progress {
 
     fn draw_uploads(&self, force: bool) {
         let line = {
-            let u = self.uploads.lock().expect("progress lock");
+            let u = self.uploads.locked();
             upload_line(&u, Instant::now())
         };
         if let Some(line) = line {
@@ -129,7 +130,7 @@ impl Progress {
     fn draw(&self, line: &str, force: bool) {
         let now = Instant::now();
         {
-            let mut last = self.last_draw.lock().expect("progress lock");
+            let mut last = self.last_draw.locked();
             if !force && last.is_some_and(|t| now - t < FRAME) {
                 return;
             }

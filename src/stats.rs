@@ -1,6 +1,7 @@
 //! Request counters per service, method and status: what `reconcile` reports, what tests
 //! assert on ("zero writes"), and what the daemon will export as metrics.
 
+use crate::sync::MutexExt;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -30,7 +31,7 @@ struct Inner {
 
 impl RequestStats {
     pub fn record(&self, service: &'static str, method: &str, status: u16) {
-        let mut inner = self.inner.lock().expect("stats lock");
+        let mut inner = self.inner.locked();
         *inner
             .requests
             .entry(RequestKey {
@@ -42,7 +43,7 @@ impl RequestStats {
     }
 
     pub fn record_upload(&self, bytes: u64) {
-        let mut inner = self.inner.lock().expect("stats lock");
+        let mut inner = self.inner.locked();
         inner.uploaded_bytes += bytes;
         inner.uploaded_parcels += 1;
     }
@@ -58,20 +59,20 @@ impl RequestStats {
     }
 
     pub fn uploaded_bytes(&self) -> u64 {
-        self.inner.lock().expect("stats lock").uploaded_bytes
+        self.inner.locked().uploaded_bytes
     }
 
     pub fn uploaded_parcels(&self) -> u64 {
-        self.inner.lock().expect("stats lock").uploaded_parcels
+        self.inner.locked().uploaded_parcels
     }
 
     /// A copy of every counter.
     pub fn snapshot(&self) -> BTreeMap<RequestKey, u64> {
-        self.inner.lock().expect("stats lock").requests.clone()
+        self.inner.locked().requests.clone()
     }
 
     fn sum(&self, f: impl Fn(&RequestKey) -> bool) -> u64 {
-        let inner = self.inner.lock().expect("stats lock");
+        let inner = self.inner.locked();
         inner
             .requests
             .iter()

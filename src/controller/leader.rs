@@ -6,6 +6,7 @@
 //! replica stops writing (its [`WriteGate`] closes) well before another one can take over,
 //! even when it is cut off from Nomad and never hears that the lock is gone.
 
+use crate::sync::MutexExt;
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -194,7 +195,7 @@ impl Elector {
             let sent = Instant::now();
             match self.acquire().await {
                 Ok(id) => {
-                    *self.lock_id.lock().expect("lock id") = Some(id.clone());
+                    *self.lock_id.locked() = Some(id.clone());
                     self.gate.grant((sent + ttl).into_std());
                     tracing::info!(lock = %self.config.path, holder = %self.config.holder, "acquired the leader lock: this replica writes");
                     let _ = events.try_send(Trigger::BecameLeader);
@@ -241,7 +242,7 @@ impl Elector {
                         Ok(()) => tracing::info!(lock = %self.config.path, "released the leader lock"),
                         Err(e) => tracing::warn!(lock = %self.config.path, error = %e, "releasing the leader lock failed; it expires by itself"),
                     }
-                    *self.lock_id.lock().expect("lock id") = None;
+                    *self.lock_id.locked() = None;
                     return false;
                 }
             }
@@ -255,14 +256,14 @@ impl Elector {
                 Err(LockError::Lost(msg)) => {
                     self.gate.revoke();
                     tracing::warn!(lock = %self.config.path, reason = %msg, "lost the leader lock: stopped writing");
-                    *self.lock_id.lock().expect("lock id") = None;
+                    *self.lock_id.locked() = None;
                     return true;
                 }
                 Err(e) => {
                     if Instant::now() >= lease_end {
                         self.gate.revoke();
                         tracing::warn!(lock = %self.config.path, error = %e, "could not renew the leader lock before the lease ran out: stopped writing");
-                        *self.lock_id.lock().expect("lock id") = None;
+                        *self.lock_id.locked() = None;
                         return true;
                     }
                     tracing::warn!(lock = %self.config.path, error = %e, "renewing the leader lock failed; retrying");

@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod source;
 pub mod webhook;
 
+use crate::sync::{MutexExt, RwLockExt};
 use std::{
     collections::{BTreeMap, BTreeSet},
     hash::{Hash, Hasher},
@@ -279,7 +280,7 @@ pub struct Shared {
 impl Shared {
     /// The status with the role as of now.
     pub fn view(&self) -> StatusView {
-        let mut view = self.view.read().expect("view lock").clone();
+        let mut view = self.view.read_recovered().clone();
         view.role = self.role();
         view
     }
@@ -303,7 +304,7 @@ impl Shared {
             #[serde(flatten)]
             view: &'a StatusView,
         }
-        let view = self.view.read().expect("view lock");
+        let view = self.view.read_recovered();
         serde_json::to_vec(&Body {
             role: self.role(),
             view: &view,
@@ -313,15 +314,14 @@ impl Shared {
 
     /// Whether the first observation is done.
     pub fn ready(&self) -> bool {
-        self.view.read().expect("view lock").ready
+        self.view.read_recovered().ready
     }
 
     pub fn metrics_text(&self) -> String {
-        let view = self.view.read().expect("view lock");
+        let view = self.view.read_recovered();
         let depth = self.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
         self.metrics
-            .lock()
-            .expect("metrics lock")
+            .locked()
             .render(&view, self.role(), &self.stats, depth)
     }
 }
@@ -534,8 +534,7 @@ impl Loop {
             // A file change or a new commit makes the apps it changed due (update_desired did),
             // a change on Nomad the apps whose jobs it touched; an interval, a webhook (someone
             // asked for a reconcile) or a new leader, all.
-            let moved_on_nomad =
-                std::mem::take(&mut *self.nomad_changed.lock().expect("nomad changes"));
+            let moved_on_nomad = std::mem::take(&mut *self.nomad_changed.locked());
             for app in &moved_on_nomad {
                 self.schedule.mark_due(app);
             }
@@ -618,7 +617,7 @@ impl Loop {
 
     /// Sets up the source's part of the status; answers the Git poll interval.
     fn init_source(&mut self) -> Option<Duration> {
-        let mut view = self.shared.view.write().expect("view lock");
+        let mut view = self.shared.view.write_recovered();
         match &self.config.source {
             SourceConfig::Git(g) => {
                 let repo = GitRepo::new(g.clone());
@@ -676,8 +675,7 @@ impl Loop {
             // The empty-set guard: a source that suddenly names no app is taken as a mistake
             // (a deleted directory, a commit that removed everything, every file broken), never
             // as "remove them all". The files' problems are shown all the same.
-            self.shared.view.write().expect("view lock").rejected_files =
-                rejected_files(&loaded.rejected);
+            self.shared.view.write_recovered().rejected_files = rejected_files(&loaded.rejected);
             self.loaded.rejected = loaded.rejected;
             self.source_failed(format!(
                 "{why}: keeping the {} app(s) last loaded and pruning nothing (an empty source is never applied; to stop managing every app, stop the controller)",
@@ -739,7 +737,7 @@ impl Loop {
             tracing::warn!("{why}: nothing to reconcile, nothing pruned");
         }
         {
-            let mut view = self.shared.view.write().expect("view lock");
+            let mut view = self.shared.view.write_recovered();
             view.source.error = empty;
             view.source.commit = loaded.commit.clone();
             view.rejected_files = rejected_files(&loaded.rejected);
@@ -775,7 +773,7 @@ impl Loop {
             .min(self.config.interval);
         self.source_retry_at = Some(Instant::now() + delay);
         self.ctx.options.prune_orphans = false;
-        let mut view = self.shared.view.write().expect("view lock");
+        let mut view = self.shared.view.write_recovered();
         if view.source.error.as_deref() != Some(error.as_str()) {
             tracing::warn!(retry_in = ?delay, "{error}");
         } else {
@@ -788,7 +786,7 @@ impl Loop {
     async fn cycle(&mut self, trigger: Trigger) {
         let now = Instant::now().into_std();
         let due = self.schedule.take_due(now);
-        let ready = self.shared.view.read().expect("view lock").ready;
+        let ready = self.shared.view.read_recovered().ready;
         if due.is_empty() && ready {
             self.publish(Vec::new(), None);
             return;
@@ -872,11 +870,10 @@ impl Loop {
         let seconds = started.elapsed().as_secs_f64();
         self.shared
             .metrics
-            .lock()
-            .expect("metrics lock")
+            .locked()
             .observe_cycle(seconds, trigger.label());
         if observed {
-            self.shared.view.write().expect("view lock").ready = true;
+            self.shared.view.write_recovered().ready = true;
         }
         let applied: BTreeMap<String, Vec<String>> = entries
             .iter()
@@ -895,7 +892,7 @@ impl Loop {
             }),
         );
         if !applied.is_empty() {
-            self.shared.view.write().expect("view lock").last_applied = Some(AppliedCycle {
+            self.shared.view.write_recovered().last_applied = Some(AppliedCycle {
                 id,
                 at: Utc::now(),
                 changes: applied,
@@ -957,11 +954,7 @@ impl Loop {
             Outcome::Terminal => "stalled",
             Outcome::Skipped => "skipped",
         };
-        self.shared
-            .metrics
-            .lock()
-            .expect("metrics lock")
-            .count_result(label);
+        self.shared.metrics.locked().count_result(label);
     }
 
     /// `failures` and `next_attempt_at` are filled in from the schedule by [`Self::publish`],
@@ -983,7 +976,7 @@ impl Loop {
 
     /// Merges this cycle's app entries into the shared view.
     fn publish(&self, entries: Vec<DaemonAppStatus>, summary: Option<CycleSummary>) {
-        let mut view = self.shared.view.write().expect("view lock");
+        let mut view = self.shared.view.write_recovered();
         let mut apps: BTreeMap<String, DaemonAppStatus> = view
             .apps
             .drain(..)
@@ -1046,7 +1039,7 @@ impl Loop {
         let (Some(repo), Some(commit)) = (&self.git, &self.loaded.commit) else {
             return;
         };
-        let mut view = self.shared.view.write().expect("view lock");
+        let mut view = self.shared.view.write_recovered();
         let all_ready = self.loaded.rejected.is_empty()
             && self.specs.keys().all(|name| {
                 view.apps.iter().any(|a| {

@@ -4,6 +4,7 @@
 //! GUID), that app is made due and the loop woken. Cost: one long-poll at a time, and the
 //! allocations list decoded once per change (the next cycle then finds it unchanged).
 
+use crate::sync::MutexExt;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -75,7 +76,7 @@ pub fn spawn(
                         Duration::ZERO
                     } else {
                         tracing::debug!(apps = %apps.iter().cloned().collect::<Vec<_>>().join(", "), "Nomad allocations changed");
-                        changed.lock().expect("nomad changes").extend(apps);
+                        changed.locked().extend(apps);
                         let _ = triggers.try_send(Trigger::NomadChanged);
                         SETTLE
                     }
