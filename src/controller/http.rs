@@ -168,8 +168,12 @@ async fn within_time_limit<B>(request: Request<B>, next: Next<B>) -> Response {
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Alive: the reconcile loop still turns (see [`super::liveness`]); 503 with the reason if not.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.liveness.check() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
+    }
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {

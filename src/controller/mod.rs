@@ -18,6 +18,7 @@
 
 pub mod http;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod nomad_watch;
 pub mod schedule;
@@ -275,6 +276,8 @@ pub struct Shared {
     pub branch: Option<String>,
     queue_depth: std::sync::atomic::AtomicUsize,
     election: bool,
+    /// Whether the loop is alive (`/healthz`).
+    pub liveness: liveness::Liveness,
 }
 
 impl Shared {
@@ -384,6 +387,7 @@ impl Daemon {
             branch,
             queue_depth: Default::default(),
             election,
+            liveness: liveness::Liveness::new(config.interval),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -524,7 +528,10 @@ impl Loop {
         let mut next_git = Instant::now() + git_interval.unwrap_or(far);
         let mut reload = true;
         let mut trigger = Trigger::Interval;
+        let shared = self.shared.clone();
+        let _ended = liveness::EndOnDrop(&shared.liveness);
         loop {
+            self.shared.liveness.beat();
             if *stop.borrow() {
                 break;
             }
