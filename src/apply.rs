@@ -339,7 +339,8 @@ pub async fn reconcile_from(
                 failed.insert(app, e);
             }
         }
-        let before = (stage == Stage::Register && ctx.nomad.is_none()).then(|| snapshot.clone());
+        let before =
+            (stage == Stage::Register && ctx.nomad.is_none()).then(|| active_revisions(&snapshot));
         refresh(&mut snapshot, stage, &pushed, desired, ctx).await?;
         if let Some(before) = before {
             start_moved_channels(ctx, desired, &before, &snapshot, &mut applied, &mut failed).await;
@@ -817,32 +818,36 @@ async fn start_channel_job(ctx: &Context, id: Uuid, channel: &str) -> Result<(),
         .map_err(hippo_err(format!("starting the job of channel {channel}")))
 }
 
+/// Each channel's active revision, by channel id.
+fn active_revisions(snapshot: &Snapshot) -> BTreeMap<Uuid, Option<Uuid>> {
+    snapshot
+        .channels
+        .iter()
+        .map(|c| (c.id, c.active_revision.as_ref().map(|r| r.id)))
+        .collect()
+}
+
 /// Without Nomad to verify on: the channels that Hippo itself moved to another revision
 /// while registering (range re-evaluation sends Hippo's own PUT, which in v0.19 may start no
 /// job) get `desired-status Running`, as a PUT of ours would.
 async fn start_moved_channels(
     ctx: &Context,
     desired: &DesiredState,
-    before: &Snapshot,
+    before: &BTreeMap<Uuid, Option<Uuid>>,
     after: &Snapshot,
     applied: &mut BTreeMap<String, Vec<String>>,
     failed: &mut BTreeMap<String, ApplyError>,
 ) {
+    let managed: BTreeSet<&str> = desired.apps.iter().map(|a| a.name.as_str()).collect();
     for app in &after.apps {
-        let managed = desired.apps.iter().any(|a| a.name == app.name);
-        if !managed || failed.contains_key(&app.name) {
+        if !managed.contains(app.name.as_str()) || failed.contains_key(&app.name) {
             continue;
         }
         for ch in after.channels_of(app) {
             let Some(now) = &ch.active_revision else {
                 continue;
             };
-            let was = before
-                .channels
-                .iter()
-                .find(|c| c.id == ch.id)
-                .and_then(|c| c.active_revision.as_ref());
-            if was.map(|r| r.id) == Some(now.id) {
+            if before.get(&ch.id).copied().flatten() == Some(now.id) {
                 continue;
             }
             match start_channel_job(ctx, ch.id, &ch.name).await {

@@ -39,12 +39,7 @@ pub struct Condition {
 /// The condition that sums up an app's result.
 pub fn condition(result: &AppResult) -> Condition {
     if result.suspended {
-        return Condition {
-            kind: ConditionType::Suspended,
-            status: true,
-            reason: "Suspended".into(),
-            message: "spec.suspend is set: the app is left alone, nothing is written".into(),
-        };
+        return suspended();
     }
     match &result.error {
         None => Condition {
@@ -489,6 +484,15 @@ pub struct AppStatus {
     pub channels: Vec<ChannelStatus>,
 }
 
+/// An app (and each of its channels) with `spec.suspend`.
+fn suspended() -> Condition {
+    cond(
+        ConditionType::Suspended,
+        "Suspended",
+        "spec.suspend is set: the app is left alone, nothing is written",
+    )
+}
+
 fn cond(kind: ConditionType, reason: &str, message: impl Into<String>) -> Condition {
     Condition {
         kind,
@@ -589,7 +593,7 @@ pub fn app_statuses(
                             || (p.revision.is_some() && p.revision == desired_revision)
                     });
                     let condition = if app_plan.suspended {
-                        cond(ConditionType::Suspended, "Suspended", "spec.suspend is set: the app is left alone")
+                        suspended()
                     } else if let Some(p) = problem {
                         cond(
                             if p.transient { ConditionType::Reconciling } else { ConditionType::Stalled },
@@ -616,7 +620,7 @@ pub fn app_statuses(
                 })
                 .collect();
             let condition = if app_plan.suspended {
-                cond(ConditionType::Suspended, "Suspended", "spec.suspend is set: the app is left alone, nothing is written")
+                suspended()
             } else if let Some(p) = app_plan.problems.first() {
                 cond(
                     if p.transient { ConditionType::Reconciling } else { ConditionType::Stalled },
