@@ -14,6 +14,7 @@ pub mod config;
 pub mod controller;
 pub mod diff;
 pub mod emulator;
+pub mod events;
 pub mod gate;
 pub mod hippo;
 pub mod memory;

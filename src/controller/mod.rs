@@ -16,6 +16,7 @@
 //! this replica holds the leader lock ([`leader`]); followers observe and serve status. The
 //! HTTP server ([`http`]) reads the shared [`StatusView`] and metrics.
 
+pub mod events_store;
 pub mod http;
 pub mod leader;
 pub mod liveness;
