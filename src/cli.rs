@@ -771,8 +771,12 @@ fn validate(files: &FileArgs) -> ExitCode {
         Ok(state) => {
             let revisions: usize = state.apps.iter().map(|a| a.revisions.len()).sum();
             let channels: usize = state.apps.iter().map(|a| a.channels.len()).sum();
+            let notifications = match state.notifications.len() {
+                0 => String::new(),
+                n => format!(", {n} notification(s)"),
+            };
             println!(
-                "valid: {} app(s), {revisions} revision(s), {channels} channel(s)",
+                "valid: {} app(s), {revisions} revision(s), {channels} channel(s){notifications}",
                 state.apps.len()
             );
             ExitCode::SUCCESS

@@ -310,7 +310,7 @@ impl Tracker {
         let memory = self.apps.entry(run.app.to_string()).or_default();
         // A rollout in progress is not remembered as a condition: Ready after it is news only
         // if the app was not Ready before it.
-        if !(c.kind == ConditionType::Reconciling && !run.failed) {
+        if c.kind != ConditionType::Reconciling || run.failed {
             memory.condition = Some(now_state);
         } else if !run.applied.is_empty() {
             memory.condition = Some((ConditionType::Reconciling, c.reason.clone()));

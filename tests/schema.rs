@@ -127,3 +127,44 @@ fn the_structural_bad_inputs_are_refused() {
         .check(&format!("{HEAD}spec:\n  storageId: weather\n  revisions:\n    - version: 1.0.0\n  channels:\n    - name: a\n      revision: 1.0.0\n      env:\n        PORT: 8080\n        DEBUG: true\n"))
         .unwrap();
 }
+
+const NOTIFICATION: &str =
+    "apiVersion: hippo-gitops/v1\nkind: Notification\nmetadata:\n  name: team-alerts\n";
+
+#[test]
+fn notification_documents_are_described_too() {
+    let schema = Schema::load();
+    // The example, beside an app in the same file.
+    schema
+        .check(&format!("{HEAD}spec: {{}}\n---\n{NOTIFICATION}spec:\n  type: webhook\n  addressFromEnv: ALERTS_URL\n  secretFromEnv: ALERTS_SECRET\n  events: [Ready, Failed, Stalled, Promoted, RolledBack]\n  apps: [\"weather\", \"billing-*\"]\n"))
+        .unwrap();
+    let cases = [
+        ("unknown type", "  type: teams\n  addressFromEnv: U\n"),
+        (
+            "unknown event",
+            "  type: slack\n  addressFromEnv: U\n  events: [Exploded]\n",
+        ),
+        (
+            "an address in Git",
+            "  type: slack\n  address: https://hooks.slack.com/x\n",
+        ),
+        ("no address", "  type: slack\n"),
+        (
+            "an env name that isn't one",
+            "  type: slack\n  addressFromEnv: not-a-name\n",
+        ),
+    ];
+    for (name, spec) in cases {
+        let text = format!("{NOTIFICATION}spec:\n{spec}");
+        assert!(schema.check(&text).is_err(), "the schema accepts: {name}");
+    }
+    // An app's fields in a Notification, and the other way round, are refused.
+    assert!(schema
+        .check(&format!(
+            "{NOTIFICATION}spec:\n  type: slack\n  addressFromEnv: U\n  prune: true\n"
+        ))
+        .is_err());
+    assert!(schema
+        .check(&format!("{HEAD}spec:\n  addressFromEnv: U\n"))
+        .is_err());
+}

@@ -806,6 +806,7 @@ impl Loop {
                 .iter()
                 .filter_map(|n| self.specs.get(n).cloned())
                 .collect(),
+            ..Default::default()
         };
         let started = std::time::Instant::now();
         let started_at = Utc::now();

@@ -40,14 +40,14 @@ pub(super) fn document(root: &Node, problems: &mut Vec<Problem>) -> Option<RawDo
     }
 }
 
-struct Decoder<'a> {
-    problems: &'a mut Vec<Problem>,
+pub(super) struct Decoder<'a> {
+    pub(super) problems: &'a mut Vec<Problem>,
     /// A type error or missing field: the document is not checked further.
-    failed: bool,
+    pub(super) failed: bool,
 }
 
 /// The fields of one mapping, looked up by name; the rest are reported as unknown.
-struct Fields<'n> {
+pub(super) struct Fields<'n> {
     path: String,
     node: &'n Node,
     entries: Vec<(&'n str, &'n Node, &'n Node)>,
@@ -93,7 +93,12 @@ impl Decoder<'_> {
 
     /// The mapping at `path`, its keys checked against `known` (unknown and repeated keys are
     /// reported).
-    fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
+    pub(super) fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        known: &[&str],
+    ) -> Option<Fields<'n>> {
         let NodeKind::Map(map) = &node.kind else {
             self.type_error(node, path, "a mapping");
             return None;
@@ -120,7 +125,7 @@ impl Decoder<'_> {
             } else if known.contains(&text.as_str()) {
                 fields.entries.push((text, key, value));
             } else {
-                let message = super::unknown_field_message(&field);
+                let message = super::unknown_field_message(&field, known);
                 self.problem(key, &field, message);
             }
         }
@@ -128,7 +133,7 @@ impl Decoder<'_> {
     }
 
     /// A present, non-null field's value.
-    fn get<'n>(&self, fields: &Fields<'n>, name: &str) -> Option<&'n Node> {
+    pub(super) fn get<'n>(&self, fields: &Fields<'n>, name: &str) -> Option<&'n Node> {
         fields
             .entries
             .iter()
@@ -137,7 +142,7 @@ impl Decoder<'_> {
             .filter(|v| !v.is_null())
     }
 
-    fn required<'n>(&mut self, fields: &Fields<'n>, name: &str) -> Option<&'n Node> {
+    pub(super) fn required<'n>(&mut self, fields: &Fields<'n>, name: &str) -> Option<&'n Node> {
         let present = fields.entries.iter().find(|(k, ..)| *k == name);
         match present {
             Some((_, _, v)) => Some(*v),
@@ -150,7 +155,7 @@ impl Decoder<'_> {
         }
     }
 
-    fn string(&mut self, node: &Node, field: &str) -> Option<String> {
+    pub(super) fn string(&mut self, node: &Node, field: &str) -> Option<String> {
         match (&node.kind, node.scalar_kind()) {
             (NodeKind::Scalar { text, .. }, Some(ScalarKind::Str)) => Some(text.clone()),
             _ => {
@@ -175,7 +180,7 @@ impl Decoder<'_> {
         None
     }
 
-    fn opt_string(&mut self, fields: &Fields, name: &str) -> Option<String> {
+    pub(super) fn opt_string(&mut self, fields: &Fields, name: &str) -> Option<String> {
         let node = self.get(fields, name)?;
         self.string(node, &join(&fields.path, name))
     }
@@ -201,12 +206,12 @@ impl Decoder<'_> {
         }
     }
 
-    fn required_string(&mut self, fields: &Fields, name: &str) -> Option<String> {
+    pub(super) fn required_string(&mut self, fields: &Fields, name: &str) -> Option<String> {
         let node = self.required(fields, name)?;
         self.string(node, &join(&fields.path, name))
     }
 
-    fn list<T>(
+    pub(super) fn list<T>(
         &mut self,
         fields: &Fields,
         name: &str,

@@ -7,6 +7,7 @@
 mod decode;
 pub mod excerpt;
 pub mod locate;
+pub mod notification;
 pub mod schema;
 mod validate;
 pub mod yaml;
@@ -114,6 +115,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, Default)]
 pub struct DesiredState {
     pub apps: Vec<AppSpec>,
+    /// `kind: Notification` documents ([`notification`]).
+    pub notifications: Vec<notification::NotificationSpec>,
 }
 
 /// Where a definition came from, for messages.
@@ -289,17 +292,30 @@ impl schemars::JsonSchema for ScalarString {
 }
 
 /// A parsed document with the index used to place later errors.
-pub(crate) struct ParsedDocument {
+pub(crate) struct ParsedDocument<R = RawDocument> {
     file: PathBuf,
     /// The deploy file's own directory, absolute and without symlinks: `path:` is relative to it.
     base: PathBuf,
     /// The directory every file it names must resolve inside (`None`: no confinement).
     root: Option<PathBuf>,
     positions: locate::PositionIndex,
-    raw: RawDocument,
+    raw: R,
 }
 
-impl ParsedDocument {
+impl ParsedDocument<()> {
+    /// The same document's place, holding `raw`.
+    fn with<R>(self, raw: R) -> ParsedDocument<R> {
+        ParsedDocument {
+            file: self.file,
+            base: self.base,
+            root: self.root,
+            positions: self.positions,
+            raw,
+        }
+    }
+}
+
+impl<R> ParsedDocument<R> {
     fn diag(&self, field: &str, message: impl Into<String>) -> Diagnostic {
         let pos = self.positions.of(field);
         let message: String = message.into();
@@ -597,8 +613,8 @@ fn parse_files(
     options: &LoadOptions,
     problems: &mut Vec<Diagnostic>,
     unreadable: &mut Vec<Diagnostic>,
-) -> Vec<ParsedDocument> {
-    let mut docs = Vec::new();
+) -> Parsed {
+    let mut docs = Parsed::default();
     for file in files {
         match read_deploy_file(file, options.max_file_size) {
             Ok(text) => parse_documents(file, &text, &mut docs, problems),
@@ -625,7 +641,7 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<DesiredState, Di
         &mut unreadable,
     );
     problems.append(&mut unreadable);
-    let state = validate::validate(docs, options, &mut problems);
+    let state = validate_parsed(docs, options, &mut problems);
     if problems.is_empty() {
         Ok(state)
     } else {
@@ -671,7 +687,7 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
         if !unreadable.is_empty() {
             return unread(unreadable);
         }
-        let state = validate::validate(docs, options, &mut problems);
+        let state = validate_parsed(docs, options, &mut problems);
         if problems.is_empty() {
             return PartialLoad {
                 state,
@@ -702,14 +718,27 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
 fn parse_documents(
     file: &DeployFile,
     text: &str,
-    docs: &mut Vec<ParsedDocument>,
+    docs: &mut Parsed,
     problems: &mut Vec<Diagnostic>,
 ) {
     let stream = yaml::parse(text);
     let base = file.real.parent().unwrap_or(Path::new("/")).to_path_buf();
     for (start, root) in &stream.docs {
         let mut found = Vec::new();
-        let raw = decode::document(root, &mut found);
+        let parsed = |raw| ParsedDocument {
+            file: file.shown.clone(),
+            base: base.clone(),
+            root: file.root.clone(),
+            positions: locate::PositionIndex::of_document(*start, root),
+            raw,
+        };
+        if notification::is_notification(root) {
+            let raw = notification::decode(root, &mut found);
+            docs.notifications.extend(raw.map(|r| parsed(()).with(r)));
+        } else {
+            let raw = decode::document(root, &mut found);
+            docs.apps.extend(raw.map(|r| parsed(()).with(r)));
+        }
         found.sort_by_key(|p| (p.node_pos.line, p.node_pos.column));
         for p in found {
             problems.push(Diagnostic {
@@ -718,15 +747,6 @@ fn parse_documents(
                 column: p.node_pos.column,
                 field: p.field,
                 message: p.message,
-            });
-        }
-        if let Some(raw) = raw {
-            docs.push(ParsedDocument {
-                file: file.shown.clone(),
-                base: base.clone(),
-                root: file.root.clone(),
-                positions: locate::PositionIndex::of_document(*start, root),
-                raw,
             });
         }
     }
@@ -741,28 +761,27 @@ fn parse_documents(
     }
 }
 
-fn unknown_field_message(path: &str) -> String {
-    let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
-    // Drop list indices: `spec.channels[1]` → `spec.channels`.
-    let shape: String = parent
-        .split('[')
-        .enumerate()
-        .map(|(i, part)| {
-            if i == 0 {
-                part
-            } else {
-                part.split_once(']').map_or("", |(_, rest)| rest)
-            }
-        })
-        .collect();
-    let expected: &[&str] = match shape.as_str() {
-        "" => decode::DOCUMENT_FIELDS,
-        "metadata" => decode::METADATA_FIELDS,
-        "spec" => decode::SPEC_FIELDS,
-        "spec.revisions" => decode::REVISION_FIELDS,
-        "spec.channels" => decode::CHANNEL_FIELDS,
-        _ => &[],
-    };
+/// The documents of a set of files, by kind.
+#[derive(Default)]
+struct Parsed {
+    apps: Vec<ParsedDocument>,
+    notifications: Vec<ParsedDocument<notification::RawNotification>>,
+}
+
+fn validate_parsed(
+    docs: Parsed,
+    options: &LoadOptions,
+    problems: &mut Vec<Diagnostic>,
+) -> DesiredState {
+    let mut state = validate::validate(docs.apps, options, problems);
+    state.notifications = notification::validate(docs.notifications, problems);
+    state
+}
+
+/// `known`: the fields of the mapping the unknown one sits in.
+fn unknown_field_message(path: &str, known: &[&str]) -> String {
+    let name = path.rsplit_once('.').map_or(path, |(_, name)| name);
+    let expected = known;
     if expected.is_empty() {
         format!("unknown field `{name}`")
     } else {

@@ -14,6 +14,7 @@ pub fn deploy_file_schema() -> String {
     let mut schema =
         serde_json::to_value(schemars::schema_for!(RawDocument)).expect("a schema serialises");
     refine(&mut schema);
+    super::notification::extend_schema(&mut schema);
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema serialises");
     text.push('\n');
     text

@@ -12,7 +12,7 @@ use super::{
 use crate::{package, range_rule};
 
 /// `^[a-zA-Z0-9_-]{1,max}$`
-fn is_name(s: &str, max: usize) -> bool {
+pub(super) fn is_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.chars()
@@ -51,7 +51,7 @@ pub(crate) fn is_domain(s: &str) -> bool {
         && rest.iter().all(|l| label_ok(l))
 }
 
-fn is_env_key(s: &str) -> bool {
+pub(super) fn is_env_key(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -413,7 +413,10 @@ pub(super) fn validate(
             });
         }
     }
-    DesiredState { apps }
+    DesiredState {
+        apps,
+        ..Default::default()
+    }
 }
 
 fn check_inside_root(resolved: &Path, root: &Path) -> Result<(), String> {
