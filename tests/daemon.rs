@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{copy_examples, fast_retry, Bed, NomadBed};
+use common::{copy_examples, eventually, fast_retry, Bed, NomadBed};
 use hippo_gitops::{
     apply::Context,
     controller::{
@@ -59,18 +59,6 @@ fn config(files: &Path, holder: &str) -> ControllerConfig {
     });
     c.shutdown_grace = Duration::from_secs(5);
     c
-}
-
-/// Polls `f` every 20 ms until it holds; panics with `what` after `secs`.
-async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn condition_of(view: &StatusView, app: &str) -> Option<ConditionType> {

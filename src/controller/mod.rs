@@ -22,6 +22,7 @@ pub mod leader;
 pub mod liveness;
 pub mod metrics;
 pub mod nomad_watch;
+pub mod notifications;
 pub mod schedule;
 pub mod source;
 pub mod webhook;

@@ -432,3 +432,15 @@ pub fn write_repo_app(
     .unwrap();
     specs.to_string_lossy().into_owned()
 }
+
+/// Polls `f` every 20 ms until it holds; panics with `what` after `secs`.
+pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
