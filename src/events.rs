@@ -320,6 +320,131 @@ impl Tracker {
     }
 }
 
+/// What a change description (`diff::Change::describe`) says of the change: its channel and
+/// a reason. The run report carries descriptions only; this reads them back.
+pub fn applied_change(description: &str) -> AppliedChange {
+    let word_after = |prefix: &str| {
+        description
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split([' ', ':']).next())
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+    };
+    let (reason, channel) = if description.starts_with("push bindle ") {
+        ("BindlePushed", None)
+    } else if description.starts_with("create app ") {
+        ("AppCreated", None)
+    } else if description.starts_with("register revision ") {
+        ("RevisionRegistered", None)
+    } else if let Some(ch) = word_after("create channel ") {
+        ("ChannelCreated", Some(ch))
+    } else if let Some(ch) = word_after("delete channel ") {
+        ("ChannelDeleted", Some(ch))
+    } else if description.starts_with("update channel ") && description.contains(" env: ") {
+        ("EnvChanged", word_after("update channel "))
+    } else if let Some(ch) = word_after("update channel ") {
+        ("ChannelUpdated", Some(ch))
+    } else if description.starts_with("deploy ") || description.starts_with("reschedule channel ") {
+        let ch = description
+            .split(" channel ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .map(str::to_string);
+        ("JobScheduled", ch)
+    } else {
+        ("Changed", None)
+    };
+    AppliedChange {
+        channel,
+        reason: reason.to_string(),
+        description: description.to_string(),
+    }
+}
+
+/// The events of a run: each app's result with its status after the run (as
+/// `status::app_statuses` builds it from the run's last snapshot), through `tracker`.
+/// `desired_changed(app)`: whether the app's desired state changed since it was last
+/// reconciled (always true for a one-shot run).
+pub fn run_events(
+    desired: &crate::spec::DesiredState,
+    report: &crate::apply::RunReport,
+    statuses: &[crate::status::AppStatus],
+    commit: Option<&str>,
+    desired_changed: &dyn Fn(&str) -> bool,
+    tracker: &mut Tracker,
+    now: DateTime<Utc>,
+) -> Vec<Event> {
+    use crate::apply::ApplyError;
+    let mut events = Vec::new();
+    for result in &report.apps {
+        // A follower's skip says nothing about the app.
+        if matches!(result.error, Some(ApplyError::NotWritten(_))) {
+            continue;
+        }
+        let status = statuses.iter().find(|s| s.app == result.app);
+        let condition = match (&result.error, status) {
+            (None, Some(s)) => s.condition.clone(),
+            _ => crate::status::condition(result),
+        };
+        let spec = desired.apps.iter().find(|a| a.name == result.app);
+        let env_values: Vec<&str> = spec
+            .iter()
+            .flat_map(|a| a.channels.iter())
+            .flat_map(|c| c.env.values().map(String::as_str))
+            .collect();
+        let run = AppCycle {
+            app: &result.app,
+            applied: result.applied.iter().map(|d| applied_change(d)).collect(),
+            condition: &condition,
+            failed: result.error.is_some(),
+            channels: status
+                .map(|s| {
+                    s.channels
+                        .iter()
+                        .map(|c| (c.channel.clone(), c.hippo_revision.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            desired_changed: desired_changed(&result.app),
+            commit,
+            env_values,
+        };
+        events.extend(tracker.observe(&run, now));
+    }
+    events
+}
+
+/// `since` as the API and `history --since` take it: an RFC 3339 time, or a duration back
+/// from `now` (`90s`, `30m`, `1h`, `2d`).
+pub fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().map_err(|_| {
+        format!(
+            "invalid since {s:?}: use a time (2026-12-04T14:00:00Z) or a duration (30m, 1h, 2d)"
+        )
+    })?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "invalid since {s:?}: a duration's unit is s, m, h or d"
+            ))
+        }
+    };
+    n.checked_mul(seconds)
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| format!("invalid since {s:?}: too far back"))
+}
+
 /// `message` with every occurrence of a value of `secrets` (3 characters or more, standing
 /// as a word of its own) replaced by `***`.
 pub fn redact(message: &str, secrets: &[&str]) -> String {
@@ -521,6 +646,80 @@ mod tests {
         assert_eq!(redact("information", &["info"]), "information");
         assert_eq!(redact("level info.", &["info"]), "level ***.");
         assert_eq!(redact("a b", &["b"]), "a b");
+    }
+
+    #[test]
+    fn change_descriptions_are_read_back_into_a_channel_and_a_reason() {
+        let cases = [
+            (
+                "push bindle weather/1.0.0 (3 parcels, 1.0 KiB)",
+                "BindlePushed",
+                None,
+            ),
+            (
+                "create app weather (storageId weather; Hippo imports…)",
+                "AppCreated",
+                None,
+            ),
+            ("register revision 1.1.0", "RevisionRegistered", None),
+            (
+                "create channel production (range ^1, domain a.example.com)",
+                "ChannelCreated",
+                Some("production"),
+            ),
+            (
+                "update channel production: range ^1 → ^2",
+                "ChannelUpdated",
+                Some("production"),
+            ),
+            (
+                "update channel staging env: +A ~B -C",
+                "EnvChanged",
+                Some("staging"),
+            ),
+            (
+                "delete channel old (not in the deploy file; prune is on)",
+                "ChannelDeleted",
+                Some("old"),
+            ),
+            (
+                "deploy weather/1.0.0 to channel production through Hippo (job missing)",
+                "JobScheduled",
+                Some("production"),
+            ),
+            (
+                "reschedule channel canary through Hippo (job stopped)",
+                "JobScheduled",
+                Some("canary"),
+            ),
+        ];
+        for (d, reason, channel) in cases {
+            let c = applied_change(d);
+            assert_eq!(
+                (c.reason.as_str(), c.channel.as_deref()),
+                (reason, channel),
+                "{d}"
+            );
+            assert_eq!(c.description, d);
+        }
+    }
+
+    #[test]
+    fn since_is_a_time_or_a_duration_back() {
+        let now = DateTime::parse_from_rfc3339("2026-12-04T14:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |s: &str| parse_since(s, now).map(|t| t.to_rfc3339());
+        assert_eq!(at("1h").unwrap(), "2026-12-04T13:00:00+00:00");
+        assert_eq!(at("90s").unwrap(), "2026-12-04T13:58:30+00:00");
+        assert_eq!(at("2d").unwrap(), "2026-12-02T14:00:00+00:00");
+        assert_eq!(
+            at("2026-12-04T12:00:00.5Z").unwrap(),
+            "2026-12-04T12:00:00.500+00:00"
+        );
+        assert!(at("1w").is_err());
+        assert!(at("yesterday").is_err());
+        assert!(at("99999999999999d").is_err());
     }
 
     #[test]

@@ -14,11 +14,10 @@ mod common;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
-use common::{assert_examples_converged, assert_no_duplicates, hippo_state};
+use common::{assert_examples_converged, assert_no_duplicates, git, hippo_state};
 use hippo_gitops::{controller::webhook::sign, emulator::hippo::EmulatorState};
 use serde_json::Value;
 
@@ -268,31 +267,6 @@ fn cycles(addr: SocketAddr, trigger: &str) -> f64 {
         &format!("hippo_gitops_reconcile_cycles_total{{trigger=\"{trigger}\"}}"),
     )
     .unwrap_or(0.0)
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "hippo-gitops tests")
-        .env("GIT_AUTHOR_EMAIL", "tests@example.com")
-        .env("GIT_COMMITTER_NAME", "hippo-gitops tests")
-        .env("GIT_COMMITTER_EMAIL", "tests@example.com")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("runs git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]

@@ -3,25 +3,16 @@
 //! a 4xx not retried, a dead receiver that fills its bounded queue (drops counted) without
 //! delaying `send` or the other receivers, and GitHub's commit status path and body.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 mod common;
 
-use common::eventually;
-
-use axum::{
-    body::Bytes,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
-    routing::post,
-    Router,
+use common::{
+    eventually,
+    receiver::{receiver, receiver_hanging},
 };
+
+use axum::{http::StatusCode, response::IntoResponse};
 use chrono::Utc;
 use hippo_gitops::{
     controller::{
@@ -39,64 +30,6 @@ use wiremock::{
     matchers::{body_json, header, method, path},
     Mock, MockServer, ResponseTemplate,
 };
-
-type Answer = Box<dyn Fn(usize) -> Response + Send + Sync>;
-
-struct Receiver {
-    url: String,
-    seen: Arc<Mutex<Vec<(HeaderMap, Bytes, std::time::Instant)>>>,
-}
-
-#[derive(Clone)]
-struct ReceiverState {
-    seen: Arc<Mutex<Vec<(HeaderMap, Bytes, std::time::Instant)>>>,
-    answer: Arc<Answer>,
-}
-
-async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
-    let n = {
-        let mut seen = s.seen.lock().unwrap();
-        seen.push((headers, body, std::time::Instant::now()));
-        seen.len()
-    };
-    (s.answer)(n)
-}
-
-/// A receiver answering its n-th request (from 1) with `answer(n)`.
-fn receiver(answer: impl Fn(usize) -> Response + Send + Sync + 'static) -> Receiver {
-    let seen = Arc::default();
-    let state = ReceiverState {
-        seen: Arc::clone(&seen),
-        answer: Arc::new(Box::new(answer)),
-    };
-    let app = Router::new()
-        .route("/hook", post(receive))
-        .with_state(state);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(
-        axum::Server::from_tcp(listener)
-            .unwrap()
-            .serve(app.into_make_service()),
-    );
-    Receiver {
-        url: format!("http://{addr}/hook"),
-        seen,
-    }
-}
-
-impl Receiver {
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    async fn wait_for(&self, n: usize) {
-        eventually(10, &format!("{n} request(s) at the receiver"), || {
-            self.count() >= n
-        })
-        .await;
-    }
-}
 
 fn spec(name: &str, kind: NotificationType) -> NotificationSpec {
     NotificationSpec {
@@ -298,23 +231,6 @@ async fn a_dead_receiver_fills_its_bounded_queue_and_delays_no_one() {
         count(&n, "webhook", "delivered") == 10
     })
     .await;
-}
-
-/// A receiver that accepts connections and reads requests but never answers; the count of
-/// requests it has begun.
-fn receiver_hanging() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let begun = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = begun.clone();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            held.push(stream);
-        }
-    });
-    (url, begun)
 }
 
 #[tokio::test]

@@ -152,6 +152,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/hooks/github", post(github))
         .route("/hooks/gitlab", post(gitlab))
         .route("/hooks/generic", post(generic))
+        .merge(super::api::routes())
+        .merge(super::dashboard::routes())
         .layer(middleware::from_fn(within_time_limit))
         .with_state(shared)
 }

@@ -16,8 +16,11 @@
 //! this replica holds the leader lock ([`leader`]); followers observe and serve status. The
 //! HTTP server ([`http`]) reads the shared [`StatusView`] and metrics.
 
+pub mod api;
+pub mod dashboard;
 pub mod events_store;
 pub mod http;
+pub mod insight;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;
@@ -78,6 +81,8 @@ pub enum Trigger {
     SourceRetry,
     /// Allocations of managed apps' Nomad jobs changed ([`nomad_watch`]): those apps are due.
     NomadChanged,
+    /// `POST /api/v1/apps/{name}/reconcile`: that app is due.
+    Api,
 }
 
 impl Trigger {
@@ -92,6 +97,7 @@ impl Trigger {
             Trigger::AppDue => "backoff",
             Trigger::SourceRetry => "source-retry",
             Trigger::NomadChanged => "nomad",
+            Trigger::Api => "api",
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct ControllerConfig {
     pub shutdown_grace: Duration,
     /// Watch deploy files for changes (Files source).
     pub watch: bool,
+    /// The dashboard, API, event history and notifications.
+    pub insight: insight::InsightConfig,
 }
 
 impl ControllerConfig {
@@ -132,6 +140,7 @@ impl ControllerConfig {
             leader: Some(LeaderConfig::new("hippo-gitops/leader")),
             shutdown_grace: Duration::from_secs(30),
             watch: true,
+            insight: insight::InsightConfig::default(),
         }
     }
 }
@@ -280,6 +289,8 @@ pub struct Shared {
     election: bool,
     /// Whether the loop is alive (`/healthz`).
     pub liveness: liveness::Liveness,
+    /// Events, notifications and the apps' details (API, dashboard).
+    pub insight: Arc<insight::Insight>,
 }
 
 impl Shared {
@@ -325,9 +336,12 @@ impl Shared {
     pub fn metrics_text(&self) -> String {
         let view = self.view.read_recovered();
         let depth = self.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
-        self.metrics
+        let mut text = self
+            .metrics
             .locked()
-            .render(&view, self.role(), &self.stats, depth)
+            .render(&view, self.role(), &self.stats, depth);
+        self.insight.notifier.render_metrics(&mut text);
+        text
     }
 }
 
@@ -342,6 +356,8 @@ pub enum ControllerError {
     Watch(#[from] notify::Error),
     #[error("the controller loop failed: {0}")]
     Join(String),
+    #[error(transparent)]
+    Insight(#[from] insight::InsightError),
 }
 
 /// A running controller.
@@ -379,6 +395,7 @@ impl Daemon {
             SourceConfig::Git(g) => Some(g.branch.clone()),
             SourceConfig::Files { .. } => None,
         };
+        let insight = Arc::new(insight::Insight::open(&config.insight)?);
         let shared = Arc::new(Shared {
             view: RwLock::new(StatusView::default()),
             metrics: Mutex::default(),
@@ -390,6 +407,7 @@ impl Daemon {
             queue_depth: Default::default(),
             election,
             liveness: liveness::Liveness::new(config.interval),
+            insight,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -547,6 +565,9 @@ impl Loop {
             for app in &moved_on_nomad {
                 self.schedule.mark_due(app);
             }
+            for app in self.shared.insight.take_requested() {
+                self.schedule.retry_now(&app);
+            }
             if !matches!(
                 trigger,
                 Trigger::AppDue
@@ -554,6 +575,7 @@ impl Loop {
                     | Trigger::GitPoll
                     | Trigger::SourceRetry
                     | Trigger::NomadChanged
+                    | Trigger::Api
             ) {
                 self.schedule.mark_all_due(Instant::now().into_std());
             }
@@ -714,6 +736,12 @@ impl Loop {
             .map(|a| (a.name.clone(), a))
             .collect();
         self.failing.retain(|app| self.specs.contains_key(app));
+        self.shared
+            .insight
+            .configure_notifications(&loaded.desired.notifications);
+        self.shared
+            .insight
+            .retain_apps(&|app| self.specs.contains_key(app));
         self.failing_channels
             .retain(|(app, _)| self.specs.contains_key(app));
         // Bindles no longer named (or whose file was left out) are packed afresh if they return.
@@ -826,6 +854,11 @@ impl Loop {
                         self.update_managed_jobs(&report.snapshot);
                         let plan = diff::diff(&desired.apps, &report.snapshot);
                         let statuses = status::app_statuses(&desired, &plan, &report.snapshot);
+                        let insight = &self.shared.insight;
+                        insight.record_details(&desired, &plan, &report.snapshot);
+                        insight.record_run(&desired, &report, &statuses, self.loaded.commit.as_deref(), &|app| {
+                            self.specs.get(app).map(fingerprint)
+                        });
                         for (result, mut st) in report.apps.into_iter().zip(statuses) {
                             let outcome = outcome_of(&result);
                             let retry_in = self.schedule.record(&result.app, outcome, std::time::Instant::now());
@@ -866,6 +899,7 @@ impl Loop {
                     Ok((plan, snapshot)) => {
                         observed = true;
                         self.update_managed_jobs(&snapshot);
+                        self.shared.insight.record_details(&desired, &plan, &snapshot);
                         for st in status::app_statuses(&desired, &plan, &snapshot) {
                             self.count(Outcome::Skipped);
                             entries.push(self.entry(st, &id, Vec::new()));
@@ -1062,6 +1096,7 @@ impl Loop {
         view.source.last_applied_commit = Some(commit.clone());
         view.source.last_applied_at = Some(Utc::now());
         tracing::info!(commit = %commit, "applied commit: every app converged");
+        self.shared.insight.commit_applied(commit);
         if let Err(e) = repo.record_applied(commit) {
             tracing::warn!(error = %e, "could not record the applied commit on disk");
         }

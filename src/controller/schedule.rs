@@ -117,6 +117,15 @@ impl Schedule {
         }
     }
 
+    /// Someone asked to reconcile the app now (the API): due at once, even stalled (what
+    /// stalled it may have been fixed on the servers).
+    pub fn retry_now(&mut self, app: &str) {
+        if let Some(e) = self.apps.get_mut(app) {
+            e.stalled = false;
+            e.due = true;
+        }
+    }
+
     /// The apps to reconcile now, removed from the queue.
     pub fn take_due(&mut self, now: Instant) -> Vec<String> {
         let mut out = Vec::new();

@@ -1,6 +1,8 @@
 //! Test bed: the REAL bindle server in-process and the Hippo EMULATOR, both on loopback port 0.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -443,4 +445,30 @@ pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Runs git in `dir` with a fixed identity and no system config; answers its stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "hippo-gitops tests")
+        .env("GIT_AUTHOR_EMAIL", "tests@example.com")
+        .env("GIT_COMMITTER_NAME", "hippo-gitops tests")
+        .env("GIT_COMMITTER_EMAIL", "tests@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("runs git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -1,0 +1,3 @@
+pub fn routes() -> axum::Router<std::sync::Arc<super::Shared>> {
+    axum::Router::new()
+}
