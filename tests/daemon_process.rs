@@ -273,19 +273,14 @@ fn cycles(addr: SocketAddr, trigger: &str) -> f64 {
 fn commits_to_a_git_branch_are_applied_and_their_sha_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
+    let (url, work) = common::git_repo(root);
     let bare = root.join("deploy.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    let work = root.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    git(&work, &["init", "--quiet"]);
     common::copy_examples(&work);
     git(&work, &["add", "-A"]);
     git(
         &work,
         &["commit", "--quiet", "-m", "the example deploy files"],
     );
-    let url = format!("file://{}", bare.display());
     git(&work, &["push", "--quiet", &url, "HEAD:refs/heads/main"]);
     let first = git(&work, &["rev-parse", "HEAD"]);
 

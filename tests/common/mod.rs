@@ -472,3 +472,15 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A bare repository `<root>/deploy.git` and an empty work tree `<root>/work` to push to it
+/// from; answers the bare repository's `file://` URL and the work tree.
+pub fn git_repo(root: &Path) -> (String, PathBuf) {
+    let bare = root.join("deploy.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(&bare, &["init", "--quiet", "--bare"]);
+    let work = root.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "--quiet"]);
+    (format!("file://{}", bare.display()), work)
+}
