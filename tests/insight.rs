@@ -245,11 +245,10 @@ async fn the_api_answers_apps_an_app_and_events_since_a_time() {
 async fn reconcile_through_the_api_needs_the_token() {
     let nb = NomadBed::start().await;
     let specs = copy_examples(nb.bed.path());
-    let (daemon, base) = start(
-        &nb,
-        config(files(&specs), &nb.bed.path().join("state"), Some(TOKEN)),
-    )
-    .await;
+    let mut c = config(files(&specs), &nb.bed.path().join("state"), Some(TOKEN));
+    // No interval cycle after the first: what runs later was asked for.
+    c.interval = Duration::from_secs(600);
+    let (daemon, base) = start(&nb, c).await;
     eventually(30, "every app Ready", || {
         ready(&daemon, &["weather", "invoices"])
     })
@@ -274,19 +273,26 @@ async fn reconcile_through_the_api_needs_the_token() {
     assert!(!daemon.shared.metrics_text().contains("trigger=\"api\""));
     let bearer = format!("Bearer {TOKEN}");
     assert_eq!(post("nope", Some(&bearer)).await.unwrap().status(), 404);
+    let reconciled_by = |daemon: &Daemon| {
+        let view = daemon.shared.view();
+        let weather = view.apps.iter().find(|a| a.status.app == "weather");
+        weather.and_then(|a| a.reconcile_id.clone())
+    };
+    let before = reconciled_by(&daemon);
     let ok = post("weather", Some(&bearer)).await.unwrap();
     assert_eq!(ok.status(), 202);
     assert_eq!(
         ok.json::<Value>().await.unwrap(),
         serde_json::json!({"triggered": true, "app": "weather"})
     );
-    eventually(10, "a cycle triggered through the API", || {
-        daemon
-            .shared
-            .metrics_text()
-            .contains("hippo_gitops_reconcile_cycles_total{trigger=\"api\"} 1")
+    eventually(10, "weather reconciled again", || {
+        reconciled_by(&daemon) != before
     })
     .await;
+    assert!(daemon
+        .shared
+        .metrics_text()
+        .contains("hippo_gitops_reconcile_cycles_total{trigger=\"api\"} 1"));
     daemon.shutdown().await.unwrap();
 
     // Without a token the endpoint is off, whatever is sent.
