@@ -460,6 +460,23 @@ pub enum NomadJobStatus {
     },
 }
 
+impl NomadJobStatus {
+    /// `("v3 running", "2/2")`, `("missing", "0/0")` or `("unknown", "?")`: the job and its
+    /// healthy/total allocations, as tables show them.
+    pub fn job_and_allocations(&self) -> (String, String) {
+        match self {
+            NomadJobStatus::Unknown => ("unknown".to_string(), "?".to_string()),
+            NomadJobStatus::Missing => ("missing".to_string(), "0/0".to_string()),
+            NomadJobStatus::Job {
+                version,
+                status,
+                healthy,
+                total,
+            } => (format!("v{version} {status}"), format!("{healthy}/{total}")),
+        }
+    }
+}
+
 /// One channel in `status`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -666,16 +683,7 @@ pub fn statuses_text(apps: &[AppStatus]) -> String {
     let dash = || "-".to_string();
     for app in apps {
         for ch in &app.channels {
-            let (job, allocs) = match &ch.nomad {
-                NomadJobStatus::Unknown => ("unknown".to_string(), "?".to_string()),
-                NomadJobStatus::Missing => ("missing".to_string(), "0/0".to_string()),
-                NomadJobStatus::Job {
-                    version,
-                    status,
-                    healthy,
-                    total,
-                } => (format!("v{version} {status}"), format!("{healthy}/{total}")),
-            };
+            let (job, allocs) = ch.nomad.job_and_allocations();
             rows.push([
                 app.app.clone(),
                 ch.channel.clone(),

@@ -16,14 +16,11 @@ use common::{
 };
 use hippo_gitops::{
     controller::{
-        insight::InsightConfig,
         notifications::DeliveryPolicy,
-        schedule::BackoffPolicy,
         source::{GitConfig, SourceConfig},
         ControllerConfig, Daemon,
     },
     events::{Event, EventType},
-    secret::Secret,
     status::ConditionType,
 };
 use serde_json::Value;
@@ -35,24 +32,11 @@ use wiremock::{
 const TOKEN: &str = "t0ken-for-tests";
 
 fn config(source: SourceConfig, state: &Path, token: Option<&str>) -> ControllerConfig {
-    let mut c = ControllerConfig::new(source);
-    c.interval = Duration::from_millis(300);
-    c.progress_interval = Duration::from_millis(100);
-    c.backoff = BackoffPolicy {
-        min: Duration::from_millis(100),
-        max: Duration::from_secs(1),
-    };
-    c.leader = None;
-    c.listen = Some("127.0.0.1:0".parse().unwrap());
-    c.insight = InsightConfig {
-        api_token: token.map(Secret::new),
-        external_url: Some("https://gitops.example.com".into()),
-        state_dir: Some(state.to_path_buf()),
-        delivery: DeliveryPolicy {
-            initial_backoff: Duration::from_millis(50),
-            timeout: Duration::from_secs(30),
-            ..Default::default()
-        },
+    let mut c = common::controller_config(source, state, token);
+    c.insight.external_url = Some("https://gitops.example.com".into());
+    c.insight.delivery = DeliveryPolicy {
+        initial_backoff: Duration::from_millis(50),
+        timeout: Duration::from_secs(30),
         ..Default::default()
     };
     c
@@ -66,10 +50,7 @@ fn files(dir: &Path) -> SourceConfig {
 }
 
 async fn start(nb: &NomadBed, config: ControllerConfig) -> (Daemon, String) {
-    let (ctx, stats) = nb.context(None);
-    let daemon = Daemon::start(config, ctx, stats).await.unwrap();
-    let base = format!("http://{}", daemon.http_addr.unwrap());
-    (daemon, base)
+    common::start_controller(nb, config).await
 }
 
 async fn get(url: &str) -> (StatusCode, Value) {

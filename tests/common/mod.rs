@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod webdriver;
 
 use std::{
     path::{Path, PathBuf},
@@ -483,4 +484,42 @@ pub fn git_repo(root: &Path) -> (String, PathBuf) {
     std::fs::create_dir_all(&work).unwrap();
     git(&work, &["init", "--quiet"]);
     (format!("file://{}", bare.display()), work)
+}
+
+/// A controller on `source` for the dashboard and API tests: fast intervals, no election,
+/// HTTP on a free port, its event history in `state`, and `token` for the API.
+pub fn controller_config(
+    source: hippo_gitops::controller::source::SourceConfig,
+    state: &Path,
+    token: Option<&str>,
+) -> hippo_gitops::controller::ControllerConfig {
+    use hippo_gitops::controller::{insight::InsightConfig, schedule::BackoffPolicy};
+    let mut c = hippo_gitops::controller::ControllerConfig::new(source);
+    c.interval = Duration::from_millis(300);
+    c.progress_interval = Duration::from_millis(100);
+    c.backoff = BackoffPolicy {
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    c.leader = None;
+    c.listen = Some("127.0.0.1:0".parse().unwrap());
+    c.insight = InsightConfig {
+        api_token: token.map(Secret::new),
+        state_dir: Some(state.to_path_buf()),
+        ..Default::default()
+    };
+    c
+}
+
+/// Starts a controller against the bed; answers it and its HTTP base URL.
+pub async fn start_controller(
+    nb: &NomadBed,
+    config: hippo_gitops::controller::ControllerConfig,
+) -> (hippo_gitops::controller::Daemon, String) {
+    let (ctx, stats) = nb.context(None);
+    let daemon = hippo_gitops::controller::Daemon::start(config, ctx, stats)
+        .await
+        .unwrap();
+    let base = format!("http://{}", daemon.http_addr.unwrap());
+    (daemon, base)
 }
