@@ -97,6 +97,11 @@ pub enum Command {
         after_help = "Example:\n  hippo-gitops status -f deploy-specs/ --output json\n\nPer channel: the desired revision, Hippo's active revision, the Nomad job's version and\nstatus, healthy/total allocations, and a condition (Ready, Reconciling, Stalled).\nExit codes: 0 all Ready, 2 some not Ready, 1 error."
     )]
     Status(StatusArgs),
+    /// Print a running controller's events (what it did to which app, when, at which commit).
+    #[command(
+        after_help = "Examples:\n  hippo-gitops history --app weather --since 1h\n  hippo-gitops history --controller http://hippo-gitops:9090 --output json\n\nReads GET /api/v1/events from the controller (kept in memory and in its state dir)."
+    )]
+    History(crate::history::HistoryArgs),
     /// Run a local Bindle + Hippo + Nomad in the foreground for other tools to use.
     #[command(
         after_help = "Example:\n  hippo-gitops sandbox --sandbox-dir .hippo-gitops/sandbox\n\nThe Bindle server is the real bindle crate's server; Hippo and Nomad are emulators of\ntheir APIs. Prints the environment to use it (HIPPO_URL, HIPPO_USERNAME, HIPPO_PASSWORD,\nBINDLE_SERVER_URL, BINDLE_SIGNING_KEY, NOMAD_ADDR). Ctrl-C stops it; state survives a restart."
@@ -438,7 +443,8 @@ pub struct DaemonArgs {
     /// How often to fetch the branch (webhooks fetch at once).
     #[arg(help_heading = "Controller: Git source", long, env = "HIPPO_GITOPS_GIT_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub git_interval: Duration,
-    /// HTTP address for /healthz, /readyz, /metrics, /status and /hooks/{github,gitlab,generic}.
+    /// HTTP address for the dashboard (/), /api/v1, /healthz, /readyz, /metrics, /status and
+    /// /hooks/{github,gitlab,generic}.
     #[arg(
         help_heading = "Controller: HTTP and webhooks",
         long,
@@ -457,6 +463,25 @@ pub struct DaemonArgs {
         value_name = "SECRET"
     )]
     pub webhook_secret: Option<String>,
+    /// Token for `POST /api/v1/apps/{name}/reconcile` and the dashboard's "Reconcile now"
+    /// button. Without it both are off (403) and the dashboard is read-only.
+    #[arg(
+        help_heading = "Controller: HTTP and webhooks",
+        long,
+        env = "HIPPO_GITOPS_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub api_token: Option<String>,
+    /// Where users reach the dashboard (e.g. https://gitops.example.com): the links in
+    /// notifications and commit statuses.
+    #[arg(
+        help_heading = "Controller: HTTP and webhooks",
+        long,
+        env = "HIPPO_GITOPS_EXTERNAL_URL",
+        value_name = "URL"
+    )]
+    pub external_url: Option<String>,
     /// Nomad variable path of the leader lock (replicas sharing it elect one writer).
     #[arg(
         help_heading = "Controller: leader election and shutdown",
@@ -708,6 +733,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan(args).await,
         Command::Reconcile(args) => reconcile(*args).await,
         Command::Status(args) => status_command(args).await,
+        Command::History(args) => Ok(crate::history::run(args).await?),
         Command::Sandbox(args) => sandbox_command(args).await,
         Command::Bench(args) => bench_command(args).await,
         Command::Schema => {
@@ -947,7 +973,11 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let report = result?;
     match args.output {
         OutputFormat::Text => print!("{}", status::run_text(&report)),
-        OutputFormat::Json => println!("{}", status::run_json(&report)),
+        OutputFormat::Json => {
+            let events = crate::history::run_events(&desired, &report);
+            let json = status::run_json(&report);
+            println!("{}", crate::history::run_json_with_events(&json, &events));
+        }
     }
     tracing::info!(
         hippo_requests = stats.requests("hippo"),
@@ -1017,6 +1047,13 @@ async fn daemon(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     if config.webhook_secret.is_none() {
         tracing::info!("no --webhook-secret: the webhook receivers refuse every request");
     }
+    config.insight.api_token = d
+        .api_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .map(Secret::new);
+    config.insight.external_url = d.external_url.clone().filter(|u| !u.is_empty());
+    config.insight.state_dir = Some(state_dir.clone());
 
     let sandbox = args.sandbox.start().await?;
     if let Some(s) = &sandbox {

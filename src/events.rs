@@ -320,33 +320,39 @@ impl Tracker {
     }
 }
 
-/// What a change description (`diff::Change::describe`) says of the change: its channel and
-/// a reason. The run report carries descriptions only; this reads them back.
+/// What a change's line in the run report (`AppResult::applied`, as `apply` words it: "created
+/// channel production (…)", "updated channel canary: …") says of the change: its channel and
+/// a reason. The report carries these lines only; this reads them back.
 pub fn applied_change(description: &str) -> AppliedChange {
     let word_after = |prefix: &str| {
         description
             .strip_prefix(prefix)
             .and_then(|rest| rest.split([' ', ':']).next())
+            .map(|w| w.trim_end_matches("'s"))
             .filter(|w| !w.is_empty())
             .map(str::to_string)
     };
-    let (reason, channel) = if description.starts_with("push bindle ") {
+    let (reason, channel) = if description.starts_with("pushed bindle ") {
         ("BindlePushed", None)
-    } else if description.starts_with("create app ") {
+    } else if description.starts_with("created app ") {
         ("AppCreated", None)
-    } else if description.starts_with("register revision ") {
+    } else if description.starts_with("registered revision ") {
         ("RevisionRegistered", None)
-    } else if let Some(ch) = word_after("create channel ") {
+    } else if let Some(ch) = word_after("created channel ") {
         ("ChannelCreated", Some(ch))
-    } else if let Some(ch) = word_after("delete channel ") {
+    } else if let Some(ch) = word_after("deleted channel ") {
         ("ChannelDeleted", Some(ch))
-    } else if description.starts_with("update channel ") && description.contains(" env: ") {
-        ("EnvChanged", word_after("update channel "))
-    } else if let Some(ch) = word_after("update channel ") {
+    } else if description.starts_with("updated channel ") && description.contains(" env: ") {
+        ("EnvChanged", word_after("updated channel "))
+    } else if let Some(ch) = word_after("updated channel ") {
         ("ChannelUpdated", Some(ch))
-    } else if description.starts_with("deploy ") || description.starts_with("reschedule channel ") {
+    } else if let Some(ch) = word_after("started channel ") {
+        ("JobStarted", Some(ch))
+    } else if let Some(ch) = word_after("rescheduled channel ") {
+        ("JobScheduled", Some(ch))
+    } else if description.starts_with("deployed ") {
         let ch = description
-            .split(" channel ")
+            .split(" to channel ")
             .nth(1)
             .and_then(|rest| rest.split(' ').next())
             .map(str::to_string);
@@ -651,47 +657,16 @@ mod tests {
     #[test]
     fn change_descriptions_are_read_back_into_a_channel_and_a_reason() {
         let cases = [
-            (
-                "push bindle weather/1.0.0 (3 parcels, 1.0 KiB)",
-                "BindlePushed",
-                None,
-            ),
-            (
-                "create app weather (storageId weather; Hippo imports…)",
-                "AppCreated",
-                None,
-            ),
-            ("register revision 1.1.0", "RevisionRegistered", None),
-            (
-                "create channel production (range ^1, domain a.example.com)",
-                "ChannelCreated",
-                Some("production"),
-            ),
-            (
-                "update channel production: range ^1 → ^2",
-                "ChannelUpdated",
-                Some("production"),
-            ),
-            (
-                "update channel staging env: +A ~B -C",
-                "EnvChanged",
-                Some("staging"),
-            ),
-            (
-                "delete channel old (not in the deploy file; prune is on)",
-                "ChannelDeleted",
-                Some("old"),
-            ),
-            (
-                "deploy weather/1.0.0 to channel production through Hippo (job missing)",
-                "JobScheduled",
-                Some("production"),
-            ),
-            (
-                "reschedule channel canary through Hippo (job stopped)",
-                "JobScheduled",
-                Some("canary"),
-            ),
+            ("pushed bindle weather/1.0.0 (3 parcel(s), 291 bytes uploaded)", "BindlePushed", None),
+            ("created app weather (326b6cce-2a43-4217-9ff5-a326b67c59c0)", "AppCreated", None),
+            ("registered revision 1.1.0", "RevisionRegistered", None),
+            ("created channel production (range ~1.0.0, domain a.example.com)", "ChannelCreated", Some("production")),
+            ("updated channel canary: revision: 1.1.0 -> 1.0.0", "ChannelUpdated", Some("canary")),
+            ("updated channel staging env: +A ~B -C", "EnvChanged", Some("staging")),
+            ("deleted channel old (prune)", "ChannelDeleted", Some("old")),
+            ("deployed weather/1.0.0 to channel production through Hippo (job missing)", "JobScheduled", Some("production")),
+            ("rescheduled channel canary through Hippo (job stopped)", "JobScheduled", Some("canary")),
+            ("started channel production's job through Hippo (moved to 1.1.0 by the registration)", "JobStarted", Some("production")),
         ];
         for (d, reason, channel) in cases {
             let c = applied_change(d);

@@ -17,6 +17,7 @@ pub mod emulator;
 pub mod events;
 pub mod gate;
 pub mod hippo;
+pub mod history;
 pub mod memory;
 pub mod nomad;
 pub mod observe;

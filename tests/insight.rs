@@ -516,3 +516,90 @@ async fn github_commit_statuses_for_a_git_source_at_its_commit() {
     }
     daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn history_prints_a_running_controller_s_events() {
+    let nb = NomadBed::start().await;
+    let specs = copy_examples(nb.bed.path());
+    let (daemon, base) = start(
+        &nb,
+        config(files(&specs), &nb.bed.path().join("state"), None),
+    )
+    .await;
+    eventually(30, "every app Ready", || {
+        ready(&daemon, &["weather", "invoices"])
+    })
+    .await;
+    let history = |args: &[&str]| {
+        let mut all = vec!["history".to_string(), "--controller".into(), base.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let cwd = nb.bed.path().to_path_buf();
+        tokio::task::spawn_blocking(move || common::run_binary(&all, &[], &cwd))
+    };
+    let (code, out, err) = history(&["--app", "weather", "--since", "1h", "--output", "json"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let printed: Vec<Event> =
+        serde_json::from_value(serde_json::from_str::<Value>(&out).unwrap()["events"].clone())
+            .unwrap();
+    assert_eq!(printed, events_of(&daemon, "weather"));
+    let (code, out, _) = history(&["--app", "weather"]).await.unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), printed.len());
+    assert!(
+        out.lines().any(|l| l
+            .contains("  weather/production  Applied (ChannelCreated): created channel production")),
+        "{out}"
+    );
+    assert!(
+        out.lines().last().unwrap().contains("  weather  Ready ("),
+        "{out}"
+    );
+    // Since a time after every event: nothing.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (code, out, _) = history(&["--since", &later]).await.unwrap();
+    assert_eq!((code, out.as_str()), (0, "no events\n"));
+    let (code, _, err) = history(&["--since", "yesterday"]).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid since \"yesterday\""), "{err}");
+    daemon.shutdown().await.unwrap();
+    let (code, _, err) = history(&[]).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("asking the controller at {base}/api/v1/events")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_one_shot_run_s_json_has_its_events() {
+    let nb = NomadBed::start().await;
+    let specs = copy_examples(nb.bed.path());
+    let specs = specs.to_string_lossy().into_owned();
+    let (code, out, err) = nb
+        .run(&["reconcile", "--once", "-f", &specs, "--output", "json"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["apps"].as_array().unwrap().len(), 2);
+    let events: Vec<Event> = serde_json::from_value(v["events"].clone()).unwrap();
+    let weather: Vec<&Event> = events.iter().filter(|e| e.app == "weather").collect();
+    assert!(weather.iter().any(|e| e.kind == EventType::Applied
+        && e.reason == "ChannelCreated"
+        && e.channel.as_deref() == Some("production")
+        && e.revision_after.as_deref() == Some("1.0.0")));
+    assert_eq!(weather.last().unwrap().kind, EventType::Ready);
+    // The copy's production channel sets RUST_LOG=info: the key may show, never the value.
+    assert!(
+        !out.contains("RUST_LOG=info") && !out.contains("\"info\""),
+        "{out}"
+    );
+    // Run again: nothing to do, and no events.
+    let (code, out, _) = nb
+        .run(&["reconcile", "--once", "-f", &specs, "--output", "json"])
+        .await;
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["events"], serde_json::json!([]));
+}

@@ -415,7 +415,7 @@ impl Daemon {
             Some(addr) => {
                 let max = config.max_connections.unwrap_or_else(http::max_connections);
                 let (bound, server) = http::serve(addr, shared.clone(), max, stop_rx.clone())?;
-                tracing::info!(addr = %bound, "HTTP server listening on http://{bound} (/healthz /readyz /metrics /status /hooks/*)");
+                tracing::info!(addr = %bound, "HTTP server listening on http://{bound} (dashboard at /, /api/v1, /healthz /readyz /metrics /status /hooks/*)");
                 Some((bound, server))
             }
             None => None,
