@@ -150,6 +150,41 @@ pub struct PushRow {
 pub struct BenchReport {
     pub rows: Vec<Row>,
     pub push: Option<PushRow>,
+    /// The dashboard's overview page rendered at each size.
+    pub dashboard: Vec<DashboardRow>,
+}
+
+/// The dashboard's overview (`GET /`) rendered on the server for `apps` apps of three
+/// channels each (what the handler does under the status lock).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DashboardRow {
+    pub apps: usize,
+    pub median: Duration,
+    pub max: Duration,
+    pub bytes: usize,
+}
+
+/// Renders the overview of `n` apps `runs` times.
+pub fn dashboard_overview(n: usize, runs: usize) -> DashboardRow {
+    use crate::controller::{dashboard::render, Role};
+    let now = chrono::Utc::now();
+    let view = render::sample_view(n, now);
+    let filter = render::Filter::default();
+    let mut times = Vec::with_capacity(runs);
+    let mut bytes = 0;
+    for _ in 0..runs.max(1) {
+        let started = std::time::Instant::now();
+        let html = render::overview(&view, Role::Leader, &filter, Some(now), now);
+        times.push(started.elapsed());
+        bytes = html.len();
+    }
+    times.sort();
+    DashboardRow {
+        apps: n,
+        median: times[times.len() / 2],
+        max: *times.last().expect("one run at least"),
+        bytes,
+    }
 }
 
 /// Writes `n` apps (2 versions each, 3 channels) and their deploy files under `dir`.
@@ -816,6 +851,10 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<BenchR
         sb.stop().await;
         report.rows.push(row);
     }
+    for &n in &config.sizes {
+        progress(&format!("N={n}: the dashboard's overview"));
+        report.dashboard.push(dashboard_overview(n, 21));
+    }
     if config.push_parcels > 0 {
         progress(&format!(
             "bindle push: {} parcels × {} bytes",
@@ -926,6 +965,24 @@ pub fn markdown(report: &BenchReport) -> String {
                     i.change_to_write.as_millis()
                 );
             }
+        }
+    }
+    if !report.dashboard.is_empty() {
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "| apps | dashboard overview (`GET /`): render median / max of 21 | page size |"
+        );
+        let _ = writeln!(w, "|---:|---:|---:|");
+        for d in &report.dashboard {
+            let _ = writeln!(
+                w,
+                "| {} | {:.1} ms / {:.1} ms | {:.0} KB |",
+                d.apps,
+                d.median.as_secs_f64() * 1000.0,
+                d.max.as_secs_f64() * 1000.0,
+                d.bytes as f64 / 1000.0
+            );
         }
     }
     if let Some(p) = report.push {

@@ -48,6 +48,15 @@ async fn the_benchmark_runs_and_its_figures_hold() {
     assert_eq!(push.ours_unchanged_bytes, 0);
     assert_eq!(push.bytes, 3 * 4096);
 
+    let dashboard = report.dashboard[0];
+    assert_eq!(dashboard.apps, 3);
+    assert!(dashboard.bytes > 1000, "{dashboard:?}");
+    assert!(dashboard.median <= dashboard.max);
+    // The page grows with the apps it lists (the bench's 1000-app figure is in BENCHMARKS.md).
+    let bigger = bench::dashboard_overview(30, 1);
+    assert!(bigger.bytes > dashboard.bytes + 27 * 100, "{bigger:?}");
+
     let md = bench::markdown(&report);
     assert!(md.contains("| 3 | cold converge |"), "{md}");
+    assert!(md.contains("| apps | dashboard overview (`GET /`)"), "{md}");
 }

@@ -548,8 +548,9 @@ async fn history_prints_a_running_controller_s_events() {
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), printed.len());
     assert!(
-        out.lines().any(|l| l
-            .contains("  weather/production  Applied (ChannelCreated): created channel production")),
+        out.lines().any(|l| l.contains(
+            "  weather/production  Applied (ChannelCreated): created channel production"
+        )),
         "{out}"
     );
     assert!(
