@@ -958,8 +958,19 @@ fn check_objects_fit_together(case: &ValuesCase, docs: &[Value], known_env: &BTr
         }
     }
 
-    // Every variable set is one the binary (or git) reads.
-    let names: Vec<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+    // Every variable set is one the binary (or git) reads, or one the values name for the
+    // Notification documents (their addressFromEnv and secretFromEnv).
+    let for_notifications: Vec<&str> = case.values["notifications"]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    let names: Vec<&str> = env
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .filter(|n| !for_notifications.contains(n))
+        .collect();
     let unknown = unknown_vars(names.iter().copied(), known_env);
     assert!(
         unknown.is_empty(),

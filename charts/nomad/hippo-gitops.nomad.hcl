@@ -22,6 +22,10 @@
 #   git_ssh_key, git_known_hosts   an SSH deploy key (git@host:org/repo.git URLs)
 #   git_credentials     a .git-credentials file (https://user:token@host, one a line)
 #   webhook_secret      HIPPO_GITOPS_WEBHOOK_SECRET; without it every webhook gets 403
+#   api_token           HIPPO_GITOPS_API_TOKEN: the dashboard's "Reconcile now" and
+#                       POST /api/v1/apps/{name}/reconcile; without it both are off (read-only)
+#   notify_<NAME>       the environment variable NAME, for the Notification documents in Git
+#                       (their addressFromEnv/secretFromEnv), e.g. notify_ALERTS_URL=https://...
 #   nomad_token         a classic ACL token, instead of the workload identity (see below)
 #
 # Nomad access (NOMAD_ADDR, NOMAD_TOKEN). The controller reads Hippo's jobs and allocations,
@@ -101,6 +105,12 @@ variable "interval" {
   type        = string
   description = "Reconcile everything at least this often (HIPPO_GITOPS_INTERVAL)."
   default     = "60s"
+}
+
+variable "external_url" {
+  type        = string
+  description = "Where users reach the dashboard (HIPPO_GITOPS_EXTERNAL_URL), e.g. https://gitops.example.com: the links in notifications and commit statuses; empty: none."
+  default     = ""
 }
 
 variable "leader_lock" {
@@ -237,6 +247,7 @@ job "hippo-gitops" {
         HIPPO_GITOPS_GIT_INTERVAL    = var.git_interval
         HIPPO_GITOPS_INTERVAL        = var.interval
         HIPPO_GITOPS_LEADER_LOCK     = var.leader_lock
+        HIPPO_GITOPS_EXTERNAL_URL    = var.external_url
         NOMAD_ADDR                   = var.nomad_addr
         # NOMAD_NAMESPACE, where the leader lock lives, is the job's own: Nomad sets it.
         HIPPO_GITOPS_HIPPO_NAMESPACE = var.hippo_nomad_namespace
@@ -263,6 +274,9 @@ job "hippo-gitops" {
           {{ with .bindle_token }}BINDLE_TOKEN={{ .Value | toJSON }}{{ end }}
           HIPPO_GITOPS_GIT_URL={{ with .git_url }}{{ .Value | toJSON }}{{ else }}${jsonencode(var.git_url)}{{ end }}
           {{ with .webhook_secret }}HIPPO_GITOPS_WEBHOOK_SECRET={{ .Value | toJSON }}{{ end }}
+          {{ with .api_token }}HIPPO_GITOPS_API_TOKEN={{ .Value | toJSON }}{{ end }}
+          {{ range $k, $v := . }}{{ if $k | regexMatch "^notify_[A-Za-z_][A-Za-z0-9_]*$" }}{{ $k | regexReplaceAll "^notify_" "" }}={{ $v.Value | toJSON }}
+          {{ end }}{{ end }}
           {{ with .nomad_token }}NOMAD_TOKEN={{ .Value | toJSON }}{{ end }}
           {{ with .git_ssh_key }}GIT_SSH_COMMAND="ssh -i {{ env "NOMAD_SECRETS_DIR" }}/git-ssh-key -o IdentitiesOnly=yes -o UserKnownHostsFile={{ env "NOMAD_SECRETS_DIR" }}/git-known-hosts -o StrictHostKeyChecking=yes"{{ end }}
           {{ with .git_credentials }}GIT_CONFIG_COUNT=1

@@ -38,7 +38,7 @@
   }
 
   function badge(condition) {
-    return el('span', condition.type, 'c ' + condition.type);
+    return el('b', condition.type, 'c ' + condition.type);
   }
 
   function nomadText(n) {
@@ -98,8 +98,9 @@
         var nodes = [];
         a.channels.forEach(function (c, i) {
           if (i > 0) { nodes.push(el('br')); }
-          nodes.push(c.channel + ' ', el('b', c.activeRevision || '-'), ' ',
-            el('span', nomadText(c.nomad), c.nomad.state === 'job' && c.nomad.healthy === c.nomad.total ? 'h' : 'h bad'));
+          var healthy = c.nomad.state === 'unknown' || (c.nomad.state === 'job' && c.nomad.healthy === c.nomad.total);
+          nodes.push(c.channel + ' ' + (c.activeRevision || '-') + ' ',
+            healthy ? nomadText(c.nomad) : el('em', nomadText(c.nomad)));
         });
         ch.replaceChildren.apply(ch, nodes);
         var last = row.lastElementChild;
