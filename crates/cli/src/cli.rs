@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, HippoSettings};
 use crate::progress_line::TerminalProgress;
+use crate::render;
 #[cfg(feature = "sandbox")]
 use crate::sandbox_args::{sandbox_command, SandboxCommandArgs};
 use crate::sandbox_args::{stop_sandbox, Sandbox, SandboxArgs};
@@ -728,11 +729,11 @@ async fn plan(mut args: PlanArgs) -> anyhow::Result<ExitCode> {
     }
     .await;
     stop_sandbox(sandbox).await;
-    let (plan, _) = result?;
+    let plan = result?.plan;
     match args.output {
-        PlanOutputFormat::Text => print!("{}", status::plan_text(&plan)),
-        PlanOutputFormat::Json => println!("{}", status::plan_json(&plan)),
-        PlanOutputFormat::Markdown => print!("{}", status::plan_markdown(&plan)),
+        PlanOutputFormat::Text => print!("{}", render::plan_text(&plan)),
+        PlanOutputFormat::Json => println!("{}", render::plan_json(&plan)),
+        PlanOutputFormat::Markdown => print!("{}", render::plan_markdown(&plan)),
     }
     Ok(if plan.has_problems() {
         if args.output == PlanOutputFormat::Text {
@@ -789,8 +790,8 @@ async fn reconcile(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     stop_sandbox(sandbox).await;
     let report = result?;
     match args.output {
-        OutputFormat::Text => print!("{}", status::run_text(&report)),
-        OutputFormat::Json => println!("{}", status::run_json(&report)),
+        OutputFormat::Text => print!("{}", render::run_text(&report)),
+        OutputFormat::Json => println!("{}", render::run_json(&report)),
     }
     tracing::info!(
         hippo_requests = stats.requests("hippo"),
@@ -899,10 +900,9 @@ async fn status_command(mut args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     .await;
     stop_sandbox(sandbox).await;
-    let (plan, snapshot) = result?;
-    let report = status::app_statuses(&desired, &plan, &snapshot);
+    let report = result?.statuses;
     match args.output {
-        OutputFormat::Text => print!("{}", status::statuses_text(&report)),
+        OutputFormat::Text => print!("{}", render::statuses_text(&report)),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(

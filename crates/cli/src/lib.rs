@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod config;
 pub mod progress_line;
+pub mod render;
 pub mod sandbox_args;

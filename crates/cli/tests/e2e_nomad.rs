@@ -7,7 +7,7 @@ use hippo_gitops_testkit as common;
 use std::time::Duration;
 
 use common::{copy_examples, load, Bed, NomadBed};
-use hippo_gitops_core::{apply, status};
+use hippo_gitops_core::apply;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converge_waits_until_nomad_runs_every_channel() {
@@ -63,7 +63,7 @@ async fn converge_waits_until_nomad_runs_every_channel() {
             .iter()
             .all(|a| a.converged() && a.applied.is_empty()),
         "{}",
-        status::run_text(&report)
+        hippo_gitops::render::run_text(&report)
     );
     assert_eq!(nb.bed.hippo.writes(), 0);
     assert_eq!(

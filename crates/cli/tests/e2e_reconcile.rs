@@ -7,7 +7,7 @@ use hippo_gitops_testkit as common;
 use std::collections::BTreeMap;
 
 use common::{app_doc, copy_examples, load, spin_app, Bed};
-use hippo_gitops_core::{apply, package, status};
+use hippo_gitops_core::{apply, package, status::ConditionType};
 
 fn writes(bed: &Bed) -> Vec<String> {
     bed.hippo
@@ -88,9 +88,18 @@ async fn examples_converge_from_empty_and_a_rerun_changes_nothing() {
             .iter()
             .all(|a| a.converged() && a.applied.is_empty()),
         "{}",
-        status::run_text(&report)
+        hippo_gitops::render::run_text(&report)
     );
     assert_eq!(writes(&bed), Vec::<String>::new());
+    // The report carries each app's final plan and conditions: nothing left, all Ready.
+    for app in &report.apps {
+        assert!(app.plan.changes.is_empty(), "{:?}", app.plan.changes);
+        assert_eq!(
+            (app.condition.kind, app.condition.reason.as_str()),
+            (ConditionType::Ready, "UpToDate")
+        );
+        assert_eq!(app.status.condition.kind, ConditionType::Ready, "{app:?}");
+    }
     assert_eq!(stats.writes("hippo"), 0);
     assert_eq!(stats.uploaded_parcels(), 0);
     assert_eq!(stats.uploaded_bytes(), 0);
@@ -208,7 +217,7 @@ async fn prune_deletes_unlisted_channels_only_when_asked() {
     )
     .unwrap();
     let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
-    assert!(report.apps[0].converged(), "{}", status::run_text(&report));
+    assert!(report.apps[0].converged(), "{}", hippo_gitops::render::run_text(&report));
     let w = writes(&bed);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].starts_with("DELETE /api/channels/"), "{w:?}");
@@ -271,6 +280,22 @@ async fn a_bindle_conflict_fails_that_app_while_the_others_converge() {
     );
     assert!(state.apps.iter().any(|a| a.name == "shop"));
 
+    // In the library's report, the failing app's status carries the run's condition, and its
+    // final plan still holds what could not be done.
+    let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
+    let weather = report.apps.iter().find(|a| a.app == "weather").unwrap();
+    assert_eq!(weather.condition.kind, ConditionType::Stalled);
+    assert_eq!(weather.condition.reason, "BindleConflict");
+    assert_eq!(weather.status.condition, weather.condition);
+    assert!(weather
+        .plan
+        .problems
+        .iter()
+        .any(|p| p.reason == "BindleConflict"));
+    let shop = report.apps.iter().find(|a| a.app == "shop").unwrap();
+    assert_eq!(shop.condition.kind, ConditionType::Ready);
+    assert!(shop.plan.changes.is_empty());
+
     // plan reports the same problem and exits 1.
     let (code, stdout, _) = bed.run(&["plan", "-f", &dir_s]).await;
     assert_eq!(code, 1);
@@ -321,7 +346,7 @@ async fn a_bindle_edited_after_loading_is_not_pushed_until_loaded_again() {
     assert!(
         report.apps.iter().all(|a| a.converged()),
         "{}",
-        status::run_text(&report)
+        hippo_gitops::render::run_text(&report)
     );
     let edited = package::load(&dir.join("weather")).unwrap();
     let on_server = ctx.bindle.versions("weather").await.unwrap();
@@ -351,7 +376,7 @@ async fn a_new_revision_is_registered_once_and_moves_the_range_channel() {
     .unwrap();
     bed.hippo.clear_requests();
     let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
-    assert!(report.apps[0].converged(), "{}", status::run_text(&report));
+    assert!(report.apps[0].converged(), "{}", hippo_gitops::render::run_text(&report));
     let w = writes(&bed);
     assert_eq!(w.len(), 2, "{w:?}");
     assert_eq!(
@@ -417,7 +442,7 @@ async fn an_interrupted_push_is_resumed_and_nothing_is_duplicated() {
     );
 
     let (ctx, stats) = bed.context();
-    let plan = apply::plan(&load(&dir), &ctx).await.unwrap().0;
+    let plan = apply::plan(&load(&dir), &ctx).await.unwrap().plan;
     assert!(plan
         .changes()
         .next()
@@ -425,7 +450,7 @@ async fn an_interrupted_push_is_resumed_and_nothing_is_duplicated() {
         .describe()
         .contains("resuming an interrupted push"));
     let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
-    assert!(report.apps[0].converged(), "{}", status::run_text(&report));
+    assert!(report.apps[0].converged(), "{}", hippo_gitops::render::run_text(&report));
     assert_eq!(stats.uploaded_parcels() as usize, local.parcels.len());
     let missing = ctx.bindle.missing_parcels(&local.id).await.unwrap();
     assert_eq!(missing, Some(vec![]));
@@ -454,7 +479,7 @@ async fn no_op_hippo_requests_do_not_grow_with_the_number_of_apps() {
         assert!(
             report.apps.iter().all(|a| a.converged()),
             "{}",
-            status::run_text(&report)
+            hippo_gitops::render::run_text(&report)
         );
         let (ctx, stats) = bed.context();
         let report = apply::reconcile(&desired, &ctx).await.unwrap();

@@ -52,7 +52,7 @@ use hippo_gitops_core::{
     secret::Secret,
     spec::{self, AppSpec, DesiredState, RevisionSource},
     stats::RequestStats,
-    status::{self, AppStatus, Condition, ConditionType},
+    status::{reason, AppStatus, Condition, ConditionType},
 };
 
 use self::{
@@ -822,18 +822,16 @@ impl Loop {
                         wrote = report.apps.iter().any(|r| !r.applied.is_empty())
                             || report.orphans.iter().any(|(_, deleted)| matches!(deleted, Ok(true)));
                         self.update_managed_jobs(&report.snapshot);
-                        let plan = diff::diff(&desired.apps, &report.snapshot);
-                        let statuses = status::app_statuses(&desired, &plan, &report.snapshot);
-                        for (result, mut st) in report.apps.into_iter().zip(statuses) {
+                        // The report's statuses are final: the core made them from its last
+                        // observation and the run's errors.
+                        for mut result in report.apps {
                             let outcome = outcome_of(&result);
                             let retry_in = self.schedule.record(&result.app, outcome, std::time::Instant::now());
                             self.count(outcome);
                             log_result(&result, outcome, retry_in);
                             self.log_recovery(&result, outcome);
-                            if result.error.is_some() {
-                                st.condition = status::condition(&result);
-                            }
-                            entries.push(self.entry(st, &id, result.applied));
+                            let applied = std::mem::take(&mut result.applied);
+                            entries.push(self.entry(result.status, &id, applied));
                         }
                     }
                     Err(e) => {
@@ -845,12 +843,11 @@ impl Loop {
                             entries.push(self.entry(
                                 AppStatus {
                                     app: spec.name.clone(),
-                                    condition: Condition {
-                                        kind: ConditionType::Reconciling,
-                                        status: true,
-                                        reason: "ObserveFailed".into(),
-                                        message: e.to_string(),
-                                    },
+                                    condition: Condition::new(
+                                        ConditionType::Reconciling,
+                                        reason::OBSERVE_FAILED,
+                                        e.to_string(),
+                                    ),
                                     channels: Vec::new(),
                                 },
                                 &id,
@@ -861,10 +858,10 @@ impl Loop {
                 }
             } else {
                 match send(apply::plan(&desired, &self.ctx)).await {
-                    Ok((plan, snapshot)) => {
+                    Ok(report) => {
                         observed = true;
-                        self.update_managed_jobs(&snapshot);
-                        for st in status::app_statuses(&desired, &plan, &snapshot) {
+                        self.update_managed_jobs(&report.snapshot);
+                        for st in report.statuses {
                             self.count(Outcome::Skipped);
                             entries.push(self.entry(st, &id, Vec::new()));
                         }
@@ -1015,12 +1012,11 @@ impl Loop {
                         .join("; ")
                 })
                 .unwrap_or_default();
-            let condition = Condition {
-                kind: ConditionType::Stalled,
-                status: true,
-                reason: "InvalidDeployFile".into(),
-                message: format!("left out until its deploy file is fixed: {problems}"),
-            };
+            let condition = Condition::new(
+                ConditionType::Stalled,
+                reason::INVALID_DEPLOY_FILE,
+                format!("left out until its deploy file is fixed: {problems}"),
+            );
             match apps.get_mut(app) {
                 Some(entry) => entry.status.condition = condition,
                 None => {

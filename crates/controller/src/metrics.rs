@@ -329,15 +329,7 @@ mod tests {
     }
 
     fn app(name: &str, kind: ConditionType, reason: &str) -> DaemonAppStatus {
-        DaemonAppStatus::unreconciled(
-            name,
-            Condition {
-                kind,
-                status: true,
-                reason: reason.into(),
-                message: "m".into(),
-            },
-        )
+        DaemonAppStatus::unreconciled(name, Condition::new(kind, reason, "m"))
     }
 
     fn render(view: &StatusView) -> String {

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     bindles::{BindleClient, BindleError, PushReport},
-    diff::{self, Change, ChannelHealth, ChannelTarget, Op, Plan, Stage},
+    diff::{self, AppPlan, Change, ChannelHealth, ChannelTarget, Op, Plan, Stage},
     gate::{WriteGate, WriteRefused},
     hippo::{
         types::{CreateChannel, DesiredStatus, EnvVar, UpdateChannel},
@@ -31,6 +31,7 @@ use crate::{
     nomad::{Blocking, NomadError},
     observe::{self, NomadObserver, ObserveError, Snapshot},
     spec::{AppSpec, DesiredState, RevisionSource},
+    status::{self, AppStatus, Condition},
 };
 
 /// Shared clients and settings for a reconcile.
@@ -176,6 +177,13 @@ pub struct AppResult {
     pub error: Option<ApplyError>,
     /// `spec.suspend`: left alone, nothing planned or written.
     pub suspended: bool,
+    /// What is still to do for this app, against the last observation: the run's final plan.
+    pub plan: AppPlan,
+    /// The run's outcome for the app (`reconcile --once` reports it).
+    pub condition: Condition,
+    /// The app and its channels as the last observation shows them; its condition is the
+    /// run's when the run failed.
+    pub status: AppStatus,
 }
 
 impl AppResult {
@@ -355,16 +363,31 @@ pub async fn reconcile_from(
     if let Some(nomad) = &ctx.nomad {
         wait_for_nomad(desired, ctx, nomad, &mut snapshot, &mut failed, &mut health).await;
     }
+    // The final plan, once, against the last observation: what the report says is left.
+    let final_plan = diff::diff(&desired.apps, &snapshot);
     let apps = desired
         .apps
         .iter()
-        .map(|a| AppResult {
-            app: a.name.clone(),
-            applied: applied.remove(&a.name).unwrap_or_default(),
-            warnings: warnings.remove(&a.name).unwrap_or_default(),
-            health: health.remove(&a.name).unwrap_or_default(),
-            error: failed.remove(&a.name),
-            suspended: a.suspend,
+        .zip(final_plan.apps)
+        .map(|(spec, plan)| {
+            let applied = applied.remove(&spec.name).unwrap_or_default();
+            let error = failed.remove(&spec.name);
+            let condition = Condition::of_run(spec.suspend, error.as_ref(), applied.len());
+            let mut status = status::app_status(spec, &plan, &snapshot);
+            if error.is_some() {
+                status.condition = condition.clone();
+            }
+            AppResult {
+                app: spec.name.clone(),
+                applied,
+                warnings: warnings.remove(&spec.name).unwrap_or_default(),
+                health: health.remove(&spec.name).unwrap_or_default(),
+                error,
+                suspended: spec.suspend,
+                plan,
+                condition,
+                status,
+            }
         })
         .collect();
     Ok(RunReport {
@@ -737,17 +760,13 @@ async fn apply_change(
             channel,
             channel_id,
             target,
-            current,
+            kept,
             start_job,
             ..
         } => {
-            let domain = target
-                .domain
-                .clone()
-                .or_else(|| current.domain.clone())
-                .ok_or_else(|| {
-                    ApplyError::Unresolved(format!("channel {channel} has no domain to send back"))
-                })?;
+            let domain = target.domain.clone().ok_or_else(|| {
+                ApplyError::Unresolved(format!("channel {channel} has no domain to send back"))
+            })?;
             let body = UpdateChannel {
                 id: *channel_id,
                 name: channel.clone(),
@@ -755,8 +774,8 @@ async fn apply_change(
                 revision_selection_strategy: target.strategy,
                 range_rule: target.range_rule.clone(),
                 active_revision_id: resolve_revision(target, channel)?,
-                last_publish_date: current.last_publish_at.clone(),
-                certificate_id: current.certificate.as_ref().map(|c| c.id),
+                last_publish_date: kept.last_publish_date.clone(),
+                certificate_id: kept.certificate_id,
             };
             hippo
                 .update_channel(&body)
@@ -877,11 +896,23 @@ fn env_vars(env: &BTreeMap<String, String>) -> Vec<EnvVar> {
         .collect()
 }
 
-/// The plan as `plan` shows it: against one observation, with no changes made.
-pub async fn plan(
-    desired: &DesiredState,
-    ctx: &Context,
-) -> Result<(Plan, Snapshot), ReconcileError> {
+/// What is to do, without doing it: `plan`, `status` and a follower's cycle.
+#[derive(Debug)]
+pub struct PlanReport {
+    pub plan: Plan,
+    /// Each app as the observation shows it, in the order of the deploy files.
+    pub statuses: Vec<AppStatus>,
+    pub snapshot: Snapshot,
+}
+
+/// The plan against one observation, with no changes made, and each app's status.
+pub async fn plan(desired: &DesiredState, ctx: &Context) -> Result<PlanReport, ReconcileError> {
     let snapshot = observe_all(desired, ctx).await?;
-    Ok((diff::diff(&desired.apps, &snapshot), snapshot))
+    let plan = diff::diff(&desired.apps, &snapshot);
+    let statuses = status::app_statuses(desired, &plan, &snapshot);
+    Ok(PlanReport {
+        plan,
+        statuses,
+        snapshot,
+    })
 }

@@ -59,6 +59,14 @@ pub struct EnvChange {
     pub removed: Vec<String>,
 }
 
+/// The fields of a channel that a PUT must carry but the deploy file does not manage, as Hippo
+/// has them: sent back unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptFields {
+    pub last_publish_date: Option<String>,
+    pub certificate_id: Option<Uuid>,
+}
+
 /// One change. Serialises as `{"action","kind","app","name",...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
@@ -99,8 +107,9 @@ pub enum Op {
         /// (Hippo v0.19 starts none after a PUT while the channel's status was never set).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         start_job: bool,
+        /// What the PUT sends back unchanged: Hippo's PUT replaces the whole channel.
         #[serde(skip)]
-        current: Box<Channel>,
+        kept: KeptFields,
     },
     /// A PATCH of the environment (the whole set).
     #[serde(rename_all = "camelCase")]
@@ -127,11 +136,67 @@ pub enum Op {
     },
 }
 
+/// What a change does, as `plan` names it (`"action"` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Push,
+    Create,
+    Register,
+    Update,
+    Delete,
+}
+
+/// What a change is made to (`"kind"` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Bindle,
+    App,
+    Revision,
+    Channel,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Push => "push",
+            Action::Create => "create",
+            Action::Register => "register",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Bindle => "bindle",
+            Kind::App => "app",
+            Kind::Revision => "revision",
+            Kind::Channel => "channel",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One planned change for one app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    pub action: &'static str,
-    pub kind: &'static str,
+    pub action: Action,
+    pub kind: Kind,
     pub app: String,
     pub name: String,
     pub stage: Stage,
@@ -142,14 +207,18 @@ pub struct Change {
 impl Change {
     fn new(app: &str, stage: Stage, op: Op) -> Change {
         let (action, kind, name) = match &op {
-            Op::PushBindle { id, .. } => ("push", "bindle", id.clone()),
-            Op::CreateApp { .. } => ("create", "app", app.to_string()),
-            Op::RegisterRevision { version, .. } => ("register", "revision", version.clone()),
-            Op::CreateChannel { channel, .. } => ("create", "channel", channel.clone()),
+            Op::PushBindle { id, .. } => (Action::Push, Kind::Bindle, id.clone()),
+            Op::CreateApp { .. } => (Action::Create, Kind::App, app.to_string()),
+            Op::RegisterRevision { version, .. } => {
+                (Action::Register, Kind::Revision, version.clone())
+            }
+            Op::CreateChannel { channel, .. } => (Action::Create, Kind::Channel, channel.clone()),
             Op::UpdateChannel { channel, .. }
             | Op::SetEnv { channel, .. }
-            | Op::ScheduleChannel { channel, .. } => ("update", "channel", channel.clone()),
-            Op::DeleteChannel { channel, .. } => ("delete", "channel", channel.clone()),
+            | Op::ScheduleChannel { channel, .. } => {
+                (Action::Update, Kind::Channel, channel.clone())
+            }
+            Op::DeleteChannel { channel, .. } => (Action::Delete, Kind::Channel, channel.clone()),
         };
         Change {
             action,
@@ -694,7 +763,10 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
                             target,
                             fields,
                             start_job,
-                            current: Box::new((*current).clone()),
+                            kept: KeptFields {
+                                last_publish_date: current.last_publish_at.clone(),
+                                certificate_id: current.certificate.as_ref().map(|c| c.id),
+                            },
                         },
                     ));
                 }
@@ -1222,7 +1294,7 @@ mod tests {
         snapshot.revisions.clear();
         snapshot.bindles = [("weather".to_string(), Ok(server(&[("1.0.0", &["z"])])))].into();
         let plan = diff_app(&spec, &snapshot);
-        let kinds: Vec<(&str, &str, Stage)> = plan
+        let kinds: Vec<(Action, Kind, Stage)> = plan
             .changes
             .iter()
             .map(|c| (c.action, c.kind, c.stage))
@@ -1230,14 +1302,14 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                ("push", "bindle", Stage::Push),
-                ("create", "app", Stage::CreateApp),
-                ("create", "channel", Stage::Channels),
-                ("create", "channel", Stage::Channels),
+                (Action::Push, Kind::Bindle, Stage::Push),
+                (Action::Create, Kind::App, Stage::CreateApp),
+                (Action::Create, Kind::Channel, Stage::Channels),
+                (Action::Create, Kind::Channel, Stage::Channels),
             ]
         );
         // No registration is planned: Hippo imports the bindle's versions on create.
-        assert!(!plan.changes.iter().any(|c| c.kind == "revision"));
+        assert!(!plan.changes.iter().any(|c| c.kind == Kind::Revision));
         let json = serde_json::to_value(&plan.changes[0]).unwrap();
         assert_eq!(json["action"], "push");
         assert_eq!(json["kind"], "bindle");
@@ -1254,7 +1326,7 @@ mod tests {
         let c = &plan.changes[0];
         assert_eq!(
             (c.action, c.kind, c.name.as_str()),
-            ("update", "channel", "production")
+            (Action::Update, Kind::Channel, "production")
         );
         let Op::UpdateChannel { target, fields, .. } = &c.op else {
             panic!("{c:?}")
@@ -1352,7 +1424,7 @@ mod tests {
         assert_eq!(plan.changes.len(), 1);
         assert_eq!(
             (plan.changes[0].action, plan.changes[0].name.as_str()),
-            ("delete", "old")
+            (Action::Delete, "old")
         );
     }
 
@@ -1544,7 +1616,7 @@ mod tests {
         let regs: Vec<&str> = plan
             .changes
             .iter()
-            .filter(|c| c.kind == "revision")
+            .filter(|c| c.kind == Kind::Revision)
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(regs, vec!["1.1.0", "1.2.0"]);
@@ -1736,12 +1808,15 @@ mod tests {
         Arc::make_mut(&mut nomad_mut(&mut snapshot).jobs).clear();
         spec.channels[0] = range_channel("production", "~1.0.0");
         let plan = diff_app(&spec, &snapshot);
-        let names: Vec<(&str, &str)> = plan
+        let names: Vec<(&str, Action)> = plan
             .changes
             .iter()
             .map(|c| (c.name.as_str(), c.action))
             .collect();
-        assert_eq!(names, vec![("production", "update"), ("canary", "update")]);
+        assert_eq!(
+            names,
+            vec![("production", Action::Update), ("canary", Action::Update)]
+        );
         assert!(
             matches!(
                 plan.changes[0].op,
