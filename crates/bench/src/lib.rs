@@ -21,14 +21,9 @@ use uuid::Uuid;
 use hippo_gitops_core::{
     apply::{self, Context},
     bindles::{BindleClient, BindleConfig},
-    hippo::{
-        types::{CreateChannel, Strategy, UpdateChannel},
-        Credentials, HippoClient, HippoClientConfig,
-    },
-    nomad::{NomadClient, NomadConfig},
-    observe::NomadObserver,
+    hippo::types::{CreateChannel, Strategy, UpdateChannel},
     package,
-    secret::Secret,
+    progress::NoProgress,
     spec::{self, DesiredState, LoadOptions},
     stats::RequestStats,
 };
@@ -198,44 +193,10 @@ fn write_spin_app(dir: &Path, name: &str, version: &str) -> std::io::Result<()> 
 
 /// Clients for the sandbox, counting into `stats`.
 pub fn sandbox_context(sb: &Sandbox, stats: &RequestStats) -> Result<Context, BenchError> {
-    let hippo = HippoClient::new(
-        HippoClientConfig::new(
-            sb.hippo_url(),
-            Credentials::Login {
-                username: sandbox::ADMIN_USER.into(),
-                password: Secret::new(sb.password()),
-            },
-        ),
-        stats.clone(),
-    )
-    .map_err(|e| step("Hippo client")(e.to_string()))?;
-    let text = std::fs::read_to_string(sb.signing_key_path())?;
-    let keys: SecretKeyFile =
-        toml::from_str(&text).map_err(|e| step("signing key")(e.to_string()))?;
-    let key = keys
-        .key
-        .into_iter()
-        .next()
-        .ok_or_else(|| step("signing key")("empty key file".into()))?;
-    let bindle = BindleClient::new(BindleConfig::new(sb.bindle_url()), key, stats.clone())
-        .map_err(|e| step("Bindle client")(e.to_string()))?;
-    let nomad = NomadClient::new(NomadConfig::new(sb.nomad_url()), stats.clone())
-        .map_err(|e| step("Nomad client")(e.to_string()))?;
-    let mut ctx = Context::new(Arc::new(hippo), Arc::new(bindle));
-    ctx.nomad = Some(Arc::new(NomadObserver::new(nomad)));
+    let mut ctx = Context::connect(sb.connections(), stats.clone(), Arc::new(NoProgress))
+        .map_err(|e| step("clients")(e.to_string()))?;
     ctx.options.wait = Some(Duration::from_secs(300));
     Ok(ctx)
-}
-
-/// The creator key the sandbox's Bindle server trusts.
-fn sandbox_key(sb: &Sandbox) -> Result<bindle::signature::SecretKeyEntry, BenchError> {
-    let text = std::fs::read_to_string(sb.signing_key_path())?;
-    let keys: SecretKeyFile =
-        toml::from_str(&text).map_err(|e| step("signing key")(e.to_string()))?;
-    keys.key
-        .into_iter()
-        .next()
-        .ok_or_else(|| step("signing key")("empty key file".into()))
 }
 
 async fn start_sandbox(dir: &Path) -> Result<Sandbox, BenchError> {
@@ -706,7 +667,7 @@ pub async fn push_comparison(config: &BenchConfig) -> Result<PushRow, BenchError
 
     // Theirs: the same bindle, signed in the file the way `StandaloneRead` pushes it as is.
     let sb = start_sandbox(&dir.join("theirs")).await?;
-    let their_key = sandbox_key(&sb)?;
+    let their_key = sb.signing_key().clone();
     invoice
         .sign(bindle::SignatureRole::Creator, &their_key)
         .map_err(|e| step("sign")(e.to_string()))?;

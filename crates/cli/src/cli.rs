@@ -14,11 +14,10 @@ use crate::render;
 use crate::sandbox_args::{sandbox_command, SandboxCommandArgs};
 use crate::sandbox_args::{stop_sandbox, Sandbox, SandboxArgs};
 use hippo_gitops_core::{
-    apply::{self, Context},
-    bindles::{BindleClient, BindleConfig},
-    hippo::{HippoClient, HippoClientConfig},
-    nomad::{self, NomadClient, NomadConfig},
-    observe::NomadObserver,
+    apply::{self, Connections, Context},
+    bindles::BindleConfig,
+    hippo::HippoClientConfig,
+    nomad::{self, NomadConfig},
     progress::{NoProgress, Progress},
     secret::Secret,
     spec::{self, DesiredState, LoadOptions},
@@ -656,7 +655,6 @@ pub fn context_with_progress(
     let mut hippo_config = HippoClientConfig::new(url, credentials);
     hippo_config.timeout = timeout;
     hippo_config.danger_accept_invalid_certs = conn.danger_accept_invalid_certs;
-    let hippo = HippoClient::new(hippo_config, stats.clone())?;
 
     let bindle_url = conn.bindle_server.clone().filter(|u| !u.is_empty()).ok_or(
         config::ConfigError::Missing(
@@ -685,8 +683,6 @@ pub fn context_with_progress(
     )?;
     bindle_config.timeout = timeout.max(Duration::from_secs(60));
     bindle_config.danger_accept_invalid_certs = conn.danger_accept_invalid_certs;
-    let bindle =
-        BindleClient::new(bindle_config, key.key, stats.clone())?.with_progress(progress.clone());
     let nomad = match conn.nomad_addr.clone().filter(|a| !a.is_empty()) {
         None => {
             tracing::info!(
@@ -705,12 +701,16 @@ pub fn context_with_progress(
             nc.client_key = conn.nomad_client_key.clone();
             nc.skip_verify = conn.nomad_skip_verify;
             nc.timeout = timeout;
-            Some(Arc::new(NomadObserver::new(NomadClient::new(nc, stats)?)))
+            Some(nc)
         }
     };
-    let mut ctx = Context::new(Arc::new(hippo), Arc::new(bindle));
-    ctx.nomad = nomad;
-    ctx.progress = progress;
+    let connections = Connections {
+        hippo: hippo_config,
+        bindle: bindle_config,
+        signing_key: key.key,
+        nomad,
+    };
+    let mut ctx = Context::connect(connections, stats, progress)?;
     ctx.concurrency = conn.concurrency.max(1);
     Ok(ctx)
 }

@@ -217,7 +217,11 @@ async fn prune_deletes_unlisted_channels_only_when_asked() {
     )
     .unwrap();
     let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
-    assert!(report.apps[0].converged(), "{}", hippo_gitops::render::run_text(&report));
+    assert!(
+        report.apps[0].converged(),
+        "{}",
+        hippo_gitops::render::run_text(&report)
+    );
     let w = writes(&bed);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].starts_with("DELETE /api/channels/"), "{w:?}");
@@ -376,7 +380,11 @@ async fn a_new_revision_is_registered_once_and_moves_the_range_channel() {
     .unwrap();
     bed.hippo.clear_requests();
     let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
-    assert!(report.apps[0].converged(), "{}", hippo_gitops::render::run_text(&report));
+    assert!(
+        report.apps[0].converged(),
+        "{}",
+        hippo_gitops::render::run_text(&report)
+    );
     let w = writes(&bed);
     assert_eq!(w.len(), 2, "{w:?}");
     assert_eq!(
@@ -450,7 +458,11 @@ async fn an_interrupted_push_is_resumed_and_nothing_is_duplicated() {
         .describe()
         .contains("resuming an interrupted push"));
     let report = apply::reconcile(&load(&dir), &ctx).await.unwrap();
-    assert!(report.apps[0].converged(), "{}", hippo_gitops::render::run_text(&report));
+    assert!(
+        report.apps[0].converged(),
+        "{}",
+        hippo_gitops::render::run_text(&report)
+    );
     assert_eq!(stats.uploaded_parcels() as usize, local.parcels.len());
     let missing = ctx.bindle.missing_parcels(&local.id).await.unwrap();
     assert_eq!(missing, Some(vec![]));

@@ -21,18 +21,42 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    bindles::{BindleClient, BindleError, PushReport},
+    bindles::{BindleClient, BindleConfig, BindleError, PushReport},
     diff::{self, AppPlan, Change, ChannelHealth, ChannelTarget, Op, Plan, Stage},
     gate::{WriteGate, WriteRefused},
     hippo::{
         types::{CreateChannel, DesiredStatus, EnvVar, UpdateChannel},
-        HippoClient, HippoError,
+        HippoClient, HippoClientConfig, HippoError,
     },
-    nomad::{Blocking, NomadError},
-    observe::{self, NomadObserver, ObserveError, Snapshot},
+    nomad::{Blocking, NomadClient, NomadConfig, NomadError},
+    observe::{self, NomadObserver, ObserveError, Snapshot, Sources, Written},
     spec::{AppSpec, DesiredState, RevisionSource},
+    stats::RequestStats,
     status::{self, AppStatus, Condition},
 };
+use bindle::signature::SecretKeyEntry;
+
+/// What a [`Context`] is made from: where Hippo, Bindle and Nomad are and how to reach them.
+#[derive(Debug)]
+pub struct Connections {
+    pub hippo: HippoClientConfig,
+    pub bindle: BindleConfig,
+    /// Signs invoices as their creator (bindle 0.9 servers refuse unsigned ones).
+    pub signing_key: SecretKeyEntry,
+    /// `None`: Nomad is not configured; only Hippo and Bindle are checked.
+    pub nomad: Option<NomadConfig>,
+}
+
+/// A client that could not be built from its [`Connections`] entry.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Hippo(#[from] HippoError),
+    #[error(transparent)]
+    Bindle(#[from] BindleError),
+    #[error(transparent)]
+    Nomad(#[from] NomadError),
+}
 
 /// Shared clients and settings for a reconcile.
 #[derive(Clone)]
@@ -53,6 +77,39 @@ pub struct Context {
 }
 
 impl Context {
+    /// What `observe` reads from.
+    pub fn sources(&self) -> Sources<'_> {
+        Sources {
+            hippo: &self.hippo,
+            bindle: &self.bindle,
+            bindle_cache: self.bindle_cache.as_deref(),
+            nomad: self.nomad.as_deref(),
+            concurrency: self.concurrency,
+        }
+    }
+
+    /// The composition root: every client of a run is built here, counting its requests in
+    /// `stats` and reporting long work to `progress`.
+    pub fn connect(
+        connections: Connections,
+        stats: RequestStats,
+        progress: Arc<dyn crate::progress::Progress>,
+    ) -> Result<Context, ConnectError> {
+        let hippo = HippoClient::new(connections.hippo, stats.clone())?;
+        let bindle = BindleClient::new(connections.bindle, connections.signing_key, stats.clone())?
+            .with_progress(progress.clone());
+        let nomad = match connections.nomad {
+            Some(config) => Some(Arc::new(NomadObserver::new(NomadClient::new(
+                config, stats,
+            )?))),
+            None => None,
+        };
+        let mut ctx = Context::new(Arc::new(hippo), Arc::new(bindle));
+        ctx.nomad = nomad;
+        ctx.progress = progress;
+        Ok(ctx)
+    }
+
     pub fn new(hippo: Arc<HippoClient>, bindle: Arc<BindleClient>) -> Self {
         Context {
             hippo,
@@ -229,15 +286,7 @@ pub async fn reconcile(desired: &DesiredState, ctx: &Context) -> Result<RunRepor
 
 /// One full observation of Hippo, Bindle and (when configured) Nomad for `desired`.
 pub async fn observe_all(desired: &DesiredState, ctx: &Context) -> Result<Snapshot, ObserveError> {
-    observe::observe(
-        &desired.apps,
-        &ctx.hippo,
-        &ctx.bindle,
-        ctx.bindle_cache.as_deref(),
-        ctx.nomad.as_deref(),
-        ctx.concurrency,
-    )
-    .await
+    observe::observe(&desired.apps, &ctx.sources()).await
 }
 
 /// As [`reconcile`], from a snapshot already taken.
@@ -349,7 +398,13 @@ pub async fn reconcile_from(
         }
         let before =
             (stage == Stage::Register && ctx.nomad.is_none()).then(|| active_revisions(&snapshot));
-        refresh(&mut snapshot, stage, &pushed, desired, ctx).await?;
+        let written = match stage {
+            Stage::Push => Written::Bindles(&pushed),
+            Stage::CreateApp | Stage::Register => Written::Apps,
+            Stage::Channels => Written::Channels,
+            Stage::Nomad => Written::NomadJobs,
+        };
+        observe::refresh(&mut snapshot, written, &desired.apps, &ctx.sources()).await?;
         if let Some(before) = before {
             start_moved_channels(ctx, desired, &before, &snapshot, &mut applied, &mut failed).await;
         }
@@ -566,70 +621,6 @@ fn planned_error(problems: &[&diff::Problem]) -> ApplyError {
 /// One app's part of a stage: the changes made (with their descriptions), and the error that
 /// stopped it, if any.
 type AppStageResult = (String, Vec<(Change, String)>, Option<ApplyError>);
-
-/// Observes again what a stage may have changed.
-async fn refresh(
-    snapshot: &mut Snapshot,
-    stage: Stage,
-    pushed: &[String],
-    desired: &DesiredState,
-    ctx: &Context,
-) -> Result<(), ObserveError> {
-    match stage {
-        Stage::Push => {
-            // A push ends with the server reporting no missing parcels; record that instead of
-            // asking again. The versions list is re-read for the apps concerned.
-            let names: BTreeSet<&str> = pushed
-                .iter()
-                .filter_map(|id| id.rsplit_once('/').map(|(n, _)| n))
-                .collect();
-            let apps: Vec<AppSpec> = desired
-                .apps
-                .iter()
-                .filter(|a| names.contains(a.storage_id.as_str()))
-                .cloned()
-                .collect();
-            for id in pushed {
-                snapshot.missing.insert(id.clone(), Ok(0));
-            }
-            let mut fresh = Snapshot {
-                apps: snapshot.apps.clone(),
-                revisions: snapshot.revisions.clone(),
-                ..Default::default()
-            };
-            observe::observe_bindles(
-                &apps,
-                &ctx.bindle,
-                ctx.bindle_cache.as_deref(),
-                ctx.concurrency,
-                &mut fresh,
-            )
-            .await;
-            snapshot.bindles.extend(fresh.bindles);
-            snapshot.missing.extend(fresh.missing);
-        }
-        Stage::CreateApp | Stage::Register => {
-            // Creating an app imports revisions; registering one moves range channels.
-            let (apps, channels, revisions) = observe::observe_hippo(&ctx.hippo).await?;
-            snapshot.apps = apps;
-            snapshot.channels = channels;
-            snapshot.revisions = revisions;
-        }
-        Stage::Channels => {
-            snapshot.channels = ctx.hippo.list_channels().await?;
-            // Hippo (re)registers jobs when channels change.
-            if let Some(nomad) = &ctx.nomad {
-                observe::observe_nomad(&desired.apps, nomad, None, ctx.concurrency, snapshot).await;
-            }
-        }
-        Stage::Nomad => {
-            if let Some(nomad) = &ctx.nomad {
-                observe::observe_nomad(&desired.apps, nomad, None, ctx.concurrency, snapshot).await;
-            }
-        }
-    }
-    Ok(())
-}
 
 fn local_bindles(
     desired: &DesiredState,

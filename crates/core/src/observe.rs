@@ -383,27 +383,114 @@ impl BindleCache {
     }
 }
 
+/// What a snapshot is observed from.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    pub hippo: &'a HippoClient,
+    pub bindle: &'a BindleClient,
+    /// Settled bindles are not asked for again until they are this old (the controller).
+    pub bindle_cache: Option<&'a BindleCache>,
+    pub nomad: Option<&'a NomadObserver>,
+    /// How many requests run at once.
+    pub concurrency: usize,
+}
+
 /// Builds a full snapshot for `apps`.
-pub async fn observe(
-    apps: &[AppSpec],
-    hippo: &HippoClient,
-    bindle: &BindleClient,
-    cache: Option<&BindleCache>,
-    nomad: Option<&NomadObserver>,
-    concurrency: usize,
-) -> Result<Snapshot, ObserveError> {
-    let (hippo_apps, channels, revisions) = observe_hippo(hippo).await?;
+pub async fn observe(apps: &[AppSpec], sources: &Sources<'_>) -> Result<Snapshot, ObserveError> {
+    let (hippo_apps, channels, revisions) = observe_hippo(sources.hippo).await?;
     let mut snapshot = Snapshot {
         apps: hippo_apps,
         channels,
         revisions,
         ..Default::default()
     };
-    observe_bindles(apps, bindle, cache, concurrency, &mut snapshot).await;
-    if let Some(nomad) = nomad {
-        observe_nomad(apps, nomad, None, concurrency, &mut snapshot).await;
+    observe_bindles(
+        apps,
+        sources.bindle,
+        sources.bindle_cache,
+        sources.concurrency,
+        &mut snapshot,
+    )
+    .await;
+    if let Some(nomad) = sources.nomad {
+        observe_nomad(apps, nomad, None, sources.concurrency, &mut snapshot).await;
     }
     Ok(snapshot)
+}
+
+/// What a stage of apply wrote: [`refresh`] observes again what that may have changed.
+#[derive(Debug, Clone, Copy)]
+pub enum Written<'a> {
+    /// These bindles (`name/version`) were pushed, each verified complete.
+    Bindles(&'a [String]),
+    /// Apps were created (Hippo imports their bindles' versions) or revisions registered
+    /// (Hippo moves range channels).
+    Apps,
+    /// Channels were created, updated or deleted (Hippo registers their jobs).
+    Channels,
+    /// Jobs were rescheduled through Hippo.
+    NomadJobs,
+}
+
+/// Brings `snapshot` up to date after `written`, re-reading only what it may have changed.
+pub async fn refresh(
+    snapshot: &mut Snapshot,
+    written: Written<'_>,
+    apps: &[AppSpec],
+    sources: &Sources<'_>,
+) -> Result<(), ObserveError> {
+    match written {
+        Written::Bindles(pushed) => {
+            // A push ends with the server reporting no missing parcels; record that instead of
+            // asking again. The versions list is re-read for the apps concerned.
+            let names: BTreeSet<&str> = pushed
+                .iter()
+                .filter_map(|id| id.rsplit_once('/').map(|(n, _)| n))
+                .collect();
+            let apps: Vec<AppSpec> = apps
+                .iter()
+                .filter(|a| names.contains(a.storage_id.as_str()))
+                .cloned()
+                .collect();
+            for id in pushed {
+                snapshot.missing.insert(id.clone(), Ok(0));
+            }
+            let mut fresh = Snapshot {
+                apps: snapshot.apps.clone(),
+                revisions: snapshot.revisions.clone(),
+                ..Default::default()
+            };
+            observe_bindles(
+                &apps,
+                sources.bindle,
+                sources.bindle_cache,
+                sources.concurrency,
+                &mut fresh,
+            )
+            .await;
+            snapshot.bindles.extend(fresh.bindles);
+            snapshot.missing.extend(fresh.missing);
+        }
+        Written::Apps => {
+            let (apps, channels, revisions) = observe_hippo(sources.hippo).await?;
+            snapshot.apps = apps;
+            snapshot.channels = channels;
+            snapshot.revisions = revisions;
+        }
+        Written::Channels => {
+            snapshot.channels = sources.hippo.list_channels().await?;
+            // Hippo (re)registers jobs when channels change.
+            if let Some(nomad) = sources.nomad {
+                observe_nomad(apps, nomad, None, sources.concurrency, snapshot).await;
+            }
+        }
+        Written::NomadJobs => {
+            if let Some(nomad) = sources.nomad {
+                observe_nomad(apps, nomad, None, sources.concurrency, snapshot).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fills in the Bindle part of `snapshot` for `apps`.

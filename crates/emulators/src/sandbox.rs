@@ -17,6 +17,14 @@ use std::{
 
 use bindle::signature::{KeyEntry, SecretKeyEntry, SecretKeyFile, SignatureRole};
 
+use hippo_gitops_core::{
+    apply::Connections,
+    bindles::BindleConfig,
+    hippo::{Credentials, HippoClientConfig},
+    nomad::NomadConfig,
+    secret::Secret,
+};
+
 use crate::{
     bindle_server::{BindleServer, BindleServerError},
     faults::{FaultProxy, FaultSpec, FaultSpecError},
@@ -144,6 +152,7 @@ pub struct Sandbox {
     nomad_url: String,
     password: String,
     key_path: PathBuf,
+    key: SecretKeyEntry,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
@@ -268,7 +277,30 @@ impl Sandbox {
             nomad_url,
             password,
             key_path,
+            key,
         })
+    }
+
+    /// What a [`Context`](hippo_gitops_core::apply::Context) needs to work on this sandbox:
+    /// its admin login, its signing key, and Nomad.
+    pub fn connections(&self) -> Connections {
+        Connections {
+            hippo: HippoClientConfig::new(
+                self.hippo_url(),
+                Credentials::Login {
+                    username: ADMIN_USER.into(),
+                    password: Secret::new(self.password()),
+                },
+            ),
+            bindle: BindleConfig::new(self.bindle_url()),
+            signing_key: self.key.clone(),
+            nomad: Some(NomadConfig::new(self.nomad_url())),
+        }
+    }
+
+    /// The creator key the sandbox's Bindle server trusts.
+    pub fn signing_key(&self) -> &SecretKeyEntry {
+        &self.key
     }
 
     pub fn hippo_url(&self) -> &str {

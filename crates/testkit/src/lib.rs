@@ -14,11 +14,12 @@ use std::{
 
 use bindle::signature::{KeyEntry, SecretKeyEntry, SecretKeyFile, SignatureRole};
 use hippo_gitops_core::{
-    apply::{self, Context},
-    bindles::{BindleClient, BindleConfig},
-    hippo::{Credentials, HippoClient, HippoClientConfig},
+    apply::{self, Connections, Context},
+    bindles::BindleConfig,
+    hippo::{Credentials, HippoClientConfig},
     nomad::{NomadClient, NomadConfig},
     observe::NomadObserver,
+    progress::NoProgress,
     retry::RetryPolicy,
     secret::Secret,
     spec::{self, DesiredState, LoadOptions},
@@ -117,11 +118,16 @@ impl Bed {
             },
         );
         hc.retry = fast_retry();
-        let hippo = HippoClient::new(hc, stats.clone()).unwrap();
         let mut bc = BindleConfig::new(self.bindle.url());
         bc.retry = fast_retry();
-        let bindle = BindleClient::new(bc, self.key.clone(), stats.clone()).unwrap();
-        (Context::new(Arc::new(hippo), Arc::new(bindle)), stats)
+        let connections = Connections {
+            hippo: hc,
+            bindle: bc,
+            signing_key: self.key.clone(),
+            nomad: None,
+        };
+        let ctx = Context::connect(connections, stats.clone(), Arc::new(NoProgress)).unwrap();
+        (ctx, stats)
     }
 
     /// Environment for running the binary against this bed.

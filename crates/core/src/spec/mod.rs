@@ -618,19 +618,30 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<DesiredState, Di
     if !problems.is_empty() {
         return Err(Diagnostics(problems));
     }
-    let docs = parse_files(
-        &files.iter().collect::<Vec<_>>(),
-        options,
-        &mut problems,
-        &mut unreadable,
-    );
-    problems.append(&mut unreadable);
-    let state = validate::validate(docs, options, &mut problems);
-    if problems.is_empty() {
-        Ok(state)
-    } else {
-        Err(Diagnostics(problems))
+    match read_pass(&files.iter().collect::<Vec<_>>(), options, &mut problems) {
+        Ok(state) if problems.is_empty() => Ok(state),
+        Ok(_) => Err(Diagnostics(problems)),
+        Err(mut unreadable) => {
+            problems.append(&mut unreadable);
+            Err(Diagnostics(problems))
+        }
     }
+}
+
+/// One pass over `files`: parse them, then validate what parsed, problems going to
+/// `problems`. `Err`: files that exist but could not be read (an I/O error, not a problem of
+/// the files), when what was read is not the whole source and is not validated.
+fn read_pass(
+    files: &[&DeployFile],
+    options: &LoadOptions,
+    problems: &mut Vec<Diagnostic>,
+) -> Result<DesiredState, Vec<Diagnostic>> {
+    let mut unreadable = Vec::new();
+    let docs = parse_files(files, options, problems, &mut unreadable);
+    if !unreadable.is_empty() {
+        return Err(unreadable);
+    }
+    Ok(validate::validate(docs, options, problems))
 }
 
 /// What the daemon loads: the apps of every valid file, and the problems of the others, so
@@ -667,11 +678,10 @@ pub fn load_partial(paths: &[PathBuf], options: &LoadOptions) -> PartialLoad {
             .iter()
             .filter(|f| !rejected.contains_key(&f.shown))
             .collect();
-        let docs = parse_files(&remaining, options, &mut problems, &mut unreadable);
-        if !unreadable.is_empty() {
-            return unread(unreadable);
-        }
-        let state = validate::validate(docs, options, &mut problems);
+        let state = match read_pass(&remaining, options, &mut problems) {
+            Ok(state) => state,
+            Err(unreadable) => return unread(unreadable),
+        };
         if problems.is_empty() {
             return PartialLoad {
                 state,
