@@ -24,4 +24,5 @@ pub mod spec;
 pub mod stats;
 pub mod status;
 pub mod sync;
+mod transport;
 pub mod walk;

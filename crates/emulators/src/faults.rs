@@ -22,7 +22,8 @@ use hyper::{
     service::{make_service_fn, service_fn},
     Body, Client, Request, Response, Server, StatusCode, Uri,
 };
-use tokio::task::JoinHandle;
+
+use crate::serve::{bind, BackgroundServer};
 
 /// What to inject, per service. Parsed from `error=0.2,latency=50ms,drop=0.05,seed=7`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -152,7 +153,8 @@ impl Rng {
 pub struct FaultProxy {
     addr: SocketAddr,
     counters: Arc<FaultCounters>,
-    task: Option<JoinHandle<()>>,
+    /// Not an axum router: a handler's error drops the connection, which is one of the faults.
+    _server: BackgroundServer,
 }
 
 /// The connection was dropped on purpose.
@@ -174,9 +176,7 @@ impl FaultProxy {
         spec: FaultSpec,
         listen: SocketAddr,
     ) -> Result<FaultProxy, std::io::Error> {
-        let listener = std::net::TcpListener::bind(listen)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let (listener, addr) = bind(listen)?;
         let counters = Arc::new(FaultCounters::default());
         let rng = Arc::new(Rng(AtomicU64::new(spec.seed)));
         let client: Client<hyper::client::HttpConnector> = Client::new();
@@ -199,15 +199,12 @@ impl FaultProxy {
         let server = Server::from_tcp(listener)
             .map_err(|e| std::io::Error::other(e.to_string()))?
             .serve(make);
-        let task = tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::warn!(error = %e, "fault proxy stopped");
-            }
-        });
         Ok(FaultProxy {
             addr,
             counters,
-            task: Some(task),
+            _server: BackgroundServer::spawn("fault proxy", |stop| {
+                server.with_graceful_shutdown(stop)
+            }),
         })
     }
 
@@ -217,14 +214,6 @@ impl FaultProxy {
 
     pub fn counters(&self) -> &FaultCounters {
         &self.counters
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
     }
 }
 

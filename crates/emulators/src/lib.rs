@@ -7,3 +7,4 @@ pub mod faults;
 pub mod hippo;
 pub mod nomad;
 pub mod sandbox;
+mod serve;

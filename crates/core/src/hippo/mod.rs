@@ -27,9 +27,10 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    retry::{retry, Attempt, RetryPolicy},
+    retry::{Attempt, RetryPolicy},
     secret::Secret,
     stats::RequestStats,
+    transport::{Service, Transport, TransportError},
 };
 use types::*;
 
@@ -86,6 +87,16 @@ pub enum HippoError {
         path: String,
         message: String,
     },
+}
+
+impl TransportError for HippoError {
+    fn transport(method: Method, path: &str, source: reqwest::Error) -> Self {
+        HippoError::Transport {
+            method,
+            path: path.to_string(),
+            source,
+        }
+    }
 }
 
 fn format_problem(title: &str, errors: &std::collections::BTreeMap<String, Vec<String>>) -> String {
@@ -161,13 +172,10 @@ impl HippoClientConfig {
 
 /// The Hippo client. Cheap to share behind an `Arc`.
 pub struct HippoClient {
-    http: reqwest::Client,
-    base: String,
+    transport: Transport,
     credentials: Credentials,
     token: Mutex<Option<BearerToken>>,
-    retry: RetryPolicy,
     page_size: u32,
-    stats: RequestStats,
 }
 
 /// Log in again this long before the token's stated expiry (clock skew, slow requests).
@@ -192,17 +200,19 @@ mod erased {
 
 impl HippoClient {
     pub fn new(config: HippoClientConfig, stats: RequestStats) -> Result<Self, HippoError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .danger_accept_invalid_certs(config.danger_accept_invalid_certs)
-            .user_agent(concat!("hippo-gitops/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| HippoError::Transport {
-                method: Method::GET,
-                path: config.url.clone(),
-                source,
-            })?;
+        let transport = Transport::new(
+            Service {
+                key: "hippo",
+                name: "Hippo",
+            },
+            config.url.trim_end_matches('/').to_string(),
+            reqwest::Client::builder()
+                .danger_accept_invalid_certs(config.danger_accept_invalid_certs),
+            config.timeout,
+            config.retry,
+            stats,
+        )
+        .map_err(|source| HippoError::transport(Method::GET, &config.url, source))?;
         let token = match &config.credentials {
             Credentials::Token(t) => Some(BearerToken {
                 value: t.clone(),
@@ -211,13 +221,10 @@ impl HippoClient {
             Credentials::Login { .. } => None,
         };
         Ok(HippoClient {
-            http,
-            base: config.url.trim_end_matches('/').to_string(),
+            transport,
             credentials: config.credentials,
             token: Mutex::new(token),
-            retry: config.retry,
             page_size: config.page_size.max(1),
-            stats,
         })
     }
 
@@ -423,12 +430,12 @@ impl HippoClient {
         payload: Option<&[u8]>,
         idempotent: bool,
     ) -> Result<(StatusCode, Vec<u8>), HippoError> {
-        retry(
-            self.retry,
-            || {
-                let method = method.clone();
-                let payload = payload.map(<[u8]>::to_vec);
-                async move {
+        self.transport
+            .request(
+                method,
+                path,
+                idempotent,
+                |req| async move {
                     let token = self.token().await.map_err(|e| match &e {
                         HippoError::Transport { source, .. } if source.is_connect() => {
                             Attempt::Unreachable(e)
@@ -436,103 +443,94 @@ impl HippoClient {
                         _ if e.is_transient() => Attempt::Retry(e, None),
                         _ => Attempt::Fail(e),
                     })?;
-                    let mut req = self
-                        .http
-                        .request(method.clone(), format!("{}{path}", self.base))
+                    let mut req = req
                         .header("Accept", "application/json")
                         .bearer_auth(token.expose());
                     if !query.is_empty() {
                         req = req.query(query);
                     }
                     if let Some(p) = payload {
-                        req = req.header("Content-Type", "application/json").body(p);
+                        req = req
+                            .header("Content-Type", "application/json")
+                            .body(p.to_vec());
                     }
-                    let started = Instant::now();
-                    let resp = match req.send().await {
-                        Ok(r) => r,
-                        Err(source) => {
-                            self.stats.record("hippo", method.as_str(), 0);
-                            let connect = source.is_connect();
-                            let e = HippoError::Transport {
-                                method,
-                                path: path.to_string(),
-                                source,
-                            };
-                            return Err(crate::retry::transport_attempt(e, idempotent, connect));
-                        }
-                    };
-                    let status = resp.status();
-                    self.stats.record("hippo", method.as_str(), status.as_u16());
-                    let retry_after = resp
-                        .headers()
-                        .get("Retry-After")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let bytes = match resp.bytes().await {
-                        Ok(b) => b.to_vec(),
-                        Err(source) => {
-                            let e = HippoError::Transport {
-                                method,
-                                path: path.to_string(),
-                                source,
-                            };
-                            return Err(if idempotent {
-                                Attempt::Retry(e, None)
-                            } else {
-                                Attempt::Fail(e)
-                            });
-                        }
-                    };
-                    tracing::debug!(%method, path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "hippo");
-                    if status.is_success() {
-                        return Ok((status, bytes));
-                    }
-                    let path = path.to_string();
-                    match status.as_u16() {
-                        400 => {
-                            let problem: ProblemDetails =
-                                serde_json::from_slice(&bytes).unwrap_or_default();
-                            Err(Attempt::Fail(HippoError::Validation {
-                                method,
-                                path,
-                                title: problem
-                                    .detail
-                                    .or(problem.title)
-                                    .unwrap_or_else(|| "bad request".into()),
-                                errors: problem.errors,
-                            }))
-                        }
-                        401 => Err(Attempt::Fail(HippoError::Unauthorized {
-                            method,
-                            path,
-                            hint: if matches!(self.credentials, Credentials::Login { .. }) {
-                                "logging in again"
-                            } else {
-                                "the token was refused; it may have expired (Hippo tokens last 30 minutes): log in again or pass a username and password"
-                            },
-                        })),
-                        code => {
-                            let e = HippoError::Status {
-                                method,
-                                path,
-                                status: code,
-                                body: problem_text(&bytes),
-                            };
-                            let transient = code >= 500 || code == 429;
-                            let safe = idempotent || code == 429;
-                            Err(if transient && safe {
-                                Attempt::Retry(e, retry_after)
-                            } else {
-                                Attempt::Fail(e)
-                            })
-                        }
-                    }
-                }
-            },
-            |e, delay| tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Hippo request failed; retrying"),
-        )
-        .await
+                    Ok(req)
+                },
+                |resp, started| self.read_response(method.clone(), path, idempotent, resp, started),
+            )
+            .await
+    }
+
+    /// What a response means: its body on success, else the error and whether to try again.
+    async fn read_response(
+        &self,
+        method: Method,
+        path: &str,
+        idempotent: bool,
+        resp: reqwest::Response,
+        started: Instant,
+    ) -> Result<(StatusCode, Vec<u8>), Attempt<HippoError>> {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("Retry-After")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = match resp.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(source) => {
+                let e = HippoError::transport(method, path, source);
+                return Err(if idempotent {
+                    Attempt::Retry(e, None)
+                } else {
+                    Attempt::Fail(e)
+                });
+            }
+        };
+        tracing::debug!(%method, path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "hippo");
+        if status.is_success() {
+            return Ok((status, bytes));
+        }
+        let path = path.to_string();
+        match status.as_u16() {
+            400 => {
+                let problem: ProblemDetails = serde_json::from_slice(&bytes).unwrap_or_default();
+                Err(Attempt::Fail(HippoError::Validation {
+                    method,
+                    path,
+                    title: problem
+                        .detail
+                        .or(problem.title)
+                        .unwrap_or_else(|| "bad request".into()),
+                    errors: problem.errors,
+                }))
+            }
+            401 => Err(Attempt::Fail(HippoError::Unauthorized {
+                method,
+                path,
+                hint: if matches!(self.credentials, Credentials::Login { .. }) {
+                    "logging in again"
+                } else {
+                    "the token was refused; it may have expired (Hippo tokens last 30 minutes): log in again or pass a username and password"
+                },
+            })),
+            code => {
+                let e = HippoError::Status {
+                    method,
+                    path,
+                    status: code,
+                    body: problem_text(&bytes),
+                };
+                let transient = code >= 500 || code == 429;
+                let safe = idempotent || code == 429;
+                Err(if transient && safe {
+                    Attempt::Retry(e, retry_after)
+                } else {
+                    Attempt::Fail(e)
+                })
+            }
+        }
     }
 
     /// A valid bearer token, logging in when there is none or it is about to expire.
@@ -569,24 +567,19 @@ impl HippoClient {
             password: password.expose(),
         };
         let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
+            .transport
+            .builder(Method::POST, path)
             .header("Accept", "application/json")
             .json(&body)
             .send()
             .await
-            .map_err(|source| HippoError::Transport {
-                method: Method::POST,
-                path: path.into(),
-                source,
-            })?;
+            .map_err(|source| HippoError::transport(Method::POST, path, source))?;
         let status = resp.status();
-        self.stats.record("hippo", "LOGIN", status.as_u16());
-        let bytes = resp.bytes().await.map_err(|source| HippoError::Transport {
-            method: Method::POST,
-            path: path.into(),
-            source,
-        })?;
+        self.transport.record("LOGIN", status.as_u16());
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| HippoError::transport(Method::POST, path, source))?;
         if !status.is_success() {
             if status.is_server_error() || status.as_u16() == 429 {
                 return Err(HippoError::Status {

@@ -19,9 +19,10 @@ use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{
-    retry::{retry, Attempt, RetryPolicy},
+    retry::{Attempt, RetryPolicy},
     secret::Secret,
     stats::RequestStats,
+    transport::{Service, Transport, TransportError},
 };
 
 /// A job as listed by `GET /v1/jobs` (no `Version`, no task groups).
@@ -474,6 +475,16 @@ pub enum NomadError {
     Setup(String),
 }
 
+impl TransportError for NomadError {
+    fn transport(method: Method, path: &str, source: reqwest::Error) -> Self {
+        NomadError::Transport {
+            method,
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
 impl NomadError {
     pub fn is_transient(&self) -> bool {
         match self {
@@ -528,24 +539,19 @@ impl NomadConfig {
 
 /// The Nomad client.
 pub struct NomadClient {
-    http: reqwest::Client,
-    base: String,
+    transport: Transport,
     token: Option<Secret>,
     namespace: Option<String>,
     /// `None` for `default` (sent as no parameter, Nomad's default).
     hippo_namespace: Option<String>,
     region: Option<String>,
     timeout: Duration,
-    retry: RetryPolicy,
-    stats: RequestStats,
 }
 
 impl NomadClient {
     pub fn new(config: NomadConfig, stats: RequestStats) -> Result<Self, NomadError> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .danger_accept_invalid_certs(config.skip_verify)
-            .user_agent(concat!("hippo-gitops/", env!("CARGO_PKG_VERSION")));
+        let mut builder =
+            reqwest::Client::builder().danger_accept_invalid_certs(config.skip_verify);
         if let Some(ca) = &config.ca_cert {
             let pem = std::fs::read(ca).map_err(|e| {
                 NomadError::Setup(format!("reading NOMAD_CACERT {}: {e}", ca.display()))
@@ -573,22 +579,28 @@ impl NomadClient {
                 ))
             }
         }
-        let http = builder
-            .build()
-            .map_err(|e| NomadError::Setup(e.to_string()))?;
         let addr = config.addr.trim_end_matches('/');
         let addr = addr.strip_suffix("/v1").unwrap_or(addr);
+        let transport = Transport::new(
+            Service {
+                key: "nomad",
+                name: "Nomad",
+            },
+            format!("{addr}/v1"),
+            builder,
+            config.timeout,
+            config.retry,
+            stats,
+        )
+        .map_err(|e| NomadError::Setup(e.to_string()))?;
         Ok(NomadClient {
-            http,
-            base: format!("{addr}/v1"),
+            transport,
             token: config.token,
             namespace: config.namespace,
             hippo_namespace: Some(config.hippo_namespace)
                 .filter(|ns| !ns.is_empty() && ns != DEFAULT_NAMESPACE),
             region: config.region,
             timeout: config.timeout,
-            retry: config.retry,
-            stats,
         })
     }
 
@@ -815,40 +827,25 @@ impl NomadClient {
             }
             None => self.timeout,
         };
-        retry(
-            self.retry,
-            || {
-                let method = method.clone();
-                let body = body.clone();
-                let params = &params;
-                let on_success = &on_success;
-                async move {
-                    let mut req = self
-                        .http
-                        .request(method.clone(), format!("{}{path}", self.base))
-                        .timeout(timeout)
-                        .query(params);
+        self.transport
+            .request(
+                &method,
+                path,
+                idempotent,
+                |req| {
+                    let mut req = req.timeout(timeout).query(&params);
                     if let Some(t) = &self.token {
                         req = req.header("X-Nomad-Token", t.expose());
                     }
-                    if let Some(b) = body {
-                        req = req.header("Content-Type", "application/json").body(b);
+                    if let Some(b) = &body {
+                        req = req
+                            .header("Content-Type", "application/json")
+                            .body(b.clone());
                     }
-                    let resp = match req.send().await {
-                        Ok(r) => r,
-                        Err(source) => {
-                            self.stats.record("nomad", method.as_str(), 0);
-                            let connect = source.is_connect();
-                            let e = NomadError::Transport {
-                                method,
-                                path: path.to_string(),
-                                source,
-                            };
-                            return Err(crate::retry::transport_attempt(e, idempotent, connect));
-                        }
-                    };
+                    std::future::ready(Ok(req))
+                },
+                |resp, _| async {
                     let status = resp.status();
-                    self.stats.record("nomad", method.as_str(), status.as_u16());
                     let index = resp
                         .headers()
                         .get("X-Nomad-Index")
@@ -858,11 +855,7 @@ impl NomadClient {
                     if status.is_success() {
                         return on_success(resp, index).await.map_err(|e| match e {
                             BodyError::Transport(source) => Attempt::Retry(
-                                NomadError::Transport {
-                                    method: method.clone(),
-                                    path: path.to_string(),
-                                    source,
-                                },
+                                NomadError::transport(method.clone(), path, source),
                                 None,
                             ),
                             BodyError::Decode(message) => Attempt::Fail(NomadError::Decode {
@@ -873,33 +866,29 @@ impl NomadClient {
                         });
                     }
                     let bytes = resp.bytes().await.map_err(|source| {
-                        Attempt::Retry(
-                            NomadError::Transport {
-                                method: method.clone(),
-                                path: path.to_string(),
-                                source,
-                            },
-                            None,
-                        )
+                        Attempt::Retry(NomadError::transport(method.clone(), path, source), None)
                     })?;
                     let e = NomadError::Status {
-                        method,
+                        method: method.clone(),
                         path: path.to_string(),
                         status: status.as_u16(),
-                        body: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect(),
+                        body: String::from_utf8_lossy(&bytes)
+                            .trim()
+                            .chars()
+                            .take(300)
+                            .collect(),
                         raw: bytes.to_vec(),
                     };
-                    let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    let transient =
+                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                     Err(if transient && idempotent {
                         Attempt::Retry(e, None)
                     } else {
                         Attempt::Fail(e)
                     })
-                }
-            },
-            |e, delay| tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Nomad request failed; retrying"),
-        )
-        .await
+                },
+            )
+            .await
     }
 }
 

@@ -42,8 +42,6 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub use model::{
     Account, App, Certificate, Channel, ChannelRevisionSelectionStrategy, DesiredStatus,
@@ -51,6 +49,7 @@ pub use model::{
 };
 pub use scheduler::{JobScheduler, RecordingScheduler, ScheduledJob, SchedulerEvent};
 
+use crate::serve::{bind, BackgroundServer};
 use routes::{lock, Settings, Shared};
 
 /// Which Hippo release to emulate. The API is identical; only the default channel domain
@@ -168,8 +167,7 @@ pub struct HippoEmulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
     recorder: Option<Arc<RecordingScheduler>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: BackgroundServer,
 }
 
 impl HippoEmulator {
@@ -231,34 +229,21 @@ impl HippoEmulator {
         let want = config
             .listen
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        let bind_err = |source| HippoEmulatorError::Bind { addr: want, source };
-        let listener = std::net::TcpListener::bind(want).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        let addr = listener.local_addr().map_err(bind_err)?;
+        let (listener, addr) =
+            bind(want).map_err(|source| HippoEmulatorError::Bind { addr: want, source })?;
 
         let app = Router::new()
             .fallback(dispatch)
             // Kestrel's default MaxRequestBodySize.
             .layer(DefaultBodyLimit::max(30_000_000))
             .with_state(shared.clone());
-        let server = axum::Server::from_tcp(listener)
-            .map_err(|e| HippoEmulatorError::Serve(e.to_string()))?
-            .serve(app.into_make_service());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let graceful = server.with_graceful_shutdown(async {
-                let _ = rx.await;
-            });
-            if let Err(e) = graceful.await {
-                tracing::warn!(error = %e, "hippo emulator: server stopped with an error");
-            }
-        });
+        let server = BackgroundServer::router(listener, app, "hippo emulator")
+            .map_err(|e| HippoEmulatorError::Serve(e.to_string()))?;
         Ok(HippoEmulator {
             addr,
             shared,
             recorder,
-            shutdown: Some(tx),
-            task: Some(task),
+            server,
         })
     }
 
@@ -311,25 +296,7 @@ impl HippoEmulator {
 
     /// Stops accepting requests and waits (up to 5 s) for in-flight ones to finish.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
-        }
-    }
-}
-
-impl Drop for HippoEmulator {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.server.stop().await;
     }
 }
 

@@ -67,11 +67,11 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
 pub use scheduler::HippoJobSettings;
 
+use crate::serve::{bind, BackgroundServer};
 use state::{State, Timer};
 
 /// The emulated client node's name, as allocations report it.
@@ -286,8 +286,7 @@ impl Shared {
 pub struct NomadEmulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: BackgroundServer,
 }
 
 impl NomadEmulator {
@@ -325,10 +324,8 @@ impl NomadEmulator {
         let want = config
             .listen
             .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        let bind_err = |source| NomadEmulatorError::Bind { addr: want, source };
-        let listener = std::net::TcpListener::bind(want).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        let addr = listener.local_addr().map_err(bind_err)?;
+        let (listener, addr) =
+            bind(want).map_err(|source| NomadEmulatorError::Bind { addr: want, source })?;
 
         let index = state.index;
         let shared = Arc::new(Shared {
@@ -360,23 +357,12 @@ impl NomadEmulator {
             .fallback(http::dispatch)
             .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
             .with_state(shared.clone());
-        let server = axum::Server::from_tcp(listener)
-            .map_err(|e| NomadEmulatorError::Serve(e.to_string()))?
-            .serve(app.into_make_service());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let graceful = server.with_graceful_shutdown(async {
-                let _ = rx.await;
-            });
-            if let Err(e) = graceful.await {
-                tracing::warn!(error = %e, "nomad emulator: server stopped with an error");
-            }
-        });
+        let server = BackgroundServer::router(listener, app, "nomad emulator")
+            .map_err(|e| NomadEmulatorError::Serve(e.to_string()))?;
         Ok(NomadEmulator {
             addr,
             shared,
-            shutdown: Some(tx),
-            task: Some(task),
+            server,
         })
     }
 
@@ -499,28 +485,16 @@ impl NomadEmulator {
     /// (up to 5 s) for in-flight ones and writes the state file a last time.
     pub async fn stop(mut self) {
         self.shared.shutdown.send_replace(true);
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
-        }
+        self.server.stop().await;
         self.shared.persist().await;
         self.shared.saving_done.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for NomadEmulator {
+    /// Answers pending blocking queries and cancels the timers; the server is aborted.
     fn drop(&mut self) {
         self.shared.shutdown.send_replace(true);
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
     }
 }
 
