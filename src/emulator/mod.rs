@@ -6,3 +6,4 @@ pub mod bindle_server;
 pub mod faults;
 pub mod hippo;
 pub mod nomad;
+mod state_file;
