@@ -198,8 +198,11 @@ impl Shared {
     /// Runs `read` against the state until its index passes `?index=` or `?wait=` runs out.
     /// Wakes on index changes (a watch channel), never by polling.
     async fn blocking<T>(&self, b: &Blocking, read: impl Fn(&State) -> (u64, T)) -> (u64, T) {
-        self.blocking_list(b, |st| read(st).0, |st| read(st).1)
-            .await
+        self.block(b, |st, _| {
+            let (index, value) = read(st);
+            (index, Some(value))
+        })
+        .await
     }
 
     /// [`Shared::blocking`] for a list: `index` is looked at on every index change, the list
@@ -210,30 +213,36 @@ impl Shared {
         index: impl Fn(&State) -> u64,
         render: impl Fn(&State) -> T,
     ) -> (u64, T) {
+        self.block(b, |st, answering| {
+            let index = index(st);
+            (index, answering(index).then(|| render(st)))
+        })
+        .await
+    }
+
+    /// The blocking loop: `read` gives the index and, at least when `answering(index)` says
+    /// the query is answered now, the value.
+    async fn block<T>(
+        &self,
+        b: &Blocking,
+        read: impl Fn(&State, &dyn Fn(u64) -> bool) -> (u64, Option<T>),
+    ) -> (u64, T) {
         let mut changes = self.index_tx.subscribe();
         let mut shutdown = self.shutdown.subscribe();
         let deadline = tokio::time::Instant::now() + b.wait;
+        let mut closed = false;
         loop {
             changes.borrow_and_update();
-            {
-                let st = self.lock_state();
-                // Nomad floors the index at 1 so that a client can always block on it.
-                let index = index(&st).max(1);
-                if b.min_index == 0
-                    || index > b.min_index
-                    || tokio::time::Instant::now() >= deadline
-                    || *shutdown.borrow_and_update()
-                {
-                    return (index, render(&st));
-                }
+            let give_up =
+                closed || tokio::time::Instant::now() >= deadline || *shutdown.borrow_and_update();
+            // Nomad floors the index at 1 so that a client can always block on it.
+            let answering = |index: u64| give_up || b.min_index == 0 || index.max(1) > b.min_index;
+            let (index, value) = read(&self.lock_state(), &answering);
+            if let Some(value) = value.filter(|_| answering(index)) {
+                return (index.max(1), value);
             }
             tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        let st = self.lock_state();
-                        return (index(&st).max(1), render(&st));
-                    }
-                }
+                changed = changes.changed() => closed = changed.is_err(),
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = shutdown.changed() => {}
             }
@@ -457,10 +466,13 @@ async fn list_jobs(shared: &Shared, q: &Query) -> Answer {
                 st.all_jobs()
                     .filter(|r| (ns == "*" || r.ns() == ns) && r.id().starts_with(&prefix))
                     .filter(|r| {
-                        // The filter sees the full job plus the stub's summary.
-                        let mut full = r.job.clone();
-                        full["JobSummary"] = r.summary.render(r.ns(), r.id());
-                        keep(&f, &full)
+                        // The filter sees the full job plus the stub's summary (a copy made
+                        // only when there is a filter).
+                        f.is_none() || {
+                            let mut full = r.job.clone();
+                            full["JobSummary"] = r.summary.render(r.ns(), r.id());
+                            keep(&f, &full)
+                        }
                     })
                     .map(|r| r.stub(meta))
                     .collect::<Vec<Value>>()
@@ -666,6 +678,9 @@ async fn list_allocations(shared: &Shared, q: &Query) -> Answer {
                     .values()
                     .filter(|a| (ns == "*" || a.namespace == ns) && a.id.starts_with(&prefix))
                     .filter_map(|a| {
+                        if f.is_none() {
+                            return Some(a.stub(&st.node_id, task_states));
+                        }
                         // Filter on the full stub, then drop TaskStates if asked to.
                         let full = a.stub(&st.node_id, true);
                         if !keep(&f, &full) {
