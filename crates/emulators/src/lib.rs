@@ -8,3 +8,4 @@ pub mod hippo;
 pub mod nomad;
 pub mod sandbox;
 mod serve;
+mod state_file;

@@ -10,8 +10,8 @@ use bindle::signature::{KeyEntry, KeyRing, SecretKeyEntry, SignatureRole};
 use bindle::{BindleSpec, Condition, Id, Invoice, Label, Parcel};
 use hippo_gitops_emulators::bindle_server::BindleServer;
 use hippo_gitops_emulators::hippo::{
-    ChannelRevisionSelectionStrategy, HippoEmulator, HippoEmulatorConfig, HippoVersion,
-    JobScheduler, RecordingScheduler, ScheduledJob, SchedulerEvent,
+    ChannelRevisionSelectionStrategy, EmulatorState, HippoEmulator, HippoEmulatorConfig,
+    HippoVersion, JobScheduler, RecordingScheduler, ScheduledJob, SchedulerEvent,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -1298,5 +1298,58 @@ async fn certificates_and_list_item_shapes() -> TestResult {
     let statuses = api.get("/api/channel-statuses").await?.json();
     assert_eq!(statuses["totalItems"], 1);
     assert_eq!(statuses["pageSize"], i32::MAX);
+    Ok(())
+}
+
+/// Many writes, few state-file writes: with an interval longer than the test, the file is
+/// written at start and at stop (or drop), and holds the last state.
+#[tokio::test]
+async fn state_file_writes_are_coalesced_and_stop_or_drop_writes_the_last_state() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let state_file = dir.path().join("hippo-state.json");
+    let cfg = || HippoEmulatorConfig {
+        state_file: Some(state_file.clone()),
+        state_write_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let saved = || -> Result<EmulatorState, Box<dyn std::error::Error>> {
+        Ok(serde_json::from_str(&std::fs::read_to_string(
+            &state_file,
+        )?)?)
+    };
+    let create_certificates = |api: Api, names: Vec<String>| async move {
+        for name in names {
+            let resp = api
+                .post(
+                    "/api/certificates",
+                    json!({"name": name, "publicKey": "PUB", "privateKey": "PRIV"}),
+                )
+                .await?;
+            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+
+    let emu = HippoEmulator::start(cfg()).await?;
+    let writes = emu.state_file_writes();
+    let names: Vec<String> = (0..30).map(|i| format!("cert-{i}")).collect();
+    create_certificates(Api::login(&emu).await?, names.clone()).await?;
+    assert_eq!(*writes.borrow(), 1, "only the write at start so far");
+    assert!(saved()?.certificates.is_empty());
+    let before = emu.snapshot();
+    emu.stop().await;
+    assert_eq!(*writes.borrow(), 2, "one more write, when stopping");
+    assert_eq!(saved()?, before);
+    let saved_names: Vec<String> = saved()?.certificates.into_iter().map(|c| c.name).collect();
+    assert_eq!(saved_names, names);
+
+    let emu = HippoEmulator::start(cfg()).await?;
+    let writes = emu.state_file_writes();
+    create_certificates(Api::login(&emu).await?, vec!["one-more".into()]).await?;
+    let before = emu.snapshot();
+    drop(emu);
+    assert_eq!(*writes.borrow(), 2, "written at start and when dropped");
+    assert_eq!(saved()?, before);
+    assert_eq!(saved()?.certificates.len(), 31);
     Ok(())
 }

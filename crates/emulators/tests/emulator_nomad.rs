@@ -1605,3 +1605,81 @@ async fn state_file_survives_a_restart_and_pending_allocations_resume() -> TestR
     nomad.stop().await;
     Ok(())
 }
+
+/// Fast allocations, a state file written at most once per `interval`.
+fn saving_to(file: &std::path::Path, interval: Duration) -> NomadEmulatorConfig {
+    NomadEmulatorConfig {
+        state_file: Some(file.to_path_buf()),
+        state_write_interval: interval,
+        ..fast()
+    }
+}
+
+/// A burst of changes is one write of the state file, not one per change: with an interval
+/// longer than the test, the file is written when the emulator starts and when it stops, and
+/// the last write holds every change.
+#[tokio::test]
+async fn state_file_writes_are_coalesced_and_stop_writes_the_last_state() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("nomad-state.json");
+    let nomad = NomadEmulator::start(saving_to(&file, Duration::from_secs(3600))).await?;
+    let writes = nomad.state_file_writes();
+    let api = Api::new(&nomad);
+    let ids: Vec<String> = (0..40).map(|i| format!("job-{i}")).collect();
+    for id in &ids {
+        api.register(id, hippo_request(id, "a/1.0.0")).await?;
+    }
+    api.put("/v1/var/app/config", json!({"Items": {"a": "1"}}))
+        .await?;
+    assert_eq!(*writes.borrow(), 1, "only the write at start so far");
+    nomad.stop().await;
+    assert_eq!(*writes.borrow(), 2, "one more write, when stopping");
+
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    let jobs = saved["jobs"]["default"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(jobs.len(), ids.len());
+    assert!(ids.iter().all(|id| jobs.contains_key(id)));
+    assert_eq!(
+        saved["variables"]["default"]["app/config"]["items"]["a"],
+        "1"
+    );
+    Ok(())
+}
+
+/// Without a stop, a change reaches the file within the interval; dropping the emulator
+/// writes what is still pending.
+#[tokio::test]
+async fn state_file_follows_changes_and_a_drop_writes_the_rest() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("nomad-state.json");
+    let saved_jobs = || -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let saved: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+        Ok(saved["jobs"]["default"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default())
+    };
+
+    let nomad = NomadEmulator::start(saving_to(&file, Duration::from_millis(10))).await?;
+    let mut writes = nomad.state_file_writes();
+    let api = Api::new(&nomad);
+    api.register(JOB, hippo_request(JOB, "a/1.0.0")).await?;
+    tokio::time::timeout(Duration::from_secs(10), writes.wait_for(|n| *n >= 2)).await??;
+    assert_eq!(saved_jobs()?, [JOB]);
+    drop(nomad);
+
+    // Now an interval longer than the test: only the drop writes the second job.
+    let nomad = NomadEmulator::start(saving_to(&file, Duration::from_secs(3600))).await?;
+    let writes = nomad.state_file_writes();
+    let api = Api::new(&nomad);
+    api.register("later", hippo_request("later", "b/1.0.0"))
+        .await?;
+    assert_eq!(saved_jobs()?, [JOB]);
+    drop(nomad);
+    assert_eq!(*writes.borrow(), 2);
+    assert_eq!(saved_jobs()?, [JOB.to_string(), "later".to_string()]);
+    Ok(())
+}

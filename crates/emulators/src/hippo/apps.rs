@@ -7,9 +7,10 @@ use uuid::Uuid;
 use axum::response::Response;
 
 use super::http::{culture_cmp, json, page, sort_by, ApiError, Errors, PageQuery, Req};
-use super::model::{App, EmulatorState, Revision};
+use super::model::{App, Revision};
 use super::revisions::update_revision_details;
 use super::routes::{created, no_content, non_null, path_id, Jobs, Shared};
+use super::store::Store;
 use super::validate::{self, required};
 use super::views;
 
@@ -17,7 +18,7 @@ pub(super) fn list_apps(s: &Shared, req: &Req) -> Result<Response, ApiError> {
     let q = PageQuery::from_req(req)?;
     let (mut items, total) = {
         let st = s.state();
-        let all: Vec<views::AppItem> = st.apps.iter().map(|a| views::app_item(&st, a)).collect();
+        let all: Vec<views::AppItem> = st.apps().iter().map(|a| views::app_item(&st, a)).collect();
         // §13: totalItems counts every app, even with a searchText.
         let total = all.len() as i64;
         let filtered = all
@@ -82,7 +83,7 @@ pub(super) async fn create_app(s: &Shared, req: &Req) -> Result<Response, ApiErr
         let mut errors = Errors::default();
         validate::app_name(&mut errors, &st, &name);
         errors.check()?;
-        st.apps.push(App {
+        st.insert_app(App {
             id: app_id,
             name,
             storage_id: storage_id.clone(),
@@ -106,7 +107,7 @@ pub(super) async fn create_app(s: &Shared, req: &Req) -> Result<Response, ApiErr
                 .into_iter()
                 .map(|number| {
                     let id = Uuid::new_v4();
-                    st.revisions.push(Revision::new(id, app_id, &number));
+                    st.insert_revision(Revision::new(id, app_id, &number));
                     (id, number)
                 })
                 .collect()
@@ -139,12 +140,8 @@ pub(super) fn update_app(s: &Shared, req: &Req, raw_id: &str) -> Result<Response
     let mut errors = Errors::default();
     validate::app_name(&mut errors, &st, &name);
     errors.check()?;
-    let app = st
-        .apps
-        .iter_mut()
-        .find(|a| a.id == id)
+    st.rename_app(id, name)
         .ok_or(ApiError::not_found("App", id))?;
-    app.name = name;
     Ok(no_content())
 }
 
@@ -156,16 +153,9 @@ pub(super) fn delete_app(s: &Shared, raw_id: &str) -> Result<Response, ApiError>
     result.map(|()| no_content())
 }
 
-fn delete_app_tx(st: &mut EmulatorState, jobs: &mut Jobs, id: Uuid) -> Result<(), ApiError> {
+fn delete_app_tx(st: &mut Store, jobs: &mut Jobs, id: Uuid) -> Result<(), ApiError> {
     st.app(id).ok_or(ApiError::not_found("App", id))?;
-    let channel_ids: Vec<Uuid> = st.channels_of_app(id).map(|c| c.id).collect();
-    let revision_ids: Vec<Uuid> = st.revisions_of_app(id).map(|r| r.id).collect();
-    st.environment_variables
-        .retain(|e| !channel_ids.contains(&e.channel_id));
-    st.channels.retain(|c| c.app_id != id);
-    st.revisions.retain(|r| r.app_id != id);
-    st.apps.retain(|a| a.id != id);
-    st.forget_revisions(&revision_ids);
+    let channel_ids = st.remove_app(id);
     for channel_id in channel_ids {
         jobs.delete(st, channel_id);
     }

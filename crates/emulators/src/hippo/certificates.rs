@@ -14,7 +14,7 @@ pub(super) fn list_certificates(s: &Shared, req: &Req) -> Result<Response, ApiEr
     let q = PageQuery::from_req(req)?;
     let mut items: Vec<views::CertificateItem> = {
         let st = s.state();
-        st.certificates
+        st.certificates()
             .iter()
             .filter(|c| c.name.contains(&q.search_text))
             .map(|c| views::certificate_item(&st, c, true))
@@ -57,7 +57,7 @@ pub(super) fn create_certificate(s: &Shared, req: &Req) -> Result<Response, ApiE
     validate::certificate_name(&mut errors, &st, &name, None);
     errors.check()?;
     let id = Uuid::new_v4();
-    st.certificates.push(Certificate {
+    st.insert_certificate(Certificate {
         id,
         name,
         public_key,
@@ -82,27 +82,23 @@ pub(super) fn update_certificate(
     let mut errors = Errors::default();
     validate::certificate_name(&mut errors, &st, &name, Some(id));
     errors.check()?;
-    let cert = st
-        .certificates
-        .iter_mut()
-        .find(|c| c.id == id)
-        .ok_or(ApiError::not_found("Certificate", id))?;
-    cert.name = name;
-    cert.public_key = public_key;
-    cert.private_key = private_key;
+    st.update_certificate(
+        id,
+        Certificate {
+            id,
+            name,
+            public_key,
+            private_key,
+        },
+    )
+    .ok_or(ApiError::not_found("Certificate", id))?;
     Ok(no_content())
 }
 
 pub(super) fn delete_certificate(s: &Shared, raw_id: &str) -> Result<Response, ApiError> {
     let id = path_id(raw_id, "id")?;
     let mut st = s.state();
-    st.certificate(id)
+    st.remove_certificate(id)
         .ok_or(ApiError::not_found("Certificate", id))?;
-    st.certificates.retain(|c| c.id != id);
-    for ch in &mut st.channels {
-        if ch.certificate_id == Some(id) {
-            ch.certificate_id = None;
-        }
-    }
     Ok(no_content())
 }

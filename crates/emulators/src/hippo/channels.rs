@@ -6,11 +6,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::http::{json, page, sort_by, ApiError, Errors, Page, PageQuery, Req};
-use super::model::{
-    Channel, ChannelRevisionSelectionStrategy, DesiredStatus, EmulatorState, EnvVar, Revision,
-};
+use super::model::{Channel, ChannelRevisionSelectionStrategy, DesiredStatus, EnvVar, Revision};
 use super::range_rule;
 use super::routes::{created, no_content, non_null, path_id, present, Jobs, Settings, Shared};
+use super::store::Store;
 use super::validate::{self, required, ChannelFields};
 use super::views::{self, ChannelJobStatusItem};
 use super::HippoVersion;
@@ -19,7 +18,7 @@ pub(super) fn list_channels(s: &Shared, req: &Req) -> Result<Response, ApiError>
     let q = PageQuery::from_req(req)?;
     let mut items: Vec<views::ChannelItem> = {
         let st = s.state();
-        st.channels
+        st.channels()
             .iter()
             .filter(|c| c.name.contains(&q.search_text))
             .map(|c| views::channel_item(&st, c, false, true))
@@ -80,7 +79,7 @@ fn default_domain(settings: &Settings, app: &str, channel: &str, first: bool) ->
 }
 
 fn create_channel_tx(
-    st: &mut EmulatorState,
+    st: &mut Store,
     jobs: &mut Jobs,
     settings: &Settings,
     cmd: CreateChannelCommand,
@@ -133,8 +132,8 @@ fn create_channel_tx(
     };
     let now = Utc::now();
     let id = Uuid::new_v4();
-    let port_id = i32::try_from(st.channels.len()).unwrap_or(i32::MAX);
-    st.channels.push(Channel {
+    let port_id = i32::try_from(st.channels().len()).unwrap_or(i32::MAX);
+    st.insert_channel(Channel {
         id,
         app_id,
         name,
@@ -172,7 +171,7 @@ struct UpdateChannelCommand {
 
 /// Foreign keys Hippo's database enforces: a dangling id fails SaveChanges (500).
 pub(super) fn check_references(
-    st: &EmulatorState,
+    st: &Store,
     revision: Option<Uuid>,
     certificate: Option<Uuid>,
 ) -> Result<(), ApiError> {
@@ -206,7 +205,7 @@ pub(super) fn update_channel(s: &Shared, req: &Req, raw_id: &str) -> Result<Resp
 }
 
 fn update_channel_tx(
-    st: &mut EmulatorState,
+    st: &mut Store,
     jobs: &mut Jobs,
     id: Uuid,
     cmd: UpdateChannelCommand,
@@ -215,19 +214,19 @@ fn update_channel_tx(
 ) -> Result<(), ApiError> {
     validate::update_channel(st, id, &name, &domain, cmd.range_rule.as_deref())?;
     check_references(st, cmd.active_revision_id, cmd.certificate_id)?;
-    let ch = st
-        .channel_mut(id)
-        .ok_or(ApiError::not_found("Channel", id))?;
     let strategy = cmd.revision_selection_strategy.unwrap_or_default();
-    ch.name = name;
-    ch.domain = domain;
-    ch.revision_selection_strategy = strategy;
-    ch.range_rule = match (strategy, cmd.range_rule) {
-        (ChannelRevisionSelectionStrategy::UseRangeRule, None) => Some("*".to_string()),
-        (_, rule) => rule,
-    };
-    ch.active_revision_id = cmd.active_revision_id;
-    ch.certificate_id = cmd.certificate_id;
+    st.update_channel(id, |ch| {
+        ch.name = name;
+        ch.domain = domain;
+        ch.revision_selection_strategy = strategy;
+        ch.range_rule = match (strategy, cmd.range_rule) {
+            (ChannelRevisionSelectionStrategy::UseRangeRule, None) => Some("*".to_string()),
+            (_, rule) => rule,
+        };
+        ch.active_revision_id = cmd.active_revision_id;
+        ch.certificate_id = cmd.certificate_id;
+    })
+    .ok_or(ApiError::not_found("Channel", id))?;
     jobs.channel_modified(st, id);
     Ok(())
 }
@@ -272,7 +271,7 @@ pub(super) fn patch_channel(s: &Shared, req: &Req, raw_id: &str) -> Result<Respo
 }
 
 fn patch_channel_tx(
-    st: &mut EmulatorState,
+    st: &mut Store,
     jobs: &mut Jobs,
     id: Uuid,
     cmd: PatchChannelCommand,
@@ -295,32 +294,32 @@ fn patch_channel_tx(
     if let Some(list) = cmd.environment_variables {
         env_events = replace_env(st, id, list.unwrap_or_default());
     }
-    let ch = st
-        .channel_mut(id)
-        .ok_or(ApiError::not_found("Channel", id))?;
-    if let Some(Some(name)) = cmd.name {
-        ch.name = name;
-    }
-    if let Some(Some(domain)) = cmd.domain {
-        ch.domain = domain;
-    }
-    if let Some(strategy) = cmd.revision_selection_strategy {
-        ch.revision_selection_strategy = strategy;
-    }
-    if let Some(rule) = cmd.range_rule.clone() {
-        ch.range_rule = rule;
-    }
-    if let Some(rev) = cmd.active_revision_id {
-        ch.active_revision_id = rev;
-    }
-    if let Some(cert) = cmd.certificate_id {
-        ch.certificate_id = cert;
-    }
-    if cmd.revision_selection_strategy == Some(ChannelRevisionSelectionStrategy::UseRangeRule)
-        && matches!(cmd.range_rule, Some(None))
-    {
-        ch.range_rule = Some("*".to_string());
-    }
+    st.update_channel(id, |ch| {
+        if let Some(Some(name)) = cmd.name {
+            ch.name = name;
+        }
+        if let Some(Some(domain)) = cmd.domain {
+            ch.domain = domain;
+        }
+        if let Some(strategy) = cmd.revision_selection_strategy {
+            ch.revision_selection_strategy = strategy;
+        }
+        if let Some(rule) = cmd.range_rule.clone() {
+            ch.range_rule = rule;
+        }
+        if let Some(rev) = cmd.active_revision_id {
+            ch.active_revision_id = rev;
+        }
+        if let Some(cert) = cmd.certificate_id {
+            ch.certificate_id = cert;
+        }
+        if cmd.revision_selection_strategy == Some(ChannelRevisionSelectionStrategy::UseRangeRule)
+            && matches!(cmd.range_rule, Some(None))
+        {
+            ch.range_rule = Some("*".to_string());
+        }
+    })
+    .ok_or(ApiError::not_found("Channel", id))?;
     // No ModifiedEvent<Channel>: only env var created/deleted events restart the job.
     for _ in 0..env_events {
         jobs.start(st, id);
@@ -330,24 +329,24 @@ fn patch_channel_tx(
 
 /// Replaces the channel's variables by key; returns the number of created + deleted
 /// variables (each is an event whose handler calls StartJob; modifications are silent).
-fn replace_env(st: &mut EmulatorState, channel_id: Uuid, list: Vec<EnvVarDto>) -> usize {
+fn replace_env(st: &mut Store, channel_id: Uuid, list: Vec<EnvVarDto>) -> usize {
     let mut kept: Vec<Uuid> = Vec::new();
     let mut created = 0;
     for dto in list {
         let key = dto.key.unwrap_or_default();
         let value = dto.value.unwrap_or_default();
-        match st
-            .environment_variables
-            .iter_mut()
-            .find(|e| e.channel_id == channel_id && e.key == key)
-        {
-            Some(existing) => {
-                existing.value = value;
-                kept.push(existing.id);
+        let existing = st
+            .env_of_channel(channel_id)
+            .find(|e| e.key == key)
+            .map(|e| e.id);
+        match existing {
+            Some(id) => {
+                st.set_env_value(id, value);
+                kept.push(id);
             }
             None => {
                 let id = Uuid::new_v4();
-                st.environment_variables.push(EnvVar {
+                st.insert_env(EnvVar {
                     id,
                     channel_id,
                     key,
@@ -358,10 +357,15 @@ fn replace_env(st: &mut EmulatorState, channel_id: Uuid, list: Vec<EnvVarDto>) -
             }
         }
     }
-    let before = st.environment_variables.len();
-    st.environment_variables
-        .retain(|e| e.channel_id != channel_id || kept.contains(&e.id));
-    created + (before - st.environment_variables.len())
+    let dropped: Vec<Uuid> = st
+        .env_of_channel(channel_id)
+        .filter(|e| !kept.contains(&e.id))
+        .map(|e| e.id)
+        .collect();
+    for id in &dropped {
+        st.remove_env(*id);
+    }
+    created + dropped.len()
 }
 
 #[derive(Deserialize)]
@@ -391,15 +395,13 @@ pub(super) fn set_desired_status(
 }
 
 fn set_desired_status_tx(
-    st: &mut EmulatorState,
+    st: &mut Store,
     jobs: &mut Jobs,
     id: Uuid,
     status: Option<DesiredStatus>,
 ) -> Result<(), ApiError> {
-    let ch = st
-        .channel_mut(id)
+    st.update_channel(id, |ch| ch.desired_status = status)
         .ok_or(ApiError::not_found("Channel", id))?;
-    ch.desired_status = status;
     jobs.channel_modified(st, id);
     Ok(())
 }
@@ -412,10 +414,9 @@ pub(super) fn delete_channel(s: &Shared, raw_id: &str) -> Result<Response, ApiEr
     result.map(|()| no_content())
 }
 
-fn delete_channel_tx(st: &mut EmulatorState, jobs: &mut Jobs, id: Uuid) -> Result<(), ApiError> {
-    st.channel(id).ok_or(ApiError::not_found("Channel", id))?;
-    st.channels.retain(|c| c.id != id);
-    st.environment_variables.retain(|e| e.channel_id != id);
+fn delete_channel_tx(st: &mut Store, jobs: &mut Jobs, id: Uuid) -> Result<(), ApiError> {
+    st.remove_channel(id)
+        .ok_or(ApiError::not_found("Channel", id))?;
     // ChannelDeletedEventHandler.
     jobs.delete(st, id);
     Ok(())
@@ -460,7 +461,7 @@ pub(super) fn channel_statuses(s: &Shared, req: &Req) -> Result<Response, ApiErr
         },
         None => {
             let items: Vec<ChannelJobStatusItem> = st
-                .channels
+                .channels()
                 .iter()
                 .map(|c| ChannelJobStatusItem {
                     channel_id: c.id,

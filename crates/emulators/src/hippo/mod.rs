@@ -28,6 +28,7 @@ mod range_rule;
 mod revisions;
 mod routes;
 mod scheduler;
+mod store;
 mod validate;
 mod views;
 
@@ -50,7 +51,9 @@ pub use model::{
 pub use scheduler::{JobScheduler, RecordingScheduler, ScheduledJob, SchedulerEvent};
 
 use crate::serve::{bind, BackgroundServer};
-use routes::{lock, Settings, Shared};
+use crate::state_file::{Persisted, StateFile};
+use routes::{lock, Requests, Settings, Shared};
+use store::Store;
 
 /// Which Hippo release to emulate. The API is identical; only the default channel domain
 /// differs (HIPPO-API.md §6.5).
@@ -77,9 +80,13 @@ pub struct HippoEmulatorConfig {
     pub registration_open: bool,
     /// Bearer token lifetime (Hippo: 30 minutes).
     pub token_lifetime: Duration,
-    /// Load the state from here at start (if the file exists) and save it after every request
-    /// that changed it (write to a temporary file, then rename).
+    /// Load the state from here at start (if the file exists) and save it after requests that
+    /// changed it (write to a temporary file, then rename), at most once per
+    /// `state_write_interval`, and once more when stopped or dropped.
     pub state_file: Option<PathBuf>,
+    /// **Emulator-only knob**: the state file is written at most once per this interval (50 ms
+    /// by default), or per four times the last write's duration if that is longer.
+    pub state_write_interval: Duration,
     /// `None` = `127.0.0.1:0`.
     pub listen: Option<SocketAddr>,
     /// Hippo v0.19's PUT quirk (HIPPO-API.md §13, AUDIT.md "PUT"): a channel whose
@@ -100,6 +107,7 @@ impl Default for HippoEmulatorConfig {
             registration_open: true,
             token_lifetime: Duration::from_secs(30 * 60),
             state_file: None,
+            state_write_interval: super::state_file::DEFAULT_INTERVAL,
             listen: None,
             put_starts_no_job: false,
         }
@@ -199,20 +207,23 @@ impl HippoEmulator {
         if let Some((user, password)) = &config.admin {
             seed_admin(&mut state, user, password);
         }
-        if let Some(path) = &config.state_file {
-            save_state(path, &state)
-                .await
-                .map_err(|source| HippoEmulatorError::WriteState {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
+        let state_file = match &config.state_file {
+            Some(path) => Some(
+                StateFile::create(path, "hippo emulator", config.state_write_interval, &state)
+                    .await
+                    .map_err(|source| HippoEmulatorError::WriteState {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
 
         let bindle = bindle::BindleClient::new(&config.bindle_url)
             .map_err(HippoEmulatorError::BindleClient)?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(state.clone()),
-            requests: Mutex::new(Vec::new()),
+            state: Mutex::new(Store::from(state)),
+            requests: Mutex::new(Requests::default()),
             scheduler,
             bindle,
             settings: Settings {
@@ -222,9 +233,9 @@ impl HippoEmulator {
                 token_lifetime: config.token_lifetime,
                 put_starts_no_job: config.put_starts_no_job,
             },
-            last_saved: tokio::sync::Mutex::new(config.state_file.is_some().then_some(state)),
-            state_file: config.state_file,
+            state_file,
         });
+        StateFile::spawn_writer(&shared);
 
         let want = config
             .listen
@@ -258,7 +269,7 @@ impl HippoEmulator {
 
     /// Every request served so far, in order of completion.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
+        lock(&self.shared.requests).all.clone()
     }
 
     pub fn clear_requests(&self) {
@@ -268,15 +279,21 @@ impl HippoEmulator {
     /// Recorded POST/PUT/PATCH/DELETE requests, except `POST /api/auth-tokens` and
     /// `POST /api/accounts` (cleared by [`HippoEmulator::clear_requests`]).
     pub fn writes(&self) -> usize {
-        lock(&self.shared.requests)
-            .iter()
-            .filter(|r| r.is_write())
-            .count()
+        lock(&self.shared.requests).writes
     }
 
     /// A clone of the whole state.
     pub fn snapshot(&self) -> EmulatorState {
-        self.shared.state().clone()
+        self.shared.state().snapshot()
+    }
+
+    /// How many times the state file was written (the first write, at start, included);
+    /// changes each time it is. Without a state file: always 0.
+    pub fn state_file_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        match &self.shared.state_file {
+            Some(file) => file.writes(),
+            None => tokio::sync::watch::channel(0).1,
+        }
     }
 
     /// The scheduler calls so far; empty when started with a custom scheduler.
@@ -294,9 +311,18 @@ impl HippoEmulator {
         }
     }
 
-    /// Stops accepting requests and waits (up to 5 s) for in-flight ones to finish.
+    /// Stops accepting requests, waits (up to 5 s) for in-flight ones to finish and writes
+    /// the state file a last time.
     pub async fn stop(mut self) {
         self.server.stop().await;
+        crate::state_file::close(&self.shared).await;
+    }
+}
+
+impl Drop for HippoEmulator {
+    /// The server is aborted (its own drop); what the state file still lacks is written now.
+    fn drop(&mut self) {
+        self.shared.close_state_file();
     }
 }
 
@@ -324,29 +350,12 @@ async fn dispatch(
         body: (!req.body.is_empty()).then(|| String::from_utf8_lossy(&req.body).into_owned()),
         status: resp.status().as_u16(),
     });
+    // Failed requests can change the state too (Hippo saves rows before its event handlers
+    // fail), so this does not look at the status; an unchanged state is not written again.
     if req.method != Method::GET && req.method != Method::HEAD {
-        persist(&shared).await;
+        shared.persist_soon();
     }
     resp
-}
-
-/// Saves the state if it changed since the last save. Failed requests can change it too
-/// (Hippo saves rows before its event handlers fail), so this does not look at the status.
-async fn persist(shared: &Shared) {
-    let Some(path) = &shared.state_file else {
-        return;
-    };
-    let mut last = shared.last_saved.lock().await;
-    let snapshot = shared.state().clone();
-    if last.as_ref() == Some(&snapshot) {
-        return;
-    }
-    match save_state(path, &snapshot).await {
-        Ok(()) => *last = Some(snapshot),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "hippo emulator: saving state")
-        }
-    }
 }
 
 async fn load_state(path: &Path) -> Result<Option<EmulatorState>, HippoEmulatorError> {
@@ -366,12 +375,6 @@ async fn load_state(path: &Path) -> Result<Option<EmulatorState>, HippoEmulatorE
             path: path.to_path_buf(),
             source,
         })
-}
-
-/// Atomic replace: a crash mid-write leaves the previous file intact.
-/// Readable by its owner only: it holds live bearer tokens and env values.
-async fn save_state(path: &Path, state: &EmulatorState) -> std::io::Result<()> {
-    hippo_gitops_core::private_file::replace_async(path, serde_json::to_vec_pretty(state)?).await
 }
 
 /// `Hippo:Administrators`: the configured password wins over a stored one.

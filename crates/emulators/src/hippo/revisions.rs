@@ -6,9 +6,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::http::{empty, json, page, ApiError, Errors, Req};
-use super::model::{Channel, ChannelRevisionSelectionStrategy, EmulatorState, Revision};
+use super::model::{Channel, ChannelRevisionSelectionStrategy, Revision};
 use super::range_rule;
 use super::routes::{no_content, path_id, Jobs, Shared};
+use super::store::Store;
 use super::validate::{self, required};
 use super::views;
 
@@ -17,7 +18,7 @@ pub(super) fn list_revisions(s: &Shared, req: &Req) -> Result<Response, ApiError
     let page_size = req.query_i32("pageSize", 50)?;
     let st = s.state();
     let items: Vec<views::RevisionItem> = st
-        .revisions
+        .revisions()
         .iter()
         .map(|r| views::revision_item(r, false))
         .collect();
@@ -51,17 +52,12 @@ pub(super) async fn register_revision(s: &Shared, req: &Req) -> Result<Response,
     // One revision per app with that storage id; no uniqueness check (§6.3).
     let registered: Vec<(Uuid, Uuid)> = {
         let mut st = s.state();
-        let app_ids: Vec<Uuid> = st
-            .apps
-            .iter()
-            .filter(|a| a.storage_id == storage_id)
-            .map(|a| a.id)
-            .collect();
+        let app_ids: Vec<Uuid> = st.apps_with_storage(&storage_id).map(|a| a.id).collect();
         app_ids
             .into_iter()
             .map(|app_id| {
                 let id = Uuid::new_v4();
-                st.revisions.push(Revision::new(id, app_id, &number));
+                st.insert_revision(Revision::new(id, app_id, &number));
                 (id, app_id)
             })
             .collect()
@@ -96,11 +92,8 @@ pub(super) async fn update_revision_details(
         .ok_or_else(|| ApiError::NotFoundMessage(format!("Revision Id: {storage_id}/{number}")))?;
     // Without a manifest parcel Hippo stores nothing, not even the description.
     if let Some(components) = details.components {
-        let mut st = s.state();
-        if let Some(r) = st.revisions.iter_mut().find(|r| r.id == revision_id) {
-            r.description = details.description;
-            r.components.extend(components);
-        }
+        s.state()
+            .set_revision_details(revision_id, details.description, components);
     }
     Ok(())
 }
@@ -109,7 +102,7 @@ pub(super) async fn update_revision_details(
 /// now their best match. Each move is an UpdateChannelCommand (validated, saved, then
 /// ModifiedEvent<Channel>), so earlier moves survive a later failure.
 fn revision_created_tx(
-    st: &mut EmulatorState,
+    st: &mut Store,
     jobs: &mut Jobs,
     app_id: Uuid,
     number: &str,
@@ -129,9 +122,7 @@ fn revision_created_tx(
         let target = target.id;
         let (name, domain, rule) = (ch.name.clone(), ch.domain.clone(), ch.range_rule.clone());
         validate::update_channel(st, id, &name, &domain, rule.as_deref())?;
-        if let Some(ch) = st.channel_mut(id) {
-            ch.active_revision_id = Some(target);
-        }
+        st.update_channel(id, |ch| ch.active_revision_id = Some(target));
         jobs.channel_modified(st, id);
     }
     Ok(())
@@ -139,7 +130,7 @@ fn revision_created_tx(
 
 /// `RevisionRangeRule.Parse(channel.RangeRule).Match(channel.App.Revisions)`.
 fn best_match(
-    st: &EmulatorState,
+    st: &Store,
     app_id: Uuid,
     channel_id: Uuid,
 ) -> Result<Option<(&Revision, &Channel)>, ApiError> {
@@ -163,13 +154,12 @@ pub(super) fn delete_revision(s: &Shared, raw_id: &str) -> Result<Response, ApiE
     result.map(|()| no_content())
 }
 
-fn delete_revision_tx(st: &mut EmulatorState, jobs: &mut Jobs, id: Uuid) -> Result<(), ApiError> {
+fn delete_revision_tx(st: &mut Store, jobs: &mut Jobs, id: Uuid) -> Result<(), ApiError> {
     let app_id = st
         .revision(id)
         .ok_or(ApiError::not_found("Revision", id))?
         .app_id;
-    st.revisions.retain(|r| r.id != id);
-    st.forget_revisions(&[id]);
+    st.remove_revision(id);
     // RevisionDeletedEventHandler: re-evaluate the app's range-rule channels.
     let channel_ids: Vec<Uuid> = st
         .channels_of_app(app_id)
@@ -184,9 +174,7 @@ fn delete_revision_tx(st: &mut EmulatorState, jobs: &mut Jobs, id: Uuid) -> Resu
             continue;
         }
         let target = target.id;
-        if let Some(ch) = st.channel_mut(channel_id) {
-            ch.active_revision_id = Some(target);
-        }
+        st.update_channel(channel_id, |ch| ch.active_revision_id = Some(target));
         jobs.channel_modified(st, channel_id);
     }
     Ok(())

@@ -1,12 +1,11 @@
 //! Shared server state, scheduler plumbing and routing (HIPPO-API.md §2, §7).
 //!
 //! Each handler takes the state lock only for synchronous sections (`*_tx` functions working
-//! on `&mut EmulatorState`) and never across an `.await`: Bindle calls happen between lock
+//! on `&mut Store`) and never across an `.await`: Bindle calls happen between lock
 //! sections, which also gives Hippo's "row saved, then the event handler failed" orderings.
 //! Scheduler calls collected in a section are made right after the lock is released.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,10 +15,12 @@ use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::super::state_file::{Persisted, StateFile};
 use super::bindle::BindleClient;
 use super::http::{empty, json, ApiError, Errors, Req};
-use super::model::{DesiredStatus, EmulatorState};
+use super::model::DesiredStatus;
 use super::scheduler::{JobScheduler, ScheduledJob};
+use super::store::Store;
 use super::{accounts, apps, certificates, channels, revisions, HippoVersion, RecordedRequest};
 
 /// Configuration the handlers need.
@@ -33,14 +34,43 @@ pub(super) struct Settings {
 
 /// Everything the server task shares with the `HippoEmulator` handle.
 pub(super) struct Shared {
-    pub state: Mutex<EmulatorState>,
-    pub requests: Mutex<Vec<RecordedRequest>>,
+    pub state: Mutex<Store>,
+    pub requests: Mutex<Requests>,
     pub scheduler: Arc<dyn JobScheduler>,
     pub bindle: BindleClient,
     pub settings: Settings,
-    pub state_file: Option<PathBuf>,
-    /// The state last written to `state_file`; the async lock also orders the writes.
-    pub last_saved: tokio::sync::Mutex<Option<EmulatorState>>,
+    /// Closed by `stop` (or the drop).
+    pub state_file: Option<StateFile>,
+}
+
+/// The requests served, and how many of them are writes (counted as they come, since the
+/// bench asks for that number every few milliseconds).
+#[derive(Default)]
+pub(super) struct Requests {
+    pub all: Vec<RecordedRequest>,
+    pub writes: usize,
+}
+
+impl Requests {
+    pub fn push(&mut self, request: RecordedRequest) {
+        self.writes += usize::from(request.is_write());
+        self.all.push(request);
+    }
+
+    pub fn clear(&mut self) {
+        self.all.clear();
+        self.writes = 0;
+    }
+}
+
+impl Persisted for Shared {
+    fn state_file(&self) -> Option<&StateFile> {
+        self.state_file.as_ref()
+    }
+
+    fn state_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec_pretty(&*self.state())
+    }
 }
 
 /// Recover from poisoning: a panicked handler must not take the emulator down with it.
@@ -49,7 +79,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn state(&self) -> MutexGuard<'_, EmulatorState> {
+    pub fn state(&self) -> MutexGuard<'_, Store> {
         lock(&self.state)
     }
 
@@ -86,7 +116,7 @@ pub(super) struct Jobs {
 impl Jobs {
     /// `StartJob` for the channel, if it has an active revision ("no active revision" is
     /// logged and skipped by every Hippo handler).
-    pub(super) fn start(&mut self, st: &mut EmulatorState, channel_id: Uuid) {
+    pub(super) fn start(&mut self, st: &mut Store, channel_id: Uuid) {
         let Some(ch) = st.channel(channel_id) else {
             return;
         };
@@ -110,7 +140,7 @@ impl Jobs {
         self.actions.push(JobAction::Start(job));
     }
 
-    pub(super) fn delete(&mut self, st: &mut EmulatorState, channel_id: Uuid) {
+    pub(super) fn delete(&mut self, st: &mut Store, channel_id: Uuid) {
         st.jobs.remove(&channel_id);
         self.actions.push(JobAction::Delete(channel_id));
     }
@@ -118,7 +148,7 @@ impl Jobs {
     /// `ModifiedEvent<Channel>`: ActiveRevisionChangedEventHandler, then
     /// ChannelStatusModifiedEventHandler (§6.4). With `put_starts_no_job` (Hippo v0.19's
     /// quirk), the first starts nothing and a status never set starts nothing either.
-    pub(super) fn channel_modified(&mut self, st: &mut EmulatorState, channel_id: Uuid) {
+    pub(super) fn channel_modified(&mut self, st: &mut Store, channel_id: Uuid) {
         if !self.put_starts_no_job {
             self.start(st, channel_id);
         }

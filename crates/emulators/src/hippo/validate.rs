@@ -4,7 +4,8 @@
 use uuid::Uuid;
 
 use super::http::{ApiError, Errors};
-use super::model::{ChannelRevisionSelectionStrategy, EmulatorState};
+use super::model::ChannelRevisionSelectionStrategy;
+use super::store::Store;
 
 /// `[Required]` on a string: missing, empty or whitespace fails model binding.
 pub fn required(errors: &mut Errors, property: &str, value: Option<String>) -> String {
@@ -115,10 +116,10 @@ pub fn is_domain(value: &str) -> bool {
 
 /// CreateApp / UpdateApp `name`, including uniqueness over all apps (UpdateApp compares
 /// against itself too).
-pub fn app_name(errors: &mut Errors, state: &EmulatorState, name: &str) {
+pub fn app_name(errors: &mut Errors, state: &Store, name: &str) {
     max_length(errors, "Name", name, 128);
     matches(errors, "Name", is_name(name));
-    if state.apps.iter().any(|a| a.name == name) {
+    if state.app_name_taken(name) {
         errors.add("Name", "The specified name already exists.");
     }
 }
@@ -133,11 +134,11 @@ pub struct ChannelFields<'a> {
     pub range_rule: Option<&'a str>,
 }
 
-pub fn channel(errors: &mut Errors, state: &EmulatorState, f: &ChannelFields<'_>) {
+pub fn channel(errors: &mut Errors, state: &Store, f: &ChannelFields<'_>) {
+    // Names are unique within the app, domains across all channels.
     let others = || {
         state
-            .channels
-            .iter()
+            .channels_of_app(f.app_id)
             .filter(move |c| Some(c.id) != f.existing)
     };
     // Only reachable without model binding (range re-evaluation sends UpdateChannelCommand).
@@ -146,7 +147,7 @@ pub fn channel(errors: &mut Errors, state: &EmulatorState, f: &ChannelFields<'_>
     }
     max_length(errors, "Name", f.name, 64);
     matches(errors, "Name", is_name(f.name));
-    if others().any(|c| c.app_id == f.app_id && c.name == f.name) {
+    if others().any(|c| c.name == f.name) {
         errors.add(
             "Name",
             "A channel with the same name already exists for this app.",
@@ -162,7 +163,7 @@ pub fn channel(errors: &mut Errors, state: &EmulatorState, f: &ChannelFields<'_>
             errors.add("Domain", message);
         }
         matches(errors, "Domain", is_domain(domain));
-        if others().any(|c| c.domain == domain) {
+        if state.domain_taken(domain, f.existing) {
             errors.add("Domain", "The specified domain already exists.");
         }
     }
@@ -191,7 +192,7 @@ pub fn strategy_matches(
 
 /// UpdateChannel's name-uniqueness rule loads the channel and throws NotFound when missing.
 pub fn update_channel(
-    state: &EmulatorState,
+    state: &Store,
     id: Uuid,
     name: &str,
     domain: &str,
@@ -215,16 +216,11 @@ pub fn update_channel(
     errors.check()
 }
 
-pub fn certificate_name(
-    errors: &mut Errors,
-    state: &EmulatorState,
-    name: &str,
-    existing: Option<Uuid>,
-) {
+pub fn certificate_name(errors: &mut Errors, state: &Store, name: &str, existing: Option<Uuid>) {
     max_length(errors, "Name", name, 64);
     matches(errors, "Name", is_name(name));
     if state
-        .certificates
+        .certificates()
         .iter()
         .any(|c| c.name == name && Some(c.id) != existing)
     {

@@ -6,9 +6,9 @@ use uuid::Uuid;
 
 use super::http::{culture_cmp, SortKey};
 use super::model::{
-    App, Certificate, Channel, ChannelRevisionSelectionStrategy, EmulatorState, Revision,
-    RevisionComponent,
+    App, Certificate, Channel, ChannelRevisionSelectionStrategy, Revision, RevisionComponent,
 };
+use super::store::Store;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -104,7 +104,7 @@ pub fn revision_item(r: &Revision, with_type: bool) -> RevisionItem {
     }
 }
 
-fn app_channels(state: &EmulatorState, app_id: Uuid) -> Vec<AppChannelListItem> {
+fn app_channels(state: &Store, app_id: Uuid) -> Vec<AppChannelListItem> {
     state
         .channels_of_app(app_id)
         .map(|c| AppChannelListItem {
@@ -119,7 +119,7 @@ fn app_channels(state: &EmulatorState, app_id: Uuid) -> Vec<AppChannelListItem> 
 }
 
 /// The description of the app's "latest" revision: highest revision number as a string.
-fn latest_description(state: &EmulatorState, app_id: Uuid) -> Option<String> {
+fn latest_description(state: &Store, app_id: Uuid) -> Option<String> {
     let mut latest: Option<&Revision> = None;
     for r in state.revisions_of_app(app_id) {
         if latest.is_none_or(|l| culture_cmp(&r.revision_number, &l.revision_number).is_gt()) {
@@ -129,7 +129,7 @@ fn latest_description(state: &EmulatorState, app_id: Uuid) -> Option<String> {
     latest.and_then(|r| r.description.clone())
 }
 
-pub fn app_item(state: &EmulatorState, app: &App) -> AppItem {
+pub fn app_item(state: &Store, app: &App) -> AppItem {
     AppItem {
         id: app.id,
         name: app.name.clone(),
@@ -155,11 +155,7 @@ pub fn app_sort_key(item: &AppItem, property: &str) -> Option<SortKey> {
     })
 }
 
-pub fn certificate_item(
-    state: &EmulatorState,
-    c: &Certificate,
-    with_channels: bool,
-) -> CertificateItem {
+pub fn certificate_item(state: &Store, c: &Certificate, with_channels: bool) -> CertificateItem {
     CertificateItem {
         id: c.id,
         name: c.name.clone(),
@@ -167,9 +163,7 @@ pub fn certificate_item(
         private_key: c.private_key.clone(),
         channels: if with_channels {
             state
-                .channels
-                .iter()
-                .filter(|ch| ch.certificate_id == Some(c.id))
+                .channels_with_certificate(c.id)
                 .map(|ch| channel_item(state, ch, false, false))
                 .collect()
         } else {
@@ -195,7 +189,7 @@ pub fn certificate_sort_key(item: &CertificateItem, property: &str) -> Option<So
 /// `detail`: the `GET /api/channels/{id}` shape (app summary, revision type).
 /// `with_certificate`: false inside a certificate's own channel list.
 pub fn channel_item(
-    state: &EmulatorState,
+    state: &Store,
     ch: &Channel,
     detail: bool,
     with_certificate: bool,

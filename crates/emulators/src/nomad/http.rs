@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::super::state_file::Persisted;
 use super::filter;
 use super::jobspec::decode_register;
 use super::sched;
@@ -197,30 +198,51 @@ impl Shared {
     /// Runs `read` against the state until its index passes `?index=` or `?wait=` runs out.
     /// Wakes on index changes (a watch channel), never by polling.
     async fn blocking<T>(&self, b: &Blocking, read: impl Fn(&State) -> (u64, T)) -> (u64, T) {
+        self.block(b, |st, _| {
+            let (index, value) = read(st);
+            (index, Some(value))
+        })
+        .await
+    }
+
+    /// [`Shared::blocking`] for a list: `index` is looked at on every index change, the list
+    /// is rendered once, when the query is answered.
+    async fn blocking_list<T>(
+        &self,
+        b: &Blocking,
+        index: impl Fn(&State) -> u64,
+        render: impl Fn(&State) -> T,
+    ) -> (u64, T) {
+        self.block(b, |st, answering| {
+            let index = index(st);
+            (index, answering(index).then(|| render(st)))
+        })
+        .await
+    }
+
+    /// The blocking loop: `read` gives the index and, at least when `answering(index)` says
+    /// the query is answered now, the value.
+    async fn block<T>(
+        &self,
+        b: &Blocking,
+        read: impl Fn(&State, &dyn Fn(u64) -> bool) -> (u64, Option<T>),
+    ) -> (u64, T) {
         let mut changes = self.index_tx.subscribe();
         let mut shutdown = self.shutdown.subscribe();
         let deadline = tokio::time::Instant::now() + b.wait;
+        let mut closed = false;
         loop {
             changes.borrow_and_update();
-            let (index, value) = {
-                let st = self.lock_state();
-                read(&st)
-            };
+            let give_up =
+                closed || tokio::time::Instant::now() >= deadline || *shutdown.borrow_and_update();
             // Nomad floors the index at 1 so that a client can always block on it.
-            let index = index.max(1);
-            if b.min_index == 0
-                || index > b.min_index
-                || tokio::time::Instant::now() >= deadline
-                || *shutdown.borrow_and_update()
-            {
-                return (index, value);
+            let answering = |index: u64| give_up || b.min_index == 0 || index.max(1) > b.min_index;
+            let (index, value) = read(&self.lock_state(), &answering);
+            if let Some(value) = value.filter(|_| answering(index)) {
+                return (index.max(1), value);
             }
             tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return (index, value);
-                    }
-                }
+                changed = changes.changed() => closed = changed.is_err(),
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = shutdown.changed() => {}
             }
@@ -255,7 +277,7 @@ pub(super) async fn dispatch(
         status: response.status().as_u16(),
     });
     if method != Method::GET {
-        shared.persist().await;
+        shared.persist_soon();
     }
     response
 }
@@ -437,20 +459,25 @@ async fn list_jobs(shared: &Shared, q: &Query) -> Answer {
     let prefix = q.get("prefix").unwrap_or_default().to_string();
     let meta = q.bool("meta");
     let (index, list) = shared
-        .blocking(&b, |st| {
-            let list: Vec<Value> = st
-                .all_jobs()
-                .filter(|r| (ns == "*" || r.ns() == ns) && r.id().starts_with(&prefix))
-                .filter(|r| {
-                    // The filter sees the full job plus the stub's summary.
-                    let mut full = r.job.clone();
-                    full["JobSummary"] = r.summary.render(r.ns(), r.id());
-                    keep(&f, &full)
-                })
-                .map(|r| r.stub(meta))
-                .collect();
-            (st.tables.jobs.max(st.tables.job_summary), list)
-        })
+        .blocking_list(
+            &b,
+            |st| st.tables.jobs.max(st.tables.job_summary),
+            |st| {
+                st.all_jobs()
+                    .filter(|r| (ns == "*" || r.ns() == ns) && r.id().starts_with(&prefix))
+                    .filter(|r| {
+                        // The filter sees the full job plus the stub's summary (a copy made
+                        // only when there is a filter).
+                        f.is_none() || {
+                            let mut full = r.job.clone();
+                            full["JobSummary"] = r.summary.render(r.ns(), r.id());
+                            keep(&f, &full)
+                        }
+                    })
+                    .map(|r| r.stub(meta))
+                    .collect::<Vec<Value>>()
+            },
+        )
         .await;
     Ok(Reply::read(index, Value::Array(list)))
 }
@@ -535,11 +562,7 @@ async fn job_read_sub(shared: &Shared, id: &str, what: &str, q: &Query) -> Answe
                 (st.tables.allocs, Some(Value::Array(list)))
             }
             "/evaluations" => {
-                let mut evals: Vec<_> = st
-                    .evals
-                    .values()
-                    .filter(|e| e.namespace == ns && e.job_id == id)
-                    .collect();
+                let mut evals: Vec<_> = st.evals_of(&ns, id).collect();
                 evals.sort_by_key(|e| std::cmp::Reverse(e.create_index));
                 (
                     st.tables.evals,
@@ -547,11 +570,7 @@ async fn job_read_sub(shared: &Shared, id: &str, what: &str, q: &Query) -> Answe
                 )
             }
             "/deployments" => {
-                let mut ds: Vec<_> = st
-                    .deployments
-                    .values()
-                    .filter(|d| d.namespace == ns && d.job_id == id)
-                    .collect();
+                let mut ds: Vec<_> = st.deployments_of(&ns, id).collect();
                 ds.sort_by_key(|d| std::cmp::Reverse(d.create_index));
                 (
                     st.tables.deployment,
@@ -561,9 +580,7 @@ async fn job_read_sub(shared: &Shared, id: &str, what: &str, q: &Query) -> Answe
             // Quirk: no deployment is 200 null.
             "/deployment" => {
                 let latest = st
-                    .deployments
-                    .values()
-                    .filter(|d| d.namespace == ns && d.job_id == id)
+                    .deployments_of(&ns, id)
                     .max_by_key(|d| d.create_index)
                     .map(|d| d.render());
                 (st.tables.deployment, Some(latest.unwrap_or(Value::Null)))
@@ -653,26 +670,31 @@ async fn list_allocations(shared: &Shared, q: &Query) -> Answer {
     let prefix = q.get("prefix").unwrap_or_default().to_string();
     let task_states = q.get("task_states") != Some("false");
     let (index, list) = shared
-        .blocking(&b, |st| {
-            let list: Vec<Value> = st
-                .allocs
-                .values()
-                .filter(|a| (ns == "*" || a.namespace == ns) && a.id.starts_with(&prefix))
-                .filter_map(|a| {
-                    // Filter on the full stub, then drop TaskStates if asked to.
-                    let full = a.stub(&st.node_id, true);
-                    if !keep(&f, &full) {
-                        return None;
-                    }
-                    Some(if task_states {
-                        full
-                    } else {
-                        a.stub(&st.node_id, false)
+        .blocking_list(
+            &b,
+            |st| st.tables.allocs,
+            |st| {
+                st.allocs
+                    .values()
+                    .filter(|a| (ns == "*" || a.namespace == ns) && a.id.starts_with(&prefix))
+                    .filter_map(|a| {
+                        if f.is_none() {
+                            return Some(a.stub(&st.node_id, task_states));
+                        }
+                        // Filter on the full stub, then drop TaskStates if asked to.
+                        let full = a.stub(&st.node_id, true);
+                        if !keep(&f, &full) {
+                            return None;
+                        }
+                        Some(if task_states {
+                            full
+                        } else {
+                            a.stub(&st.node_id, false)
+                        })
                     })
-                })
-                .collect();
-            (st.tables.allocs, list)
-        })
+                    .collect::<Vec<Value>>()
+            },
+        )
         .await;
     Ok(Reply::read(index, Value::Array(list)))
 }
@@ -701,16 +723,18 @@ async fn list_deployments(shared: &Shared, q: &Query) -> Answer {
     let f = parse_filter(q).map_err(err)?;
     let ns = q.namespace().to_string();
     let (index, list) = shared
-        .blocking(&b, |st| {
-            let list: Vec<Value> = st
-                .deployments
-                .values()
-                .filter(|d| ns == "*" || d.namespace == ns)
-                .map(|d| d.render())
-                .filter(|v| keep(&f, v))
-                .collect();
-            (st.tables.deployment, list)
-        })
+        .blocking_list(
+            &b,
+            |st| st.tables.deployment,
+            |st| {
+                st.deployments
+                    .values()
+                    .filter(|d| ns == "*" || d.namespace == ns)
+                    .map(|d| d.render())
+                    .filter(|v| keep(&f, v))
+                    .collect::<Vec<Value>>()
+            },
+        )
         .await;
     Ok(Reply::read(index, Value::Array(list)))
 }
@@ -735,16 +759,18 @@ async fn list_vars(shared: &Shared, q: &Query) -> Answer {
     let ns = q.namespace().to_string();
     let prefix = q.get("prefix").unwrap_or_default().to_string();
     let (index, list) = shared
-        .blocking(&b, |st| {
-            let list: Vec<Value> = st
-                .variables
-                .values()
-                .flat_map(|m| m.values())
-                .filter(|v| (ns == "*" || v.namespace == ns) && v.path.starts_with(&prefix))
-                .map(|v| v.metadata())
-                .collect();
-            (st.tables.variables, list)
-        })
+        .blocking_list(
+            &b,
+            |st| st.tables.variables,
+            |st| {
+                st.variables
+                    .values()
+                    .flat_map(|m| m.values())
+                    .filter(|v| (ns == "*" || v.namespace == ns) && v.path.starts_with(&prefix))
+                    .map(|v| v.metadata())
+                    .collect::<Vec<Value>>()
+            },
+        )
         .await;
     Ok(Reply::read(index, Value::Array(list)))
 }

@@ -60,7 +60,6 @@ mod vars;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -72,6 +71,7 @@ use tokio::sync::watch;
 pub use scheduler::HippoJobSettings;
 
 use crate::serve::{bind, BackgroundServer};
+use crate::state_file::{Persisted, StateFile};
 use state::{State, Timer};
 
 /// The emulated client node's name, as allocations report it.
@@ -95,9 +95,13 @@ pub struct NomadEmulatorConfig {
     pub alloc_start_delay: Duration,
     /// How long after running an allocation is reported healthy (default 100 ms).
     pub healthy_delay: Duration,
-    /// Load the state from here at start (if the file exists) and save it after every change
-    /// (temporary file, then rename). Pending allocations and held locks resume on load.
+    /// Load the state from here at start (if the file exists) and save it after changes
+    /// (temporary file, then rename), at most once per `state_write_interval`, and once more
+    /// when stopped or dropped. Pending allocations and held locks resume on load.
     pub state_file: Option<PathBuf>,
+    /// **Emulator-only knob**: the state file is written at most once per this interval (50 ms
+    /// by default), or per four times the last write's duration if that is longer.
+    pub state_write_interval: Duration,
     /// **Emulator-only knob**: the smallest variable lock TTL accepted. Nomad's is 10 s
     /// (fixed); tests lower it to use TTLs like `200ms`.
     pub min_lock_ttl: Duration,
@@ -113,6 +117,7 @@ impl Default for NomadEmulatorConfig {
             alloc_start_delay: Duration::from_millis(100),
             healthy_delay: Duration::from_millis(100),
             state_file: None,
+            state_write_interval: super::state_file::DEFAULT_INTERVAL,
             min_lock_ttl: Duration::from_secs(10),
         }
     }
@@ -178,13 +183,20 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     requests: Mutex<Vec<RecordedRequest>>,
     acl_token: Option<String>,
-    state_file: Option<PathBuf>,
-    /// The bytes last written to `state_file`; the async lock also orders the writes.
-    saved: tokio::sync::Mutex<Option<Vec<u8>>>,
-    /// Set after the final save of `stop`: a stopped emulator never writes the file again
-    /// (a restarted one may be using it).
-    saving_done: AtomicBool,
+    /// Closed by `stop` (or the drop): a stopped emulator never writes the file again (a
+    /// restarted one may be using it).
+    state_file: Option<StateFile>,
     runtime: tokio::runtime::Handle,
+}
+
+impl Persisted for Shared {
+    fn state_file(&self) -> Option<&StateFile> {
+        self.state_file.as_ref()
+    }
+
+    fn state_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec_pretty(&*self.lock_state())
+    }
 }
 
 /// Recover from poisoning: a panicking handler must not take the emulator down with it.
@@ -241,44 +253,8 @@ impl Shared {
                 return;
             }
             shared.mutate(|st, _| sched::on_timer(st, &timer));
-            shared.persist().await;
+            shared.persist_soon();
         });
-    }
-
-    /// Saves the state if it changed since the last save.
-    async fn persist(&self) {
-        let Some(path) = &self.state_file else {
-            return;
-        };
-        let mut last = self.saved.lock().await;
-        if self.saving_done.load(Ordering::SeqCst) {
-            return;
-        }
-        let bytes = match serde_json::to_vec_pretty(&*self.lock_state()) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "nomad emulator: serialising state");
-                return;
-            }
-        };
-        if last.as_deref() == Some(bytes.as_slice()) {
-            return;
-        }
-        match save_state(path, &bytes).await {
-            Ok(()) => *last = Some(bytes),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "nomad emulator: saving state")
-            }
-        }
-    }
-
-    /// For changes made outside a request (knobs, the Hippo scheduler): save in the
-    /// background.
-    fn persist_soon(self: &Arc<Self>) {
-        if self.state_file.is_some() && !self.saving_done.load(Ordering::SeqCst) {
-            let shared = Arc::clone(self);
-            self.runtime.spawn(async move { shared.persist().await });
-        }
     }
 }
 
@@ -302,22 +278,15 @@ impl NomadEmulator {
             state.node_id = uuid::Uuid::new_v4().to_string();
         }
         sched::resume(&mut state);
-        let initial = match &config.state_file {
-            Some(path) => {
-                let bytes = serde_json::to_vec_pretty(&state).map_err(|e| {
-                    NomadEmulatorError::WriteState {
-                        path: path.clone(),
-                        source: std::io::Error::other(e),
-                    }
-                })?;
-                save_state(path, &bytes).await.map_err(|source| {
-                    NomadEmulatorError::WriteState {
+        let state_file = match &config.state_file {
+            Some(path) => Some(
+                StateFile::create(path, "nomad emulator", config.state_write_interval, &state)
+                    .await
+                    .map_err(|source| NomadEmulatorError::WriteState {
                         path: path.clone(),
                         source,
-                    }
-                })?;
-                Some(bytes)
-            }
+                    })?,
+            ),
             None => None,
         };
 
@@ -341,11 +310,10 @@ impl NomadEmulator {
             shutdown: watch::channel(false).0,
             requests: Mutex::new(Vec::new()),
             acl_token: config.acl_token,
-            state_file: config.state_file,
-            saved: tokio::sync::Mutex::new(initial),
-            saving_done: AtomicBool::new(false),
+            state_file,
             runtime: tokio::runtime::Handle::current(),
         });
+        StateFile::spawn_writer(&shared);
         // Resume what the loaded state had in flight.
         shared.mutate(|_, _| ());
 
@@ -481,20 +449,30 @@ impl NomadEmulator {
             .count()
     }
 
+    /// How many times the state file was written (the first write, at start, included);
+    /// changes each time it is. Without a state file: always 0.
+    pub fn state_file_writes(&self) -> watch::Receiver<u64> {
+        match &self.shared.state_file {
+            Some(file) => file.writes(),
+            None => watch::channel(0).1,
+        }
+    }
+
     /// Answers pending blocking queries, cancels the timers, stops accepting requests, waits
     /// (up to 5 s) for in-flight ones and writes the state file a last time.
     pub async fn stop(mut self) {
         self.shared.shutdown.send_replace(true);
         self.server.stop().await;
-        self.shared.persist().await;
-        self.shared.saving_done.store(true, Ordering::SeqCst);
+        crate::state_file::close(&self.shared).await;
     }
 }
 
 impl Drop for NomadEmulator {
-    /// Answers pending blocking queries and cancels the timers; the server is aborted.
+    /// Answers pending blocking queries and cancels the timers; the server is aborted (its own
+    /// drop); what the state file still lacks is written now.
     fn drop(&mut self) {
         self.shared.shutdown.send_replace(true);
+        self.shared.close_state_file();
     }
 }
 
@@ -509,17 +487,13 @@ async fn load_state(path: &Path) -> Result<Option<State>, NomadEmulatorError> {
             })
         }
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| NomadEmulatorError::ParseState {
+    let mut state: State =
+        serde_json::from_slice(&bytes).map_err(|source| NomadEmulatorError::ParseState {
             path: path.to_path_buf(),
             source,
-        })
-}
-
-/// Atomic replace, readable by its owner only (it holds variables, the lock's holder).
-async fn save_state(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    hippo_gitops_core::private_file::replace_async(path, bytes.to_vec()).await
+        })?;
+    state.relink();
+    Ok(Some(state))
 }
 
 /// Emulator-only control for demos and black-box tests (not part of Nomad's API, hence outside

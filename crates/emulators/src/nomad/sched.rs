@@ -200,30 +200,27 @@ fn create_eval(
     now: i64,
 ) -> String {
     let eval_id = new_id();
-    st.evals.insert(
-        eval_id.clone(),
-        Eval {
-            id: eval_id.clone(),
-            namespace: ns.to_string(),
-            priority,
-            job_type: job_type.to_string(),
-            triggered_by: triggered_by.to_string(),
-            job_id: id.to_string(),
-            job_modify_index,
-            deployment_id: String::new(),
-            status: "pending".to_string(),
-            status_description: String::new(),
-            blocked_eval: String::new(),
-            previous_eval: String::new(),
-            failed_tg_allocs: None,
-            queued_allocations: BTreeMap::new(),
-            snapshot_index: idx,
-            create_index: idx,
-            modify_index: idx,
-            create_time: now,
-            modify_time: now,
-        },
-    );
+    st.insert_eval(Eval {
+        id: eval_id.clone(),
+        namespace: ns.to_string(),
+        priority,
+        job_type: job_type.to_string(),
+        triggered_by: triggered_by.to_string(),
+        job_id: id.to_string(),
+        job_modify_index,
+        deployment_id: String::new(),
+        status: "pending".to_string(),
+        status_description: String::new(),
+        blocked_eval: String::new(),
+        previous_eval: String::new(),
+        failed_tg_allocs: None,
+        queued_allocations: BTreeMap::new(),
+        snapshot_index: idx,
+        create_index: idx,
+        modify_index: idx,
+        create_time: now,
+        modify_time: now,
+    });
     st.tables.evals = idx;
     eval_id
 }
@@ -284,12 +281,7 @@ pub fn remove_job(st: &mut State, ns: &str, id: &str, idx: u64) {
             st.jobs.remove(ns);
         }
     }
-    st.allocs
-        .retain(|_, a| !(a.namespace == ns && a.job_id == id));
-    st.deployments
-        .retain(|_, d| !(d.namespace == ns && d.job_id == id));
-    st.evals
-        .retain(|_, e| !(e.namespace == ns && e.job_id == id));
+    st.remove_job_rows(ns, id);
     st.tables.jobs = idx;
     st.tables.job_summary = idx;
     st.tables.allocs = idx;
@@ -299,27 +291,22 @@ pub fn remove_job(st: &mut State, ns: &str, id: &str, idx: u64) {
 
 /// `NomadEmulator::lose_job`: every job with this ID vanishes, without a trace of a request.
 pub fn lose(st: &mut State, job_id: &str) {
-    let namespaces: Vec<String> = st
+    // Where the job is, and where allocations of it are left without it.
+    let namespaces: BTreeSet<String> = st
         .jobs
         .iter()
         .filter(|(_, m)| m.contains_key(job_id))
         .map(|(ns, _)| ns.clone())
+        .chain(
+            st.allocs_of_any_namespace(job_id)
+                .map(|a| a.namespace.clone()),
+        )
         .collect();
-    let orphan_allocs = st.allocs.values().any(|a| a.job_id == job_id);
-    if namespaces.is_empty() && !orphan_allocs {
+    if namespaces.is_empty() {
         return;
     }
     let idx = st.bump();
     for ns in namespaces {
-        remove_job(st, &ns, job_id, idx);
-    }
-    let stray: Vec<String> = st
-        .allocs
-        .values()
-        .filter(|a| a.job_id == job_id)
-        .map(|a| a.namespace.clone())
-        .collect();
-    for ns in stray {
         remove_job(st, &ns, job_id, idx);
     }
 }
@@ -341,11 +328,15 @@ fn process_eval(st: &mut State, cfg: &Settings, ns: &str, id: &str, eval_id: &st
         let placeable = datacenter_matches(job, &cfg.datacenter);
 
         // Deployments of older versions (or of a stopped job) are cancelled.
-        for d in st
-            .deployments
-            .values_mut()
-            .filter(|d| d.namespace == ns && d.job_id == id && d.is_active())
-        {
+        let active: Vec<String> = st
+            .deployments_of(ns, id)
+            .filter(|d| d.is_active())
+            .map(|d| d.id.clone())
+            .collect();
+        for dep_id in &active {
+            let Some(d) = st.deployments.get_mut(dep_id) else {
+                continue;
+            };
             if stopped || d.job_version != version {
                 d.status = "cancelled".to_string();
                 d.status_description = if stopped {
@@ -401,11 +392,15 @@ fn process_eval(st: &mut State, cfg: &Settings, ns: &str, id: &str, eval_id: &st
         e.modify_time = now;
     }
     // Older blocked evaluations are superseded by this one.
-    for e in st
-        .evals
-        .values_mut()
-        .filter(|e| e.namespace == ns && e.job_id == id && e.status == "blocked")
-    {
+    let blocked: Vec<String> = st
+        .evals_of(ns, id)
+        .filter(|e| e.status == "blocked")
+        .map(|e| e.id.clone())
+        .collect();
+    for eval in &blocked {
+        let Some(e) = st.evals.get_mut(eval) else {
+            continue;
+        };
         e.status = "canceled".to_string();
         e.status_description = "evaluation superseded by a newer evaluation".to_string();
         e.modify_index = idx;
@@ -422,7 +417,7 @@ fn process_eval(st: &mut State, cfg: &Settings, ns: &str, id: &str, eval_id: &st
         b.failed_tg_allocs = None;
         b.queued_allocations = queued;
         b.create_index = idx;
-        st.evals.insert(blocked, b);
+        st.insert_eval(b);
     }
     st.tables.evals = idx;
     refresh(st, ns, id, idx, now);
@@ -516,9 +511,8 @@ fn reconcile_groups(
     // One deployment per version of a service job, created when the version first places
     // or updates allocations.
     let existing = st
-        .deployments
-        .values()
-        .find(|d| d.namespace == ns && d.job_id == id && d.job_version == version)
+        .deployments_of(&ns, &id)
+        .find(|d| d.job_version == version)
         .map(|d| (d.id.clone(), d.is_active()));
     let deployment_id = match existing {
         Some((d, true)) => d,
@@ -530,11 +524,10 @@ fn reconcile_groups(
     };
 
     for alloc_id in &inplace {
-        let Some(a) = st.allocs.get_mut(alloc_id) else {
+        let Some(a) = st.set_alloc_deployment(alloc_id, &deployment_id) else {
             continue;
         };
         a.job_version = version;
-        a.deployment_id = deployment_id.clone();
         a.deployment_status = None;
         a.modify_index = idx;
         a.modify_time = now;
@@ -548,9 +541,7 @@ fn reconcile_groups(
     }
 
     let eval_id = st
-        .evals
-        .values()
-        .filter(|e| e.namespace == ns && e.job_id == id)
+        .evals_of(&ns, &id)
         .max_by_key(|e| e.create_index)
         .map(|e| e.id.clone())
         .unwrap_or_default();
@@ -614,24 +605,21 @@ fn create_deployment(
             )
         })
         .collect();
-    st.deployments.insert(
-        id.clone(),
-        Deployment {
-            id: id.clone(),
-            namespace: rec.ns().to_string(),
-            job_id: rec.id().to_string(),
-            job_version: rec.version(),
-            job_modify_index: rec.job["JobModifyIndex"].as_u64().unwrap_or(0),
-            job_create_index: rec.job["CreateIndex"].as_u64().unwrap_or(0),
-            groups,
-            status: "running".to_string(),
-            status_description: "Deployment is running".to_string(),
-            create_index: idx,
-            modify_index: idx,
-            create_time: now,
-            modify_time: now,
-        },
-    );
+    st.insert_deployment(Deployment {
+        id: id.clone(),
+        namespace: rec.ns().to_string(),
+        job_id: rec.id().to_string(),
+        job_version: rec.version(),
+        job_modify_index: rec.job["JobModifyIndex"].as_u64().unwrap_or(0),
+        job_create_index: rec.job["CreateIndex"].as_u64().unwrap_or(0),
+        groups,
+        status: "running".to_string(),
+        status_description: "Deployment is running".to_string(),
+        create_index: idx,
+        modify_index: idx,
+        create_time: now,
+        modify_time: now,
+    });
     st.tables.deployment = idx;
     id
 }
@@ -669,32 +657,29 @@ fn place(st: &mut State, p: PlaceArgs) -> String {
             )
         })
         .collect();
-    st.allocs.insert(
-        id.clone(),
-        Alloc {
-            id: id.clone(),
-            eval_id: p.eval_id.to_string(),
-            namespace: p.ns.to_string(),
-            job_id: p.job["ID"].as_str().unwrap_or_default().to_string(),
-            job_type: p.job["Type"].as_str().unwrap_or("service").to_string(),
-            job_version: p.job["Version"].as_u64().unwrap_or(0),
-            task_group: p.group.to_string(),
-            slot: p.slot,
-            desired_status: "run".to_string(),
-            desired_description: String::new(),
-            client_status: "pending".to_string(),
-            client_description: "No tasks have started".to_string(),
-            task_states,
-            deployment_id: p.deployment_id.to_string(),
-            deployment_status: None,
-            next_allocation: String::new(),
-            previous_allocation: p.previous.to_string(),
-            create_index: p.idx,
-            modify_index: p.idx,
-            create_time: p.now,
-            modify_time: p.now,
-        },
-    );
+    st.insert_alloc(Alloc {
+        id: id.clone(),
+        eval_id: p.eval_id.to_string(),
+        namespace: p.ns.to_string(),
+        job_id: p.job["ID"].as_str().unwrap_or_default().to_string(),
+        job_type: p.job["Type"].as_str().unwrap_or("service").to_string(),
+        job_version: p.job["Version"].as_u64().unwrap_or(0),
+        task_group: p.group.to_string(),
+        slot: p.slot,
+        desired_status: "run".to_string(),
+        desired_description: String::new(),
+        client_status: "pending".to_string(),
+        client_description: "No tasks have started".to_string(),
+        task_states,
+        deployment_id: p.deployment_id.to_string(),
+        deployment_status: None,
+        next_allocation: String::new(),
+        previous_allocation: p.previous.to_string(),
+        create_index: p.idx,
+        modify_index: p.idx,
+        create_time: p.now,
+        modify_time: p.now,
+    });
     st.tables.allocs = p.idx;
     st.timers.push(Timer::AllocStart {
         alloc_id: id.clone(),
@@ -909,12 +894,9 @@ fn job_bindle(job: &Value) -> Option<String> {
 pub fn fail(st: &mut State, job_id: &str, reason: &str) {
     st.failing.insert(job_id.to_string(), reason.to_string());
     let victims: Vec<(String, String)> = st
-        .allocs
-        .values()
+        .allocs_of_any_namespace(job_id)
         .filter(|a| {
-            a.job_id == job_id
-                && a.desired_status == "run"
-                && matches!(a.client_status.as_str(), "pending" | "running")
+            a.desired_status == "run" && matches!(a.client_status.as_str(), "pending" | "running")
         })
         .map(|a| (a.id.clone(), a.namespace.clone()))
         .collect();
@@ -938,11 +920,9 @@ pub fn fail(st: &mut State, job_id: &str, reason: &str) {
 pub fn heal(st: &mut State, job_id: &str) {
     st.failing.remove(job_id);
     let failed: Vec<String> = st
-        .allocs
-        .values()
+        .allocs_of_any_namespace(job_id)
         .filter(|a| {
-            a.job_id == job_id
-                && a.desired_status == "run"
+            a.desired_status == "run"
                 && a.client_status == "failed"
                 && a.next_allocation.is_empty()
                 && st.job(&a.namespace, &a.job_id).is_some_and(|r| {
@@ -1009,14 +989,13 @@ fn refresh(st: &mut State, ns: &str, id: &str, idx: u64, now: i64) {
 
 fn refresh_deployments(st: &mut State, ns: &str, id: &str, idx: u64, now: i64) {
     let active: Vec<String> = st
-        .deployments
-        .values()
-        .filter(|d| d.namespace == ns && d.job_id == id && d.is_active())
+        .deployments_of(ns, id)
+        .filter(|d| d.is_active())
         .map(|d| d.id.clone())
         .collect();
     for dep_id in active {
         let mut counts: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-        for a in st.allocs.values().filter(|a| a.deployment_id == dep_id) {
+        for a in st.allocs_in_deployment(&dep_id) {
             let c = counts.entry(a.task_group.clone()).or_default();
             c.0 += 1;
             match a.deployment_status.as_ref().and_then(|h| h.healthy) {
@@ -1115,11 +1094,7 @@ fn refresh_job(st: &mut State, ns: &str, id: &str, idx: u64) {
             _ => g.unknown += 1,
         }
     }
-    for e in st
-        .evals
-        .values()
-        .filter(|e| e.namespace == ns && e.job_id == id && e.status == "blocked")
-    {
+    for e in st.evals_of(ns, id).filter(|e| e.status == "blocked") {
         for (g, n) in &e.queued_allocations {
             summary.entry(g.clone()).or_default().queued += n;
         }
@@ -1175,4 +1150,132 @@ pub fn resume(st: &mut State) {
     }
     st.timers.extend(timers);
     super::vars::resume(st);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::jobspec::decode_register;
+    use super::*;
+
+    const SAMPLE: &str = include_str!("testdata/hippo_job_register_request.json");
+    const SAMPLE_ID: &str = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+
+    fn settings() -> Settings {
+        Settings {
+            region: "global".into(),
+            datacenter: "dc1".into(),
+            alloc_start_delay: Duration::ZERO,
+            healthy_delay: Duration::ZERO,
+            min_lock_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// Hippo's job for `id`, running `bindle` (another bindle is a destructive change).
+    fn request(id: &str, bindle: &str, count: u64) -> RegisterRequest {
+        let text = SAMPLE
+            .replace(SAMPLE_ID, id)
+            .replace("contoso/weather/1.4.0", bindle);
+        let mut body: Value = serde_json::from_str(&text).expect("the sample is JSON");
+        body["Job"]["TaskGroups"][0]["Count"] = json!(count);
+        decode_register(&body, Some(id), None, "global").expect("the sample is valid")
+    }
+
+    /// Starts every queued allocation and judges its health, as the timers would.
+    fn run_timers(st: &mut State) {
+        loop {
+            let timers = std::mem::take(&mut st.timers);
+            if timers.is_empty() {
+                return;
+            }
+            for t in &timers {
+                on_timer(st, t);
+            }
+        }
+    }
+
+    fn check(st: &State, after: &str) {
+        assert!(st.links_consistent(), "index out of step after {after}");
+    }
+
+    fn live(st: &State, id: &str) -> usize {
+        st.allocs_of("default", id)
+            .filter(|a| a.desired_status == "run")
+            .count()
+    }
+
+    /// The per-job index agrees with the tables after every kind of write, and finds what a
+    /// scan of all rows would.
+    #[test]
+    fn the_job_index_follows_every_write() {
+        let cfg = settings();
+        let mut st = State::default();
+        for id in ["a", "b", "c"] {
+            register(&mut st, &cfg, request(id, "x/1.0.0", 1)).expect("registered");
+        }
+        check(&st, "registering");
+        run_timers(&mut st);
+        check(&st, "the allocations started");
+        assert_eq!(st.deployments_of("default", "a").count(), 1);
+        assert_eq!(
+            st.deployments_of("default", "a")
+                .map(|d| d.status.as_str())
+                .collect::<Vec<_>>(),
+            ["successful"]
+        );
+
+        // A destructive update: a new allocation and deployment; the old allocation stops.
+        register(&mut st, &cfg, request("a", "x/2.0.0", 1)).expect("updated");
+        run_timers(&mut st);
+        check(&st, "a destructive update");
+        assert_eq!(st.allocs_of("default", "a").count(), 2);
+        assert_eq!(live(&st, "a"), 1);
+        assert_eq!(st.deployments_of("default", "a").count(), 2);
+
+        // A count change: the allocation moves in place into the new deployment.
+        register(&mut st, &cfg, request("b", "x/1.0.0", 2)).expect("scaled");
+        check(&st, "an in-place update");
+        let newest = st
+            .deployments_of("default", "b")
+            .max_by_key(|d| d.create_index)
+            .map(|d| d.id.clone())
+            .unwrap_or_default();
+        assert_eq!(st.allocs_in_deployment(&newest).count(), 2);
+        run_timers(&mut st);
+        register(&mut st, &cfg, request("b", "x/1.0.0", 1)).expect("scaled down");
+        run_timers(&mut st);
+        check(&st, "scaling down");
+        assert_eq!(live(&st, "b"), 1);
+
+        fail(&mut st, "c", "boom");
+        check(&st, "failing allocations");
+        heal(&mut st, "c");
+        run_timers(&mut st);
+        check(&st, "healing");
+        assert_eq!(live(&st, "c"), 1);
+
+        deregister(&mut st, &cfg, "default", "c", false).expect("stopped");
+        check(&st, "a stop");
+        deregister(&mut st, &cfg, "default", "b", true).expect("purged");
+        check(&st, "a purge");
+        lose(&mut st, "a");
+        check(&st, "losing a job");
+        assert!(st.allocs.values().all(|al| al.job_id == "c"));
+        // A purge keeps only its own evaluation.
+        assert!(st.evals.values().all(|e| e.job_id != "a"));
+        assert_eq!(st.evals_of("default", "b").count(), 1);
+        assert!(st.deployments.values().all(|d| d.job_id == "c"));
+        assert_eq!(st.evals_of("default", "c").count(), 2);
+
+        // Loaded from a state file, the index is rebuilt.
+        let saved = serde_json::to_vec(&st).expect("serialisable");
+        let mut loaded: State = serde_json::from_slice(&saved).expect("loadable");
+        loaded.relink();
+        assert!(loaded.links_consistent());
+        assert_eq!(
+            loaded.allocs_of("default", "c").count(),
+            st.allocs_of("default", "c").count()
+        );
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::super::state_file::Persisted;
 use super::jobspec::decode_register;
 use super::{sched, Shared};
 use crate::hippo::{JobScheduler, ScheduledJob};

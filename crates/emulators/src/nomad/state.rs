@@ -5,8 +5,13 @@
 //! FSM stamps `index` table entries; blocking queries compare against those table indexes.
 //! Work that has to happen later (allocation start, health, lock expiry) is queued as
 //! [`Timer`]s and spawned by the caller once the state lock is released.
+//!
+//! Allocations, deployments and evaluations are also indexed by job and allocations by
+//! deployment ([`Links`]), so that a write touches only the job it is about: rows come and go
+//! only through `State`'s methods, which keep the index with the tables.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Deref;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,9 +38,9 @@ pub struct State {
     pub node_id: String,
     /// namespace -> job ID -> job.
     pub jobs: BTreeMap<String, BTreeMap<String, JobRecord>>,
-    pub allocs: BTreeMap<String, Alloc>,
-    pub deployments: BTreeMap<String, Deployment>,
-    pub evals: BTreeMap<String, Eval>,
+    pub allocs: Rows<Alloc>,
+    pub deployments: Rows<Deployment>,
+    pub evals: Rows<Eval>,
     /// namespace -> path -> variable.
     pub variables: BTreeMap<String, BTreeMap<String, Variable>>,
     /// Job ID -> the reason its allocations fail (`NomadEmulator::fail_allocations`).
@@ -51,6 +56,86 @@ pub struct State {
     /// Timers to spawn once the lock is released.
     #[serde(skip)]
     pub timers: Vec<Timer>,
+    /// Derived from the tables (not persisted; [`State::relink`] rebuilds it after a load).
+    #[serde(skip)]
+    links: Links,
+}
+
+/// A table keyed by ID, read through `Deref`. Rows are added and removed only by `State`'s
+/// methods, which keep [`Links`] in step; a row's namespace, job and deployment are changed
+/// only by them too.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rows<T>(BTreeMap<String, T>);
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Rows(BTreeMap::new())
+    }
+}
+
+impl<T> Deref for Rows<T> {
+    type Target = BTreeMap<String, T>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<T> Rows<T> {
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        self.0.get_mut(id)
+    }
+}
+
+/// Where each job's rows are, and each deployment's allocations.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Links {
+    /// Job ID -> namespace -> its rows. The job comes first because the test knobs name a
+    /// job in every namespace.
+    jobs: HashMap<String, BTreeMap<String, JobRows>>,
+    /// Deployment ID -> its allocations (allocations without a deployment are not listed).
+    deployment_allocs: HashMap<String, BTreeSet<String>>,
+}
+
+/// The IDs of one job's rows, ordered as the tables are (by ID).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct JobRows {
+    allocs: BTreeSet<String>,
+    deployments: BTreeSet<String>,
+    evals: BTreeSet<String>,
+}
+
+impl Links {
+    fn of(&self, ns: &str, id: &str) -> Option<&JobRows> {
+        self.jobs.get(id)?.get(ns)
+    }
+
+    fn of_mut(&mut self, ns: &str, id: &str) -> &mut JobRows {
+        self.jobs
+            .entry(id.to_string())
+            .or_default()
+            .entry(ns.to_string())
+            .or_default()
+    }
+
+    fn link_deployment_alloc(&mut self, deployment_id: &str, alloc_id: &str) {
+        if !deployment_id.is_empty() {
+            self.deployment_allocs
+                .entry(deployment_id.to_string())
+                .or_default()
+                .insert(alloc_id.to_string());
+        }
+    }
+
+    fn unlink_deployment_alloc(&mut self, deployment_id: &str, alloc_id: &str) {
+        if let Some(set) = self.deployment_allocs.get_mut(deployment_id) {
+            set.remove(alloc_id);
+            if set.is_empty() {
+                self.deployment_allocs.remove(deployment_id);
+            }
+        }
+    }
 }
 
 /// A job and the versions Nomad keeps of it (`JobTrackedVersions` = 6).
@@ -282,10 +367,141 @@ impl State {
         self.jobs.values().flat_map(|m| m.values())
     }
 
-    pub fn allocs_of<'a>(&'a self, ns: &'a str, id: &'a str) -> impl Iterator<Item = &'a Alloc> {
-        self.allocs
-            .values()
-            .filter(move |a| a.namespace == ns && a.job_id == id)
+    /// The job's allocations, by ID.
+    pub fn allocs_of<'a>(&'a self, ns: &str, id: &str) -> impl Iterator<Item = &'a Alloc> + 'a {
+        let ids = self.links.of(ns, id).map(|r| &r.allocs);
+        ids.into_iter().flatten().filter_map(|a| self.allocs.get(a))
+    }
+
+    /// The job's deployments, by ID.
+    pub fn deployments_of<'a>(
+        &'a self,
+        ns: &str,
+        id: &str,
+    ) -> impl Iterator<Item = &'a Deployment> + 'a {
+        let ids = self.links.of(ns, id).map(|r| &r.deployments);
+        ids.into_iter()
+            .flatten()
+            .filter_map(|d| self.deployments.get(d))
+    }
+
+    /// The job's evaluations, by ID.
+    pub fn evals_of<'a>(&'a self, ns: &str, id: &str) -> impl Iterator<Item = &'a Eval> + 'a {
+        let ids = self.links.of(ns, id).map(|r| &r.evals);
+        ids.into_iter().flatten().filter_map(|e| self.evals.get(e))
+    }
+
+    /// The allocations of every job with this ID, by namespace, then ID.
+    pub fn allocs_of_any_namespace<'a>(&'a self, id: &str) -> impl Iterator<Item = &'a Alloc> + 'a {
+        let namespaces = self.links.jobs.get(id);
+        namespaces
+            .into_iter()
+            .flat_map(|m| m.values())
+            .flat_map(|r| r.allocs.iter())
+            .filter_map(|a| self.allocs.get(a))
+    }
+
+    /// The allocations placed for a deployment, by ID.
+    pub fn allocs_in_deployment<'a>(
+        &'a self,
+        deployment_id: &str,
+    ) -> impl Iterator<Item = &'a Alloc> + 'a {
+        let ids = self.links.deployment_allocs.get(deployment_id);
+        ids.into_iter().flatten().filter_map(|a| self.allocs.get(a))
+    }
+
+    pub fn insert_alloc(&mut self, alloc: Alloc) {
+        let links = self.links.of_mut(&alloc.namespace, &alloc.job_id);
+        links.allocs.insert(alloc.id.clone());
+        self.links
+            .link_deployment_alloc(&alloc.deployment_id, &alloc.id);
+        self.allocs.0.insert(alloc.id.clone(), alloc);
+    }
+
+    pub fn insert_deployment(&mut self, deployment: Deployment) {
+        let links = self.links.of_mut(&deployment.namespace, &deployment.job_id);
+        links.deployments.insert(deployment.id.clone());
+        self.deployments.0.insert(deployment.id.clone(), deployment);
+    }
+
+    pub fn insert_eval(&mut self, eval: Eval) {
+        let links = self.links.of_mut(&eval.namespace, &eval.job_id);
+        links.evals.insert(eval.id.clone());
+        self.evals.0.insert(eval.id.clone(), eval);
+    }
+
+    /// Moves an allocation into another deployment (`""`: none); answers it.
+    pub fn set_alloc_deployment(
+        &mut self,
+        alloc_id: &str,
+        deployment_id: &str,
+    ) -> Option<&mut Alloc> {
+        let a = self.allocs.0.get_mut(alloc_id)?;
+        if a.deployment_id != deployment_id {
+            self.links
+                .unlink_deployment_alloc(&a.deployment_id, alloc_id);
+            self.links.link_deployment_alloc(deployment_id, alloc_id);
+            a.deployment_id = deployment_id.to_string();
+        }
+        Some(a)
+    }
+
+    /// Drops the job's allocations, deployments and evaluations (not the job itself).
+    pub fn remove_job_rows(&mut self, ns: &str, id: &str) {
+        let Some(namespaces) = self.links.jobs.get_mut(id) else {
+            return;
+        };
+        let Some(rows) = namespaces.remove(ns) else {
+            return;
+        };
+        if namespaces.is_empty() {
+            self.links.jobs.remove(id);
+        }
+        for alloc_id in &rows.allocs {
+            if let Some(a) = self.allocs.0.remove(alloc_id) {
+                self.links
+                    .unlink_deployment_alloc(&a.deployment_id, alloc_id);
+            }
+        }
+        for d in &rows.deployments {
+            self.deployments.0.remove(d);
+        }
+        for e in &rows.evals {
+            self.evals.0.remove(e);
+        }
+    }
+
+    /// Builds the index from the tables (after loading a state file).
+    pub fn relink(&mut self) {
+        let mut links = Links::default();
+        for a in self.allocs.values() {
+            links
+                .of_mut(&a.namespace, &a.job_id)
+                .allocs
+                .insert(a.id.clone());
+            links.link_deployment_alloc(&a.deployment_id, &a.id);
+        }
+        for d in self.deployments.values() {
+            links
+                .of_mut(&d.namespace, &d.job_id)
+                .deployments
+                .insert(d.id.clone());
+        }
+        for e in self.evals.values() {
+            links
+                .of_mut(&e.namespace, &e.job_id)
+                .evals
+                .insert(e.id.clone());
+        }
+        self.links = links;
+    }
+
+    /// The index matches the tables (what [`State::relink`] would build).
+    #[cfg(test)]
+    pub fn links_consistent(&self) -> bool {
+        let mut rebuilt = self.clone();
+        rebuilt.relink();
+        rebuilt.links == self.links
     }
 
     pub fn var(&self, ns: &str, path: &str) -> Option<&Variable> {
