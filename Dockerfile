@@ -17,21 +17,29 @@ FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 
 # Dependencies first, in their own layer: a change to the sources alone does not rebuild them.
-# Stub targets stand in for src/ (build.rs and the real sources come in the next layer).
+# Stub targets stand in for each crate's sources (the real ones come in the next layer).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
-    && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src target/release/.fingerprint/hippo-gitops-* target/release/deps/hippo_gitops-* \
-       target/release/deps/libhippo_gitops-* target/release/hippo-gitops*
+COPY crates/core/Cargo.toml crates/core/
+COPY crates/controller/Cargo.toml crates/controller/
+COPY crates/emulators/Cargo.toml crates/emulators/
+COPY crates/cli/Cargo.toml crates/cli/
+COPY crates/bench/Cargo.toml crates/bench/
+COPY crates/testkit/Cargo.toml crates/testkit/
+RUN for crate in core controller emulators cli bench testkit; do \
+        mkdir -p "crates/$crate/src" && touch "crates/$crate/src/lib.rs"; \
+    done \
+    && echo 'fn main() {}' > crates/cli/src/main.rs \
+    && echo 'fn main() {}' > crates/bench/src/main.rs \
+    && cargo build --release --locked -p hippo-gitops --no-default-features \
+    && rm -rf crates target/release/.fingerprint/hippo-gitops* target/release/deps/hippo_gitops* \
+       target/release/deps/libhippo_gitops* target/release/hippo-gitops*
 
 # `hippo-gitops --version` shows this revision (.git is not in the build context).
 ARG HIPPO_GITOPS_GIT_REV=""
 ENV HIPPO_GITOPS_GIT_REV=${HIPPO_GITOPS_GIT_REV}
-COPY build.rs ./
-COPY src ./src
-RUN cargo build --release --locked --bin hippo-gitops \
+COPY crates ./crates
+# Without the `sandbox` feature: no emulators in the image (`--version` says "no sandbox").
+RUN cargo build --release --locked -p hippo-gitops --no-default-features --bin hippo-gitops \
     && strip target/release/hippo-gitops \
     && ./target/release/hippo-gitops --version
 
