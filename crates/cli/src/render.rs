@@ -2,7 +2,7 @@
 //! Markdown for a pull request comment. Pure functions of the core's plan and report.
 
 use hippo_gitops_core::{
-    apply::RunReport,
+    apply::{Applied, RunReport},
     diff::{Action, Plan},
     events::Event,
     status::{AppStatus, Condition},
@@ -295,12 +295,12 @@ pub fn run_text(report: &RunReport) -> String {
         let line = match &app.error {
             _ if app.suspended => format!("{}: suspended (spec.suspend), nothing written", app.app),
             None if app.applied.is_empty() => format!("{}: ready, unchanged", app.app),
-            None => format!("{}: ready, {}", app.app, app.applied.join("; ")),
+            None => format!("{}: ready, {}", app.app, descriptions(&app.applied)),
             Some(e) => {
                 let done = if app.applied.is_empty() {
                     String::new()
                 } else {
-                    format!(" (after: {})", app.applied.join("; "))
+                    format!(" (after: {})", descriptions(&app.applied))
                 };
                 // What to do next: a one-shot run retries nothing itself.
                 let (kind, next) = if e.is_transient() {
@@ -366,9 +366,15 @@ struct RunJson<'a> {
 struct AppJson<'a> {
     app: &'a str,
     converged: bool,
-    applied: &'a [String],
+    applied: &'a [Applied],
     warnings: &'a [String],
     condition: &'a Condition,
+}
+
+/// The changes' descriptions, `; `-separated.
+fn descriptions(applied: &[Applied]) -> String {
+    let lines: Vec<&str> = applied.iter().map(|a| a.description.as_str()).collect();
+    lines.join("; ")
 }
 
 /// `reconcile --once --output json`, with the run's events.

@@ -866,7 +866,10 @@ impl Loop {
                             self.count(outcome);
                             log_result(&result, outcome, retry_in);
                             self.log_recovery(&result, outcome);
-                            let applied = std::mem::take(&mut result.applied);
+                            let applied = std::mem::take(&mut result.applied)
+                                .into_iter()
+                                .map(|a| a.description)
+                                .collect();
                             entries.push(self.entry(result.status, &id, applied));
                         }
                     }

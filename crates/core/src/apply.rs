@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     bindles::{BindleClient, BindleConfig, BindleError, PushReport},
-    diff::{self, AppPlan, Change, ChannelHealth, ChannelTarget, Op, Plan, Stage},
+    diff::{self, Action, AppPlan, Change, ChannelHealth, ChannelTarget, Kind, Op, Plan, Stage},
     gate::{WriteGate, WriteRefused},
     hippo::{
         types::{CreateChannel, DesiredStatus, EnvVar, UpdateChannel},
@@ -221,12 +221,98 @@ impl ApplyError {
     }
 }
 
+/// What a change made in a run did (an event's `reason`), finer than its action and kind:
+/// an update of a channel may set its env only or reschedule its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    BindlePushed,
+    AppCreated,
+    RevisionRegistered,
+    ChannelCreated,
+    ChannelUpdated,
+    EnvChanged,
+    JobScheduled,
+    /// A job started for a channel Hippo moved itself while registering (no planned change).
+    JobStarted,
+    ChannelDeleted,
+}
+
+impl Made {
+    pub fn name(self) -> &'static str {
+        match self {
+            Made::BindlePushed => "BindlePushed",
+            Made::AppCreated => "AppCreated",
+            Made::RevisionRegistered => "RevisionRegistered",
+            Made::ChannelCreated => "ChannelCreated",
+            Made::ChannelUpdated => "ChannelUpdated",
+            Made::EnvChanged => "EnvChanged",
+            Made::JobScheduled => "JobScheduled",
+            Made::JobStarted => "JobStarted",
+            Made::ChannelDeleted => "ChannelDeleted",
+        }
+    }
+
+    fn of(op: &Op) -> Made {
+        match op {
+            Op::PushBindle { .. } => Made::BindlePushed,
+            Op::CreateApp { .. } => Made::AppCreated,
+            Op::RegisterRevision { .. } => Made::RevisionRegistered,
+            Op::CreateChannel { .. } => Made::ChannelCreated,
+            Op::UpdateChannel { .. } => Made::ChannelUpdated,
+            Op::SetEnv { .. } => Made::EnvChanged,
+            Op::ScheduleChannel { .. } => Made::JobScheduled,
+            Op::DeleteChannel { .. } => Made::ChannelDeleted,
+        }
+    }
+}
+
+/// A change made in a run. Serialized (and displayed) as its description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub action: Action,
+    pub kind: Kind,
+    /// The bindle, app, revision or channel it was made to.
+    pub name: String,
+    pub made: Made,
+    /// What was done, in the past tense (env keys only, never values).
+    pub description: String,
+}
+
+impl Applied {
+    fn of(change: &Change, description: String) -> Applied {
+        Applied {
+            action: change.action,
+            kind: change.kind,
+            name: change.name.clone(),
+            made: Made::of(&change.op),
+            description,
+        }
+    }
+
+    /// The channel it was made to, if any.
+    pub fn channel(&self) -> Option<&str> {
+        (self.kind == Kind::Channel).then_some(self.name.as_str())
+    }
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl serde::Serialize for Applied {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.description)
+    }
+}
+
 /// What happened to one app in a run.
 #[derive(Debug)]
 pub struct AppResult {
     pub app: String,
-    /// Descriptions of the changes made, in order.
-    pub applied: Vec<String>,
+    /// The changes made, in order.
+    pub applied: Vec<Applied>,
     pub warnings: Vec<String>,
     /// Each channel's Nomad job, when Nomad is configured.
     pub health: Vec<(String, ChannelHealth)>,
@@ -295,7 +381,7 @@ pub async fn reconcile_from(
     ctx: &Context,
     mut snapshot: Snapshot,
 ) -> Result<RunReport, ReconcileError> {
-    let mut applied: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut applied: BTreeMap<String, Vec<Applied>> = BTreeMap::new();
     let mut warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut failed: BTreeMap<String, ApplyError> = BTreeMap::new();
     // Apps with a problem scoped to a revision or a channel: what doesn't depend on it goes
@@ -389,7 +475,10 @@ pub async fn reconcile_from(
                 if let Op::PushBindle { id, .. } = &change.op {
                     pushed.push(id.clone());
                 }
-                applied.entry(app.clone()).or_default().push(text);
+                applied
+                    .entry(app.clone())
+                    .or_default()
+                    .push(Applied::of(&change, text));
             }
             if let Some(e) = err {
                 tracing::warn!(app = %app, error = %e, "change failed");
@@ -845,7 +934,7 @@ async fn start_moved_channels(
     desired: &DesiredState,
     before: &BTreeMap<Uuid, Option<Uuid>>,
     after: &Snapshot,
-    applied: &mut BTreeMap<String, Vec<String>>,
+    applied: &mut BTreeMap<String, Vec<Applied>>,
     failed: &mut BTreeMap<String, ApplyError>,
 ) {
     let managed: BTreeSet<&str> = desired.apps.iter().map(|a| a.name.as_str()).collect();
@@ -867,7 +956,13 @@ async fn start_moved_channels(
                         ch.name, now.revision_number
                     );
                     tracing::info!(app = %app.name, "{text}");
-                    applied.entry(app.name.clone()).or_default().push(text);
+                    applied.entry(app.name.clone()).or_default().push(Applied {
+                        action: Action::Update,
+                        kind: Kind::Channel,
+                        name: ch.name.clone(),
+                        made: Made::JobStarted,
+                        description: text,
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(app = %app.name, error = %e, "change failed");

@@ -320,53 +320,6 @@ impl Tracker {
     }
 }
 
-/// What a change's line in the run report (`AppResult::applied`, as `apply` words it: "created
-/// channel production (…)", "updated channel canary: …") says of the change: its channel and
-/// a reason. The report carries these lines only; this reads them back.
-pub fn applied_change(description: &str) -> AppliedChange {
-    let word_after = |prefix: &str| {
-        description
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split([' ', ':']).next())
-            .map(|w| w.trim_end_matches("'s"))
-            .filter(|w| !w.is_empty())
-            .map(str::to_string)
-    };
-    let (reason, channel) = if description.starts_with("pushed bindle ") {
-        ("BindlePushed", None)
-    } else if description.starts_with("created app ") {
-        ("AppCreated", None)
-    } else if description.starts_with("registered revision ") {
-        ("RevisionRegistered", None)
-    } else if let Some(ch) = word_after("created channel ") {
-        ("ChannelCreated", Some(ch))
-    } else if let Some(ch) = word_after("deleted channel ") {
-        ("ChannelDeleted", Some(ch))
-    } else if description.starts_with("updated channel ") && description.contains(" env: ") {
-        ("EnvChanged", word_after("updated channel "))
-    } else if let Some(ch) = word_after("updated channel ") {
-        ("ChannelUpdated", Some(ch))
-    } else if let Some(ch) = word_after("started channel ") {
-        ("JobStarted", Some(ch))
-    } else if let Some(ch) = word_after("rescheduled channel ") {
-        ("JobScheduled", Some(ch))
-    } else if description.starts_with("deployed ") {
-        let ch = description
-            .split(" to channel ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .map(str::to_string);
-        ("JobScheduled", ch)
-    } else {
-        ("Changed", None)
-    };
-    AppliedChange {
-        channel,
-        reason: reason.to_string(),
-        description: description.to_string(),
-    }
-}
-
 /// The events of a run: each app's result, with the condition and channels the core reported
 /// for it after the run ([`crate::apply::AppResult::status`]), through `tracker`.
 /// `desired_changed(app)`: whether the app's desired state changed since it was last
@@ -394,7 +347,15 @@ pub fn run_events(
             .collect();
         let run = AppCycle {
             app: &result.app,
-            applied: result.applied.iter().map(|d| applied_change(d)).collect(),
+            applied: result
+                .applied
+                .iter()
+                .map(|a| AppliedChange {
+                    channel: a.channel().map(str::to_string),
+                    reason: a.made.name().to_string(),
+                    description: a.description.clone(),
+                })
+                .collect(),
             // The status's condition is the run's when the run failed.
             condition: &result.status.condition,
             failed: result.error.is_some(),
@@ -645,31 +606,6 @@ mod tests {
         assert_eq!(redact("information", &["info"]), "information");
         assert_eq!(redact("level info.", &["info"]), "level ***.");
         assert_eq!(redact("a b", &["b"]), "a b");
-    }
-
-    #[test]
-    fn change_descriptions_are_read_back_into_a_channel_and_a_reason() {
-        let cases = [
-            ("pushed bindle weather/1.0.0 (3 parcel(s), 291 bytes uploaded)", "BindlePushed", None),
-            ("created app weather (326b6cce-2a43-4217-9ff5-a326b67c59c0)", "AppCreated", None),
-            ("registered revision 1.1.0", "RevisionRegistered", None),
-            ("created channel production (range ~1.0.0, domain a.example.com)", "ChannelCreated", Some("production")),
-            ("updated channel canary: revision: 1.1.0 -> 1.0.0", "ChannelUpdated", Some("canary")),
-            ("updated channel staging env: +A ~B -C", "EnvChanged", Some("staging")),
-            ("deleted channel old (prune)", "ChannelDeleted", Some("old")),
-            ("deployed weather/1.0.0 to channel production through Hippo (job missing)", "JobScheduled", Some("production")),
-            ("rescheduled channel canary through Hippo (job stopped)", "JobScheduled", Some("canary")),
-            ("started channel production's job through Hippo (moved to 1.1.0 by the registration)", "JobStarted", Some("production")),
-        ];
-        for (d, reason, channel) in cases {
-            let c = applied_change(d);
-            assert_eq!(
-                (c.reason.as_str(), c.channel.as_deref()),
-                (reason, channel),
-                "{d}"
-            );
-            assert_eq!(c.description, d);
-        }
     }
 
     #[test]
