@@ -345,6 +345,8 @@ pub async fn spin_deploy_baseline(
                         // Pinned to a version this script hasn't deployed yet.
                         None => continue,
                     },
+                    // A script has no promotion: it leaves such a channel alone.
+                    spec::Selector::Promote(_) => continue,
                 };
                 match channels
                     .iter()

@@ -978,6 +978,7 @@ fn eventual_revision(ch: &ChannelSpec, numbers: &[&str]) -> Option<String> {
     match &ch.selector {
         Selector::Range(range) => max_satisfying(range, numbers).map(String::from),
         Selector::Revision(v) => Some(v.clone()),
+        Selector::Promote(_) => None,
     }
 }
 
@@ -985,6 +986,7 @@ fn selector_text(selector: &Selector) -> String {
     match selector {
         Selector::Range(r) => format!("range {r}"),
         Selector::Revision(v) => format!("revision {v}"),
+        Selector::Promote(p) => format!("promote from {}", p.from),
     }
 }
 
@@ -1044,6 +1046,12 @@ fn channel_target(ch: &ChannelSpec, app: Option<&App>, known: &[(&str, Uuid)]) -
                 number: v.clone(),
                 id: lookup(v),
             }),
+        },
+        Selector::Promote(_) => ChannelTarget {
+            domain: ch.domain.clone(),
+            strategy: Strategy::UseSpecifiedRevision,
+            range_rule: None,
+            active_revision: None,
         },
     }
 }
@@ -1144,6 +1152,7 @@ mod tests {
             name: "weather".into(),
             storage_id: "weather".into(),
             revisions,
+            discover: Vec::new(),
             channels,
             prune: false,
             suspend: false,
@@ -1175,6 +1184,7 @@ mod tests {
             domain: None,
             env: BTreeMap::new(),
             allow_empty: false,
+            rollback: false,
         }
     }
 
@@ -1185,6 +1195,7 @@ mod tests {
             domain: None,
             env: BTreeMap::new(),
             allow_empty: false,
+            rollback: false,
         }
     }
 

@@ -204,6 +204,7 @@ pub fn app_status(spec: &AppSpec, app_plan: &AppPlan, snapshot: &Snapshot) -> Ap
             let desired_revision = match &ch.selector {
                 Selector::Revision(v) => Some(v.clone()),
                 Selector::Range(r) => diff::max_satisfying(r, &numbers).map(String::from),
+                Selector::Promote(_) => None,
             };
             let current = hippo_app
                 .and_then(|a| snapshot.channels_of(a).find(|c| c.name == ch.name));

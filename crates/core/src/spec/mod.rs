@@ -139,6 +139,10 @@ pub struct AppSpec {
     pub storage_id: String,
     /// Sorted by semantic version, ascending (the order registrations are made in).
     pub revisions: Vec<RevisionSpec>,
+    /// `revisions: - discover: <range>`: every complete, unyanked version of `storage_id` on
+    /// the Bindle server in one of these node-semver ranges is registered in Hippo, without a
+    /// Git change. Empty: nothing is discovered.
+    pub discover: Vec<DiscoverSpec>,
     pub channels: Vec<ChannelSpec>,
     pub prune: bool,
     /// Leave the app alone: no writes, shown as `Suspended` (Flux's `suspend`, for incidents).
@@ -164,6 +168,15 @@ pub enum RevisionSource {
     Local(std::sync::Arc<LocalBindle>),
 }
 
+/// `revisions: - discover: ">=1.0.0"`: versions of the app's bindle to register as they
+/// appear on the Bindle server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverSpec {
+    /// A node-semver range, as written (checked by the one `P:`/range parser).
+    pub range: String,
+    pub origin: Origin,
+}
+
 /// How a channel picks its active revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -171,6 +184,30 @@ pub enum Selector {
     Range(String),
     /// One pinned revision number (`UseSpecifiedRevision`).
     Revision(String),
+    /// Pinned (`UseSpecifiedRevision`) by the controller to what another channel runs, once
+    /// that has proven healthy on Nomad.
+    Promote(PromoteSpec),
+}
+
+/// `promote:` on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromoteSpec {
+    /// Another channel of the same app (validated: exists, not itself, no cycle).
+    pub from: String,
+    /// How long every allocation of `from`'s job for the revision must have been healthy.
+    pub after: std::time::Duration,
+    pub check: Option<ProbeSpec>,
+}
+
+/// `promote.check`: an HTTP probe that must pass on every try during `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// May contain `{domain}`: the `from` channel's domain in Hippo.
+    pub url: String,
+    /// Default 200.
+    pub expect_status: u16,
+    /// Default 15s.
+    pub interval: std::time::Duration,
 }
 
 /// One channel of an app.
@@ -185,6 +222,9 @@ pub struct ChannelSpec {
     /// A rule change that selects no revision may leave the channel with none (its job is
     /// removed); without it such a change is refused (`NoMatchingRevision`).
     pub allow_empty: bool,
+    /// `rollback: true` (only with a range or `promote`): a revision this channel moved to
+    /// that fails on Nomad is rolled back to the last one that ran healthy in it.
+    pub rollback: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

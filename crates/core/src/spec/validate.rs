@@ -397,6 +397,7 @@ pub(super) fn validate(
                     domain: ch.domain.clone(),
                     env,
                     allow_empty: ch.allow_empty,
+                    rollback: false,
                 });
             }
         }
@@ -406,6 +407,7 @@ pub(super) fn validate(
                 name,
                 storage_id,
                 revisions: revisions.into_iter().map(|(_, r)| r).collect(),
+                discover: Vec::new(),
                 channels,
                 prune: raw.spec.prune,
                 suspend: raw.spec.suspend,
