@@ -358,6 +358,9 @@ pub struct DaemonArgs {
     /// How soon to look again at an app still rolling out on Nomad.
     #[arg(help_heading = "Controller", long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub rollout_interval: Duration,
+    /// How often apps with a `discover` range look for new versions on the Bindle server.
+    #[arg(help_heading = "Controller", long, env = "HIPPO_GITOPS_DISCOVER_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub discover_interval: Duration,
     /// First wait after a failure; doubles per failure in a row.
     #[arg(help_heading = "Controller", long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub backoff_min: Duration,
@@ -882,6 +885,7 @@ async fn daemon(mut args: ReconcileArgs) -> anyhow::Result<ExitCode> {
         .map(Secret::new);
     config.shutdown_grace = d.shutdown_grace;
     config.progress_interval = d.rollout_interval.max(Duration::from_millis(50));
+    config.discover_interval = d.discover_interval.max(Duration::from_millis(100));
     config.backoff = BackoffPolicy {
         min: d.backoff_min,
         max: d.backoff_max.max(d.backoff_min),

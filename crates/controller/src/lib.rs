@@ -112,6 +112,8 @@ pub struct ControllerConfig {
     pub backoff: BackoffPolicy,
     /// How soon to look again at an app still rolling out on Nomad.
     pub progress_interval: Duration,
+    /// How often apps with a `discover` range look for new versions on the Bindle server.
+    pub discover_interval: Duration,
     /// HTTP address; `None`: no HTTP server.
     pub listen: Option<SocketAddr>,
     /// HTTP connections served at once; `None`: a quarter of the process's file descriptor
@@ -135,6 +137,7 @@ impl ControllerConfig {
             interval: Duration::from_secs(60),
             backoff: BackoffPolicy::default(),
             progress_interval: Duration::from_secs(5),
+            discover_interval: Duration::from_secs(60),
             listen: None,
             max_connections: None,
             webhook_secret: None,
@@ -387,10 +390,12 @@ impl Daemon {
         ctx.gate = gate.clone();
         // Daemon cycles look at Nomad but don't wait for it: progress is checked again later.
         ctx.options.wait = None;
-        // Settled bindles are not asked for again every cycle (re-checked every 10 minutes).
-        ctx.bindle_cache = Some(Arc::new(hippo_gitops_core::observe::BindleCache::new(
-            Duration::from_secs(600),
-        )));
+        // Settled bindles are not asked for again every cycle (re-checked every 10 minutes);
+        // an app that discovers asks again every discover interval.
+        ctx.bindle_cache = Some(Arc::new(
+            hippo_gitops_core::observe::BindleCache::new(Duration::from_secs(600))
+                .discovering_every(config.discover_interval),
+        ));
         let (trigger_tx, trigger_rx) = mpsc::channel(64);
         let branch = match &config.source {
             SourceConfig::Git(g) => Some(g.branch.clone()),
@@ -863,6 +868,7 @@ impl Loop {
                         for mut result in report.apps {
                             let outcome = outcome_of(&result);
                             let retry_in = self.schedule.record(&result.app, outcome, std::time::Instant::now());
+                            self.count_delivery(&result);
                             self.count(outcome);
                             log_result(&result, outcome, retry_in);
                             self.log_recovery(&result, outcome);
@@ -988,6 +994,46 @@ impl Loop {
                 tracing::info!(app, "app {app} healthy again");
             }
             _ => {}
+        }
+    }
+
+    /// Counts the app's discoveries, promotions and rollbacks, and wakes for what it waits on:
+    /// the end of a promotion's window, its next check, the next discovery round.
+    fn count_delivery(&mut self, result: &apply::AppResult) {
+        {
+            let mut metrics = self.shared.metrics.locked();
+            for a in &result.applied {
+                match a.made {
+                    apply::Made::RevisionDiscovered => metrics.discovered += 1,
+                    apply::Made::ChannelPromoted => metrics.promotions += 1,
+                    apply::Made::ChannelRolledBack => metrics.rollbacks += 1,
+                    _ => {}
+                }
+            }
+        }
+        let Some(spec) = self.specs.get(&result.app) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut wake: Option<Duration> =
+            (!spec.discover.is_empty()).then_some(self.config.discover_interval);
+        for p in &result.plan.promotions {
+            if let Some(healthy_for) = p.healthy_for_ms {
+                let left = Duration::from_millis(p.after_ms.saturating_sub(healthy_for));
+                wake = Some(wake.map_or(left, |w| w.min(left)));
+            }
+        }
+        let probe = self
+            .ctx
+            .prober
+            .next_due(std::slice::from_ref(spec), Utc::now().timestamp_millis());
+        if let Some(p) = probe {
+            wake = Some(wake.map_or(p, |w| w.min(p)));
+        }
+        if let Some(w) = wake {
+            // Not sooner than a second: a window that just ended is looked at once, not spun on.
+            self.schedule
+                .requeue_by(&result.app, now + w.max(Duration::from_secs(1)));
         }
     }
 

@@ -23,6 +23,10 @@ pub struct Metrics {
     results: BTreeMap<&'static str, u64>,
     /// Reconcile cycles by trigger.
     triggers: BTreeMap<&'static str, u64>,
+    /// Revisions discovered, promotions and rollbacks made (issue 16).
+    pub discovered: u64,
+    pub promotions: u64,
+    pub rollbacks: u64,
 }
 
 impl Metrics {
@@ -106,6 +110,27 @@ impl Metrics {
                 w,
                 "hippo_gitops_reconciles_total{{result=\"{result}\"}} {n}"
             );
+        }
+
+        for (name, help, n) in [
+            (
+                "hippo_gitops_discovered_total",
+                "Revisions found on the Bindle server by a discover range and registered in Hippo.",
+                self.discovered,
+            ),
+            (
+                "hippo_gitops_promotions_total",
+                "Channels pinned to a revision their promote.from channel proved healthy.",
+                self.promotions,
+            ),
+            (
+                "hippo_gitops_rollbacks_total",
+                "Channels pinned back from a revision that failed on Nomad.",
+                self.rollbacks,
+            ),
+        ] {
+            header(w, name, "counter", help);
+            let _ = writeln!(w, "{name} {n}");
         }
 
         header(

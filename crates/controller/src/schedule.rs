@@ -171,6 +171,14 @@ impl Schedule {
         }
     }
 
+    /// Look at the app again by `at` at the latest (a promotion's window ends, a check or a
+    /// discovery is due), unless it is stalled or already due sooner.
+    pub fn requeue_by(&mut self, app: &str, at: Instant) {
+        if let Some(e) = self.apps.get_mut(app).filter(|e| !e.stalled) {
+            e.next = Some(e.next.map_or(at, |n| n.min(at)));
+        }
+    }
+
     /// The earliest instant an app is due by itself (backoff or progress check).
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.apps

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     bindles::{BindleClient, BindleConfig, BindleError, PushReport},
+    delivery::{Delivery, DeliveryRecords, Rollback, RECORDS_VARIABLE},
     diff::{self, Action, AppPlan, Change, ChannelHealth, ChannelTarget, Kind, Op, Plan, Stage},
     gate::{WriteGate, WriteRefused},
     hippo::{
@@ -74,6 +75,8 @@ pub struct Context {
     pub bindle_cache: Option<Arc<observe::BindleCache>>,
     /// Where uploads and waits are reported (the CLI's terminal line; nobody by default).
     pub progress: Arc<dyn crate::progress::Progress>,
+    /// Promotions' checks and what they saw (kept across a controller's cycles).
+    pub prober: Arc<crate::probe::Prober>,
 }
 
 impl Context {
@@ -85,6 +88,7 @@ impl Context {
             bindle_cache: self.bindle_cache.as_deref(),
             nomad: self.nomad.as_deref(),
             concurrency: self.concurrency,
+            prober: &self.prober,
         }
     }
 
@@ -120,6 +124,7 @@ impl Context {
             gate: WriteGate::open(),
             bindle_cache: None,
             progress: Arc::new(crate::progress::NoProgress),
+            prober: Arc::default(),
         }
     }
 }
@@ -164,6 +169,9 @@ pub enum ApplyError {
     /// The write gate is closed: not the leader, or shutting down. Nothing was sent.
     #[error("not written: {0}")]
     NotWritten(#[from] WriteRefused),
+    /// The rollback records could not be written (nothing was pinned).
+    #[error("rollback records: {0}")]
+    Records(String),
     /// A problem found while planning (see [`diff::Problem`]).
     #[error("{message}")]
     Planned {
@@ -188,6 +196,7 @@ impl ApplyError {
             // A reload (the file watcher's, or the next interval's) brings the new content.
             ApplyError::LocalBindle(_) => true,
             ApplyError::NotWritten(_) => true,
+            ApplyError::Records(_) => true,
             ApplyError::Planned { transient, .. } => *transient,
         }
     }
@@ -216,6 +225,7 @@ impl ApplyError {
             ApplyError::LocalBindle(_) => "LocalBindleChanged",
             ApplyError::NotWritten(WriteRefused::ShuttingDown) => "ShuttingDown",
             ApplyError::NotWritten(_) => "NotLeader",
+            ApplyError::Records(_) => "DeliveryRecordsUnavailable",
             ApplyError::Planned { reason, .. } => reason,
         }
     }
@@ -235,6 +245,12 @@ pub enum Made {
     /// A job started for a channel Hippo moved itself while registering (no planned change).
     JobStarted,
     ChannelDeleted,
+    /// A revision found by `discover` was registered.
+    RevisionDiscovered,
+    /// A channel was pinned to what its `from` channel proved healthy.
+    ChannelPromoted,
+    /// A channel was pinned back from a failing revision.
+    ChannelRolledBack,
 }
 
 impl Made {
@@ -249,6 +265,9 @@ impl Made {
             Made::JobScheduled => "JobScheduled",
             Made::JobStarted => "JobStarted",
             Made::ChannelDeleted => "ChannelDeleted",
+            Made::RevisionDiscovered => "RevisionDiscovered",
+            Made::ChannelPromoted => "ChannelPromoted",
+            Made::ChannelRolledBack => "ChannelRolledBack",
         }
     }
 
@@ -256,7 +275,18 @@ impl Made {
         match op {
             Op::PushBindle { .. } => Made::BindlePushed,
             Op::CreateApp { .. } => Made::AppCreated,
+            Op::RegisterRevision {
+                discovered: true, ..
+            } => Made::RevisionDiscovered,
             Op::RegisterRevision { .. } => Made::RevisionRegistered,
+            Op::UpdateChannel {
+                delivery: Some(Delivery::Promote { .. }),
+                ..
+            } => Made::ChannelPromoted,
+            Op::UpdateChannel {
+                delivery: Some(Delivery::Rollback(_)),
+                ..
+            } => Made::ChannelRolledBack,
             Op::CreateChannel { .. } => Made::ChannelCreated,
             Op::UpdateChannel { .. } => Made::ChannelUpdated,
             Op::SetEnv { .. } => Made::EnvChanged,
@@ -389,124 +419,157 @@ pub async fn reconcile_from(
     let mut blocked: BTreeMap<String, ApplyError> = BTreeMap::new();
     // Changes already made, by key: planned again means Hippo didn't take it.
     let mut done_keys: BTreeSet<String> = BTreeSet::new();
+    let mut health = BTreeMap::new();
 
-    for round in 0..=MAX_ROUNDS {
-        let active: Vec<AppSpec> = desired
-            .apps
-            .iter()
-            .filter(|a| !failed.contains_key(&a.name))
-            .cloned()
-            .collect();
-        let plan = diff::diff(&active, &snapshot);
-        for app in &plan.apps {
-            warnings.insert(app.app.clone(), app.warnings.clone());
-            let app_wide: Vec<&diff::Problem> =
-                app.problems.iter().filter(|p| p.is_app_wide()).collect();
-            if !app_wide.is_empty() {
-                failed.insert(app.app.clone(), planned_error(&app_wide));
-            } else if app.problems.is_empty() {
-                blocked.remove(&app.app);
-            } else {
-                let scoped: Vec<&diff::Problem> = app.problems.iter().collect();
-                blocked.insert(app.app.clone(), planned_error(&scoped));
-            }
-        }
-        let Some(stage) = plan.changes().map(|c| c.stage).min() else {
-            break;
-        };
-        if round == MAX_ROUNDS {
-            for app in plan.apps.iter().filter(|a| !a.changes.is_empty()) {
-                failed.entry(app.app.clone()).or_insert_with(|| {
-                    ApplyError::NotApplied(format!(
-                        "still not converged after {MAX_ROUNDS} rounds: {}",
-                        app.changes
-                            .iter()
-                            .map(|c| c.describe())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ))
-                });
-            }
-            break;
-        }
-        // Per app, the changes of this stage, in plan order.
-        let mut work: BTreeMap<String, Vec<Change>> = BTreeMap::new();
-        for change in plan.changes().filter(|c| c.stage == stage) {
-            if done_keys.contains(&change.key()) && change.stage != Stage::Push {
-                failed.entry(change.app.clone()).or_insert_with(|| {
-                    ApplyError::NotApplied(format!(
-                        "Hippo accepted \"{}\" but still differs afterwards",
-                        change.describe()
-                    ))
-                });
-                continue;
-            }
-            if failed.contains_key(&change.app) {
-                continue;
-            }
-            work.entry(change.app.clone())
-                .or_default()
-                .push(change.clone());
-        }
-        let registered: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
-        let results: Vec<AppStageResult> = stream::iter(work)
-            .map(|(app, changes)| {
-                let registered = registered.clone();
-                let locals = local_bindles(desired, &app);
-                async move {
-                    let mut ok = Vec::new();
-                    for change in changes {
-                        match apply_change(ctx, &change, &locals, &registered).await {
-                            Ok(text) => ok.push((change, text)),
-                            Err(e) => return (app, ok, Some(e)),
-                        }
-                    }
-                    (app, ok, None)
+    // A second pass only for rollbacks: a revision that failed while waiting for Nomad is
+    // rolled back in the same run, and the revision rolled back to is waited for.
+    for pass in 0..2 {
+        for round in 0..=MAX_ROUNDS {
+            let active: Vec<AppSpec> = desired
+                .apps
+                .iter()
+                .filter(|a| !failed.contains_key(&a.name))
+                .cloned()
+                .collect();
+            let plan = diff::diff(&active, &snapshot);
+            for app in &plan.apps {
+                warnings.insert(app.app.clone(), app.warnings.clone());
+                let app_wide: Vec<&diff::Problem> =
+                    app.problems.iter().filter(|p| p.is_app_wide()).collect();
+                if !app_wide.is_empty() {
+                    failed.insert(app.app.clone(), planned_error(&app_wide));
+                } else if app.problems.is_empty() {
+                    blocked.remove(&app.app);
+                } else {
+                    let scoped: Vec<&diff::Problem> = app.problems.iter().collect();
+                    blocked.insert(app.app.clone(), planned_error(&scoped));
                 }
-            })
-            .buffer_unordered(ctx.concurrency.max(1))
-            .collect()
-            .await;
-        let mut pushed = Vec::new();
-        for (app, ok, err) in results {
-            for (change, text) in ok {
-                tracing::info!(app = %app, "{text}");
-                done_keys.insert(change.key());
-                if let Op::PushBindle { id, .. } = &change.op {
-                    pushed.push(id.clone());
+            }
+            let Some(stage) = plan.changes().map(|c| c.stage).min() else {
+                break;
+            };
+            if round == MAX_ROUNDS {
+                for app in plan.apps.iter().filter(|a| !a.changes.is_empty()) {
+                    failed.entry(app.app.clone()).or_insert_with(|| {
+                        ApplyError::NotApplied(format!(
+                            "still not converged after {MAX_ROUNDS} rounds: {}",
+                            app.changes
+                                .iter()
+                                .map(|c| c.describe())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ))
+                    });
                 }
-                applied
-                    .entry(app.clone())
+                break;
+            }
+            // Per app, the changes of this stage, in plan order.
+            let mut work: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+            for change in plan.changes().filter(|c| c.stage == stage) {
+                if done_keys.contains(&change.key()) && change.stage != Stage::Push {
+                    failed.entry(change.app.clone()).or_insert_with(|| {
+                        ApplyError::NotApplied(format!(
+                            "Hippo accepted \"{}\" but still differs afterwards",
+                            change.describe()
+                        ))
+                    });
+                    continue;
+                }
+                if failed.contains_key(&change.app) {
+                    continue;
+                }
+                work.entry(change.app.clone())
                     .or_default()
-                    .push(Applied::of(&change, text));
+                    .push(change.clone());
             }
-            if let Some(e) = err {
-                tracing::warn!(app = %app, error = %e, "change failed");
-                failed.insert(app, e);
+            let registered: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
+            let results: Vec<AppStageResult> = stream::iter(work)
+                .map(|(app, changes)| {
+                    let registered = registered.clone();
+                    let locals = local_bindles(desired, &app);
+                    async move {
+                        let mut ok = Vec::new();
+                        for change in changes {
+                            match apply_change(ctx, &change, &locals, &registered).await {
+                                Ok(text) => ok.push((change, text)),
+                                Err(e) => return (app, ok, Some(e)),
+                            }
+                        }
+                        (app, ok, None)
+                    }
+                })
+                .buffer_unordered(ctx.concurrency.max(1))
+                .collect()
+                .await;
+            let mut pushed = Vec::new();
+            for (app, ok, err) in results {
+                for (change, text) in ok {
+                    tracing::info!(app = %app, "{text}");
+                    done_keys.insert(change.key());
+                    if let Op::PushBindle { id, .. } = &change.op {
+                        pushed.push(id.clone());
+                    }
+                    applied
+                        .entry(app.clone())
+                        .or_default()
+                        .push(Applied::of(&change, text));
+                }
+                if let Some(e) = err {
+                    tracing::warn!(app = %app, error = %e, "change failed");
+                    failed.insert(app, e);
+                }
+            }
+            let before = (stage == Stage::Register && ctx.nomad.is_none())
+                .then(|| active_revisions(&snapshot));
+            let written = match stage {
+                Stage::Push => Written::Bindles(&pushed),
+                Stage::CreateApp | Stage::Register => Written::Apps,
+                Stage::Channels => Written::Channels,
+                Stage::Nomad => Written::NomadJobs,
+            };
+            observe::refresh(&mut snapshot, written, &desired.apps, &ctx.sources()).await?;
+            if let Some(before) = before {
+                start_moved_channels(ctx, desired, &before, &snapshot, &mut applied, &mut failed)
+                    .await;
             }
         }
-        let before =
-            (stage == Stage::Register && ctx.nomad.is_none()).then(|| active_revisions(&snapshot));
-        let written = match stage {
-            Stage::Push => Written::Bindles(&pushed),
-            Stage::CreateApp | Stage::Register => Written::Apps,
-            Stage::Channels => Written::Channels,
-            Stage::Nomad => Written::NomadJobs,
-        };
-        observe::refresh(&mut snapshot, written, &desired.apps, &ctx.sources()).await?;
-        if let Some(before) = before {
-            start_moved_channels(ctx, desired, &before, &snapshot, &mut applied, &mut failed).await;
+
+        if let Some(nomad) = &ctx.nomad {
+            health.clear();
+            wait_for_nomad(desired, ctx, nomad, &mut snapshot, &mut failed, &mut health).await;
         }
+        if pass == 1 {
+            break;
+        }
+        observe::observe_delivery(&desired.apps, &ctx.sources(), &mut snapshot).await;
+        let rollbacks: BTreeSet<String> = diff::diff(&desired.apps, &snapshot)
+            .changes()
+            .filter(|c| {
+                matches!(
+                    c.op,
+                    Op::UpdateChannel {
+                        delivery: Some(Delivery::Rollback(_)),
+                        ..
+                    }
+                )
+            })
+            .map(|c| c.app.clone())
+            .collect();
+        if rollbacks.is_empty() {
+            break;
+        }
+        for app in &rollbacks {
+            if matches!(failed.get(app), Some(ApplyError::AllocationFailed { .. })) {
+                failed.remove(app);
+            }
+        }
+        done_keys.clear();
     }
 
     for (app, e) in blocked {
         failed.entry(app).or_insert(e);
     }
     let orphans = handle_orphans(ctx, &snapshot).await;
-    let mut health = BTreeMap::new();
-    if let Some(nomad) = &ctx.nomad {
-        wait_for_nomad(desired, ctx, nomad, &mut snapshot, &mut failed, &mut health).await;
-    }
     // The final plan, once, against the last observation: what the report says is left.
     let final_plan = diff::diff(&desired.apps, &snapshot);
     let apps = desired
@@ -727,6 +790,45 @@ fn local_bindles(
         .collect()
 }
 
+/// Tries of a check-and-set write of the rollback records before giving up (another
+/// controller writing at the same moment).
+const RECORD_TRIES: usize = 3;
+
+/// Adds `rollback` to the records in Nomad (read, change, check-and-set write).
+async fn record_rollback(ctx: &Context, rollback: &Rollback) -> Result<(), ApplyError> {
+    let nomad = ctx
+        .nomad
+        .as_ref()
+        .ok_or_else(|| ApplyError::Records("a rollback needs Nomad to record it in".to_string()))?;
+    for _ in 0..RECORD_TRIES {
+        let (mut records, index) = match nomad.client.read_variable(RECORDS_VARIABLE).await? {
+            Some((items, index)) => (
+                DeliveryRecords::from_items(&items).map_err(ApplyError::Records)?,
+                index,
+            ),
+            None => (DeliveryRecords::default(), 0),
+        };
+        records.record_rollback(rollback, chrono::Utc::now().timestamp_millis());
+        if nomad
+            .client
+            .write_variable(RECORDS_VARIABLE, &records.to_items(), index)
+            .await?
+        {
+            tracing::info!(
+                app = %rollback.app,
+                channel = %rollback.channel,
+                failed = %rollback.failed,
+                to = %rollback.to,
+                "recorded rollback"
+            );
+            return Ok(());
+        }
+    }
+    Err(ApplyError::Records(format!(
+        "the Nomad Variable {RECORDS_VARIABLE} kept changing under {RECORD_TRIES} writes"
+    )))
+}
+
 fn hippo_err(what: impl Into<String>) -> impl FnOnce(HippoError) -> ApplyError {
     let what = what.into();
     move |source| ApplyError::Hippo { what, source }
@@ -784,6 +886,7 @@ async fn apply_change(
         Op::RegisterRevision {
             storage_id,
             version,
+            discovered,
         } => {
             let key = (storage_id.clone(), version.clone());
             if !registered.lock().await.insert(key) {
@@ -797,7 +900,11 @@ async fn apply_change(
                 .register_revision(storage_id, version)
                 .await
                 .map_err(hippo_err(format!("registering revision {version}")))?;
-            Ok(format!("registered revision {version}"))
+            Ok(if *discovered {
+                format!("registered revision {version} (discovered on the Bindle server)")
+            } else {
+                format!("registered revision {version}")
+            })
         }
         Op::CreateChannel {
             channel,
@@ -842,8 +949,14 @@ async fn apply_change(
             target,
             kept,
             start_job,
+            delivery,
             ..
         } => {
+            // The record first: pinned without it, the channel would move back to the failed
+            // revision on the next round.
+            if let Some(Delivery::Rollback(rollback)) = delivery {
+                record_rollback(ctx, rollback).await?;
+            }
             let domain = target.domain.clone().ok_or_else(|| {
                 ApplyError::Unresolved(format!("channel {channel} has no domain to send back"))
             })?;
@@ -864,7 +977,12 @@ async fn apply_change(
             if *start_job {
                 start_channel_job(ctx, *channel_id, channel).await?;
             }
-            Ok(change.describe().replacen("update", "updated", 1))
+            let text = change.describe();
+            Ok(match delivery {
+                None => text.replacen("update", "updated", 1),
+                Some(Delivery::Promote { .. }) => text.replacen("promote", "promoted", 1),
+                Some(Delivery::Rollback(_)) => text.replacen("roll back", "rolled back", 1),
+            })
         }
         Op::SetEnv {
             channel,

@@ -200,6 +200,10 @@ impl BindleVersions {
         self.0.is_empty()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &ServerBindle> {
+        self.0.iter()
+    }
+
     fn find(&self, version: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|b| b.version.as_str().cmp(version))
     }

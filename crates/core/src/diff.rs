@@ -12,6 +12,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
+    delivery::{Delivery, HeldBack, PendingPromotion, Resolved},
     hippo::types::{App, Channel, Strategy},
     observe::Snapshot,
     spec::{AppSpec, ChannelSpec, RevisionSource, Selector},
@@ -82,7 +83,13 @@ pub enum Op {
     #[serde(rename_all = "camelCase")]
     CreateApp { storage_id: String },
     #[serde(rename_all = "camelCase")]
-    RegisterRevision { storage_id: String, version: String },
+    RegisterRevision {
+        storage_id: String,
+        version: String,
+        /// Found on the Bindle server by a `discover` range, not listed in the deploy file.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        discovered: bool,
+    },
     #[serde(rename_all = "camelCase")]
     CreateChannel {
         channel: String,
@@ -110,6 +117,9 @@ pub enum Op {
         /// What the PUT sends back unchanged: Hippo's PUT replaces the whole channel.
         #[serde(skip)]
         kept: KeptFields,
+        /// A promotion or a rollback the controller decided (not the deploy file).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivery: Option<Delivery>,
     },
     /// A PATCH of the environment (the whole set).
     #[serde(rename_all = "camelCase")]
@@ -253,6 +263,11 @@ impl Change {
                 "create app {} (storageId {storage_id}; Hippo imports the bindle's versions as revisions)",
                 self.app
             ),
+            Op::RegisterRevision {
+                version,
+                discovered: true,
+                ..
+            } => format!("register revision {version} (discovered on the Bindle server)"),
             Op::RegisterRevision { version, .. } => format!("register revision {version}"),
             Op::CreateChannel {
                 channel,
@@ -279,9 +294,25 @@ impl Change {
                 channel,
                 fields,
                 start_job,
+                delivery,
                 ..
             } => format!(
-                "update channel {channel}: {}{}",
+                "{}{}{}",
+                match delivery {
+                    None => format!("update channel {channel}: "),
+                    Some(Delivery::Promote {
+                        from,
+                        revision,
+                        healthy_for_ms,
+                    }) => format!(
+                        "promote {revision} to channel {channel} ({from} has run it healthy for {}): ",
+                        crate::delivery::human_duration(*healthy_for_ms)
+                    ),
+                    Some(Delivery::Rollback(r)) => format!(
+                        "roll back channel {channel} from {} to {} ({} failed on Nomad: {}): ",
+                        r.failed, r.to, r.failed, r.reason
+                    ),
+                },
                 fields.join("; "),
                 if *start_job {
                     " (then desired-status Running, so that Hippo starts the job)"
@@ -401,6 +432,12 @@ pub struct AppPlan {
     /// `spec.suspend`: nothing is planned or written.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// Promotions waiting for their window: not changes (`plan`'s exit code ignores them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub promotions: Vec<PendingPromotion>,
+    /// Channels a rollback record holds on an older revision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldBack>,
 }
 
 /// The plan for every app.
@@ -431,6 +468,26 @@ pub fn diff(apps: &[AppSpec], snapshot: &Snapshot) -> Plan {
         apps: apps.iter().map(|a| diff_app(a, snapshot)).collect(),
         orphans: orphans(snapshot),
     }
+}
+
+/// The versions of the app's bindle on the server that a `discover` range selects: not yanked,
+/// strictly semver, oldest first (the order Hippo is told of them).
+pub fn discovered<'a>(spec: &AppSpec, server: &'a crate::bindles::BindleVersions) -> Vec<&'a str> {
+    if spec.discover.is_empty() {
+        return Vec::new();
+    }
+    let mut found: Vec<&str> = server
+        .iter()
+        .filter(|b| !b.yanked)
+        .map(|b| b.version.as_str())
+        .filter(|v| {
+            spec.discover
+                .iter()
+                .any(|d| max_satisfying(&d.range, &[v]).is_some())
+        })
+        .collect();
+    found.sort_by_key(|v| crate::range_rule::strict_version(v));
+    found
 }
 
 /// Running Nomad jobs whose id is a GUID that no Hippo channel has (of any app: channels of
@@ -642,8 +699,35 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             ));
         }
     }
-    for rev in &spec.revisions {
-        if numbers.contains_key(rev.version.as_str()) || broken.contains(&rev.version) {
+    // What to register: the deploy file's revisions, then what `discover` finds on the Bindle
+    // server (complete, not yanked, in range), oldest first.
+    let listed: BTreeSet<&str> = spec.revisions.iter().map(|r| r.version.as_str()).collect();
+    let mut wanted: Vec<(&str, bool)> = spec
+        .revisions
+        .iter()
+        .map(|r| (r.version.as_str(), false))
+        .collect();
+    for found in discovered(spec, server) {
+        if listed.contains(found) || numbers.contains_key(found) {
+            continue;
+        }
+        match snapshot.missing.get(&format!("{}/{found}", spec.storage_id)) {
+            Some(Ok(0)) => wanted.push((found, true)),
+            // Still being pushed (or not checked yet): registered once complete.
+            Some(Ok(_)) | None => plan.warnings.push(format!(
+                "bindle {}/{found} matches a discover range but is not complete on the Bindle server yet; it is registered once it is",
+                spec.storage_id
+            )),
+            Some(Err(e)) => plan.problems.push(revision_problem(
+                found,
+                "BindleUnavailable",
+                e.transient,
+                e.message.clone(),
+            )),
+        }
+    }
+    for (version, discovered) in wanted {
+        if numbers.contains_key(version) || broken.contains(version) {
             continue;
         }
         // Hippo registers for EVERY app with this storage id: if another already has it,
@@ -655,18 +739,18 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             .filter(|a| {
                 snapshot
                     .revisions_of(a)
-                    .any(|r| r.revision_number == rev.version)
+                    .any(|r| r.revision_number == version)
             })
             .map(|a| a.name.as_str())
             .collect();
         if !holders.is_empty() {
             plan.problems.push(revision_problem(
-                &rev.version,
+                version,
                 "SharedStorageId",
                 false,
                 format!(
                     "revision {} is missing for app {} but app(s) {} with the same storageId {} already have it; Hippo registers a revision for every app with that storageId, so registering it would duplicate it there",
-                    rev.version, spec.name, holders.join(", "), spec.storage_id
+                    version, spec.name, holders.join(", "), spec.storage_id
                 ),
             ));
             continue;
@@ -676,7 +760,8 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             Stage::Register,
             Op::RegisterRevision {
                 storage_id: spec.storage_id.clone(),
-                version: rev.version.clone(),
+                version: version.to_string(),
+                discovered,
             },
         ));
     }
@@ -706,19 +791,41 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         .map(|(n, _)| *n)
         .chain(registering.iter().map(String::as_str))
         .collect();
-    for ch in &spec.channels {
-        if let Selector::Revision(v) = &ch.selector {
+    let view = crate::delivery::ChannelView {
+        spec,
+        channels: &hippo_channels,
+        numbers: &eventual_numbers,
+        snapshot,
+    };
+    for written in &spec.channels {
+        if let Selector::Revision(v) = &written.selector {
             if broken.contains(v) {
                 // Pinned to a revision with a problem: it keeps what it runs (the revision's
                 // problem says why).
                 continue;
             }
         }
+        // What promotion and rollback set the channel to this round; the rule as written is
+        // still what moves and messages show.
+        let (pinned, delivery) = match crate::delivery::resolve(&view, written, &mut plan) {
+            Resolved::AsWritten => (None, None),
+            Resolved::Pin(revision, delivery) => (Some(revision), delivery),
+            Resolved::Skip => continue,
+        };
+        let ch = &match pinned {
+            Some(Some(v)) => ChannelSpec {
+                selector: Selector::Revision(v),
+                ..written.clone()
+            },
+            // Only a promote channel is pinned to nothing (none promoted yet): its target
+            // has no revision.
+            Some(None) | None => written.clone(),
+        };
         let eventual = eventual_revision(ch, &eventual_numbers);
         let target = channel_target(ch, Some(app), &known);
         match hippo_channels.iter().find(|c| c.name == ch.name) {
             None => {
-                push_move(&mut plan, ch, None, eventual);
+                push_move(&mut plan, written, None, eventual);
                 plan.changes
                     .push(create_channel(&spec.name, Some(app.id), ch, target))
             }
@@ -744,7 +851,7 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
                     });
                     continue;
                 }
-                push_move(&mut plan, ch, running, eventual);
+                push_move(&mut plan, written, running, eventual);
                 let fields = channel_fields(current, &target);
                 if !fields.is_empty() {
                     let mut target = target;
@@ -767,6 +874,7 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
                                 last_publish_date: current.last_publish_at.clone(),
                                 certificate_id: current.certificate.as_ref().map(|c| c.id),
                             },
+                            delivery: delivery.clone(),
                         },
                     ));
                 }
@@ -982,13 +1090,7 @@ fn eventual_revision(ch: &ChannelSpec, numbers: &[&str]) -> Option<String> {
     }
 }
 
-fn selector_text(selector: &Selector) -> String {
-    match selector {
-        Selector::Range(r) => format!("range {r}"),
-        Selector::Revision(v) => format!("revision {v}"),
-        Selector::Promote(p) => format!("promote from {}", p.from),
-    }
-}
+use crate::delivery::rule_text as selector_text;
 
 /// Records what the channel will run, when that differs from what it runs.
 fn push_move(plan: &mut AppPlan, ch: &ChannelSpec, from: Option<String>, to: Option<String>) {
@@ -1281,6 +1383,7 @@ mod tests {
             .into(),
             missing: BTreeMap::new(),
             nomad: None,
+            ..Default::default()
         };
         (spec, snapshot)
     }

@@ -266,7 +266,14 @@ impl Tracker {
             EventType::Applied
         };
         for change in &run.applied {
-            let mut e = event(applied_kind, &change.reason, &change.description);
+            // Discovery, promotion and rollback are their own kinds, drift or not.
+            let kind = match change.reason.as_str() {
+                "RevisionDiscovered" => EventType::Discovered,
+                "ChannelPromoted" => EventType::Promoted,
+                "ChannelRolledBack" => EventType::RolledBack,
+                _ => applied_kind,
+            };
+            let mut e = event(kind, &change.reason, &change.description);
             if let Some(ch) = &change.channel {
                 e = e.on_channel(ch);
                 if let Some((before, after)) = moved.remove(ch.as_str()) {

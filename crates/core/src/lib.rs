@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod bindles;
+pub mod delivery;
 pub mod diff;
 pub mod duration;
 pub mod events;
@@ -17,6 +18,7 @@ pub mod nomad;
 pub mod observe;
 pub mod package;
 pub mod private_file;
+pub mod probe;
 pub mod progress;
 pub mod range_rule;
 pub mod retry;

@@ -15,13 +15,14 @@ use futures::{stream, StreamExt};
 
 use crate::{
     bindles::{BindleClient, BindleError, BindleVersions},
+    delivery::{DeliveryRecords, ProbeObservation, RECORDS_VARIABLE},
     hippo::{
         types::{App, Channel, Revision},
         HippoClient, HippoError,
     },
     nomad::{
-        Allocation, Allocations, Blocking, Indexed, Job, JobFacts, JobStub, Listed, NomadClient,
-        NomadError,
+        Allocation, Allocations, Blocking, Indexed, Job, JobFacts, JobStub, JobVersion, Listed,
+        NomadClient, NomadError,
     },
     spec::{AppSpec, RevisionSource},
 };
@@ -70,6 +71,13 @@ pub struct Snapshot {
     pub missing: BTreeMap<String, Result<usize, PartialFailure>>,
     /// `None` when Nomad is not configured (Hippo is then the only judge).
     pub nomad: Option<Result<NomadState, PartialFailure>>,
+    /// When it was observed (Unix ms): the diff's clock for promotion windows.
+    pub observed_at_ms: i64,
+    /// The rollback records (a Nomad Variable); `None` when no app promotes or rolls back, or
+    /// Nomad is not configured.
+    pub delivery: Option<Result<Arc<DeliveryRecords>, PartialFailure>>,
+    /// What each promotion's check saw, by (app, promoted channel).
+    pub probes: BTreeMap<(String, String), ProbeObservation>,
 }
 
 /// What Nomad runs. The parts are shared with the [`NomadObserver`]'s cache: a snapshot costs
@@ -84,6 +92,9 @@ pub struct NomadState {
     pub allocations: Arc<Allocations>,
     /// `X-Nomad-Index` of the allocations list, for a blocking query on it.
     pub allocations_index: u64,
+    /// The kept versions of the jobs of `rollback: true` channels, newest first: which
+    /// revision last ran healthy (`Stable`) in the channel.
+    pub versions: BTreeMap<String, Arc<Vec<JobVersion>>>,
 }
 
 impl NomadState {
@@ -114,6 +125,8 @@ struct ObservedNomad {
     jobs: BTreeMap<String, Arc<JobFacts>>,
     stubs: Option<(u64, Arc<BTreeMap<String, JobStub>>)>,
     allocations: Option<(u64, Arc<Allocations>)>,
+    /// Job versions of `rollback: true` channels, with the job's `ModifyIndex` when read.
+    versions: BTreeMap<String, (u64, Arc<Vec<JobVersion>>)>,
 }
 
 /// The list decoded now, or the one kept when Nomad's index did not move.
@@ -224,11 +237,52 @@ impl NomadObserver {
             details,
             allocations,
             allocations_index,
+            versions: BTreeMap::new(),
         })
     }
 }
 
 impl NomadObserver {
+    /// The kept versions of `ids` (newest first), read again only for a job whose
+    /// `ModifyIndex` moved (a new version, or one marked stable).
+    pub async fn versions(
+        &self,
+        ids: &BTreeSet<String>,
+        stubs: &BTreeMap<String, JobStub>,
+        concurrency: usize,
+    ) -> Result<BTreeMap<String, Arc<Vec<JobVersion>>>, NomadError> {
+        let stale: Vec<(String, u64)> = {
+            let cache = &self.cache.locked().versions;
+            ids.iter()
+                .filter_map(|id| {
+                    let stub = stubs.get(id)?;
+                    let fresh = cache.get(id).is_some_and(|(i, _)| *i == stub.modify_index);
+                    (!fresh).then(|| (id.clone(), stub.modify_index))
+                })
+                .collect()
+        };
+        let read: Vec<(String, u64, Vec<JobVersion>)> = stream::iter(stale)
+            .map(|(id, index)| async move {
+                let v = self.client.job_versions(&id).await?;
+                Ok::<_, NomadError>((id, index, v))
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let mut guard = self.cache.locked();
+        let cache = &mut guard.versions;
+        for (id, index, v) in read {
+            cache.insert(id, (index, Arc::new(v)));
+        }
+        cache.retain(|id, _| ids.contains(id));
+        Ok(ids
+            .iter()
+            .filter_map(|id| cache.get(id).map(|(_, v)| (id.clone(), v.clone())))
+            .collect())
+    }
+
     /// Waits, with one blocking query (`index`/`wait`), for the allocations list to move past
     /// the one last read, and answers the jobs whose allocations changed since then: created
     /// or modified (`ModifyIndex` above the old index) or gone from the list. Empty when `wait`
@@ -356,6 +410,8 @@ pub async fn observe_hippo(
 #[derive(Debug)]
 pub struct BindleCache {
     max_age: std::time::Duration,
+    /// The age after which an app with a `discover` range asks again (its discover interval).
+    discover_age: Option<std::time::Duration>,
     entries: std::sync::Mutex<BTreeMap<String, (std::time::Instant, Arc<BindleVersions>)>>,
 }
 
@@ -363,15 +419,26 @@ impl BindleCache {
     pub fn new(max_age: std::time::Duration) -> Self {
         BindleCache {
             max_age,
+            discover_age: None,
             entries: Default::default(),
         }
     }
 
-    fn fresh(&self, name: &str) -> Option<Arc<BindleVersions>> {
+    /// Versions of a bindle an app discovers from are asked for again once `every` old.
+    pub fn discovering_every(mut self, every: std::time::Duration) -> Self {
+        self.discover_age = Some(every);
+        self
+    }
+
+    fn fresh(&self, name: &str, discovering: bool) -> Option<Arc<BindleVersions>> {
+        let max_age = match self.discover_age {
+            Some(d) if discovering => d.min(self.max_age),
+            _ => self.max_age,
+        };
         let entries = self.entries.locked();
         entries
             .get(name)
-            .filter(|(at, _)| at.elapsed() < self.max_age)
+            .filter(|(at, _)| at.elapsed() < max_age)
             .map(|(_, v)| v.clone())
     }
 
@@ -393,6 +460,8 @@ pub struct Sources<'a> {
     pub nomad: Option<&'a NomadObserver>,
     /// How many requests run at once.
     pub concurrency: usize,
+    /// Runs promotions' checks, remembering what they saw between cycles.
+    pub prober: &'a crate::probe::Prober,
 }
 
 /// Builds a full snapshot for `apps`.
@@ -415,7 +484,62 @@ pub async fn observe(apps: &[AppSpec], sources: &Sources<'_>) -> Result<Snapshot
     if let Some(nomad) = sources.nomad {
         observe_nomad(apps, nomad, None, sources.concurrency, &mut snapshot).await;
     }
+    observe_delivery(apps, sources, &mut snapshot).await;
+    sources.prober.observe(apps, &mut snapshot).await;
     Ok(snapshot)
+}
+
+/// Whether any app promotes or rolls back: only then are records and job versions read.
+fn delivers(apps: &[AppSpec]) -> bool {
+    apps.iter()
+        .flat_map(|a| &a.channels)
+        .any(|c| c.rollback || matches!(c.selector, crate::spec::Selector::Promote(_)))
+}
+
+/// The clock, the rollback records and the job versions of `rollback: true` channels: what
+/// promotion and rollback are decided from (after Hippo and Nomad are in `snapshot`).
+pub async fn observe_delivery(apps: &[AppSpec], sources: &Sources<'_>, snapshot: &mut Snapshot) {
+    snapshot.observed_at_ms = chrono::Utc::now().timestamp_millis();
+    let Some(nomad) = sources.nomad.filter(|_| delivers(apps)) else {
+        return;
+    };
+    snapshot.delivery = Some(match nomad.client.read_variable(RECORDS_VARIABLE).await {
+        Ok(None) => Ok(Arc::new(DeliveryRecords::default())),
+        Ok(Some((items, _))) => {
+            DeliveryRecords::from_items(&items)
+                .map(Arc::new)
+                .map_err(|message| PartialFailure {
+                    message,
+                    transient: false,
+                })
+        }
+        Err(e) => Err((&e).into()),
+    });
+    let jobs: BTreeSet<String> = apps
+        .iter()
+        .filter_map(|spec| snapshot.app(&spec.name).map(|app| (spec, app)))
+        .flat_map(|(spec, app)| {
+            snapshot
+                .channels_of(app)
+                .filter(|c| {
+                    spec.channels
+                        .iter()
+                        .any(|ch| ch.rollback && ch.name == c.name)
+                })
+                .map(|c| c.id.to_string())
+        })
+        .collect();
+    let Some(Ok(state)) = &mut snapshot.nomad else {
+        return;
+    };
+    match nomad
+        .versions(&jobs, &state.jobs, sources.concurrency)
+        .await
+    {
+        Ok(versions) => state.versions = versions,
+        // Rollbacks wait for the next observation: no target can be chosen without them.
+        Err(e) => tracing::warn!(error = %e, "reading job versions for rollback failed"),
+    }
 }
 
 /// What a stage of apply wrote: [`refresh`] observes again what that may have changed.
@@ -483,11 +607,14 @@ pub async fn refresh(
             if let Some(nomad) = sources.nomad {
                 observe_nomad(apps, nomad, None, sources.concurrency, snapshot).await;
             }
+            // A rollback wrote its record.
+            observe_delivery(apps, sources, snapshot).await;
         }
         Written::NomadJobs => {
             if let Some(nomad) = sources.nomad {
                 observe_nomad(apps, nomad, None, sources.concurrency, snapshot).await;
             }
+            observe_delivery(apps, sources, snapshot).await;
         }
     }
     Ok(())
@@ -506,7 +633,10 @@ pub async fn observe_bindles(
     let mut names: BTreeSet<String> = apps.iter().map(|a| a.storage_id.clone()).collect();
     if let Some(cache) = cache {
         names.retain(|name| {
-            let Some(versions) = cache.fresh(name) else {
+            let discovering = apps
+                .iter()
+                .any(|a| &a.storage_id == name && !a.discover.is_empty());
+            let Some(versions) = cache.fresh(name, discovering) else {
                 return true;
             };
             let settled = apps.iter().filter(|a| &a.storage_id == name).all(|a| {
@@ -565,6 +695,12 @@ pub async fn observe_bindles(
             };
             if same_content && !snapshot.registered_everywhere(&app.storage_id, &rev.version) {
                 to_check.insert(format!("{}/{}", app.storage_id, rev.version));
+            }
+        }
+        // Discovered versions are registered only once complete.
+        for version in crate::diff::discovered(app, server) {
+            if !snapshot.registered_everywhere(&app.storage_id, version) {
+                to_check.insert(format!("{}/{version}", app.storage_id));
             }
         }
     }

@@ -39,6 +39,16 @@ pub mod reason {
     pub const OBSERVE_FAILED: &str = "ObserveFailed";
     /// The app's deploy file went bad; the app is left as it was.
     pub const INVALID_DEPLOY_FILE: &str = "InvalidDeployFile";
+    /// A `promote` channel, and Nomad is not configured to judge health.
+    pub const PROMOTION_NEEDS_NOMAD: &str = "PromotionNeedsNomad";
+    /// A `rollback: true` channel, and Nomad is not configured to judge health.
+    pub const ROLLBACK_NEEDS_NOMAD: &str = "RollbackNeedsNomad";
+    /// The rollback records (a Nomad Variable) could not be read.
+    pub const DELIVERY_RECORDS_UNAVAILABLE: &str = "DeliveryRecordsUnavailable";
+    /// A revision fails and no other ran healthy in the channel: nothing to roll back to.
+    pub const NO_HEALTHY_REVISION: &str = "NoHealthyRevision";
+    /// Ready on an older revision: a newer one failed and was rolled back.
+    pub const ROLLED_BACK: &str = "RolledBack";
 }
 
 /// One condition of an app.
@@ -166,6 +176,9 @@ pub struct ChannelStatus {
     pub hippo_revision: Option<String>,
     pub nomad: NomadJobStatus,
     pub condition: Condition,
+    /// A promotion waiting for its window: `canary has run 1.3.0 healthy for 3m of 10m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<String>,
 }
 
 /// One app in `status`.
@@ -201,16 +214,25 @@ pub fn app_status(spec: &AppSpec, app_plan: &AppPlan, snapshot: &Snapshot) -> Ap
         .channels
         .iter()
         .map(|ch| {
-            let desired_revision = match &ch.selector {
-                Selector::Revision(v) => Some(v.clone()),
-                Selector::Range(r) => diff::max_satisfying(r, &numbers).map(String::from),
-                Selector::Promote(_) => None,
-            };
             let current = hippo_app
                 .and_then(|a| snapshot.channels_of(a).find(|c| c.name == ch.name));
             let hippo_revision = current
                 .and_then(|c| c.active_revision.as_ref())
                 .map(|r| r.revision_number.clone());
+            let held = app_plan.held.iter().find(|h| h.channel == ch.name);
+            // What the diff decided the channel runs: a promote channel and a channel held by a
+            // rollback run what they were pinned to, until the plan moves them.
+            let moved_to = app_plan
+                .moves
+                .iter()
+                .find(|m| m.channel == ch.name)
+                .map(|m| m.to.clone());
+            let desired_revision = match (&ch.selector, held) {
+                (Selector::Revision(v), _) => Some(v.clone()),
+                (Selector::Promote(_), _) => moved_to.unwrap_or_else(|| hippo_revision.clone()),
+                (Selector::Range(_), Some(h)) => Some(h.pinned.clone()),
+                (Selector::Range(r), None) => diff::max_satisfying(r, &numbers).map(String::from),
+            };
             let pending: Vec<String> = app_plan
                 .changes
                 .iter()
@@ -276,9 +298,21 @@ pub fn app_status(spec: &AppSpec, app_plan: &AppPlan, snapshot: &Snapshot) -> Ap
             } else if !pending.is_empty() {
                 Condition::new(ConditionType::Reconciling, reason::CHANGES_PENDING, pending.join("; "))
             } else {
-                health.unwrap_or_else(|| {
+                let health = health.unwrap_or_else(|| {
                     Condition::new(ConditionType::Ready, reason::HIPPO_CONVERGED, "Hippo matches the deploy file; Nomad is not configured, so what runs is unknown")
-                })
+                });
+                match held {
+                    Some(h) if health.kind == ConditionType::Ready => Condition::new(
+                        ConditionType::Ready,
+                        reason::ROLLED_BACK,
+                        format!(
+                            "rolled back to {}: {} failed on Nomad and is not deployed to this channel again; it follows its rule again when a newer revision is there",
+                            h.pinned,
+                            h.bad.join(", ")
+                        ),
+                    ),
+                    _ => health,
+                }
             };
             ChannelStatus {
                 channel: ch.name.clone(),
@@ -287,6 +321,11 @@ pub fn app_status(spec: &AppSpec, app_plan: &AppPlan, snapshot: &Snapshot) -> Ap
                 hippo_revision,
                 nomad,
                 condition,
+                promotion: app_plan
+                    .promotions
+                    .iter()
+                    .find(|p| p.channel == ch.name)
+                    .map(|p| p.message.clone()),
             }
         })
         .collect();
@@ -306,6 +345,12 @@ pub fn app_status(spec: &AppSpec, app_plan: &AppPlan, snapshot: &Snapshot) -> Ap
         })
     {
         worst.clone()
+    } else if let Some(rolled_back) = channels
+        .iter()
+        .map(|c| &c.condition)
+        .find(|c| c.reason == reason::ROLLED_BACK)
+    {
+        rolled_back.clone()
     } else if app_plan.changes.iter().any(|c| c.kind != Kind::Channel) || hippo_app.is_none() {
         Condition::new(
             ConditionType::Reconciling,

@@ -478,6 +478,7 @@ pub fn sample_view(n: usize, now: DateTime<Utc>) -> StatusView {
                         total: 2,
                     },
                     condition: cond(ConditionType::Ready, "Running", "2/2 allocation(s) healthy"),
+                    promotion: None,
                 })
                 .collect();
             DaemonAppStatus {

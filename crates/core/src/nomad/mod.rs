@@ -112,6 +112,16 @@ impl Job {
     }
 }
 
+/// One kept version of a job (`GET /v1/job/:id/versions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobVersion {
+    pub version: u64,
+    /// A deployment of this version succeeded.
+    pub stable: bool,
+    /// What it ran (the value after `--bindle`).
+    pub bindle: Option<String>,
+}
+
 /// What the controller keeps of a job it manages, between reads: a few hundred bytes where
 /// the decoded [`Job`] is kilobytes (a controller of 1000 apps keeps 3000 of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +176,18 @@ pub struct AllocDeploymentStatus {
     /// `null` until the deployment decided.
     #[serde(default)]
     pub healthy: Option<bool>,
+    /// When the deployment decided, in Unix milliseconds (Nomad sends RFC 3339 with
+    /// nanoseconds; its zero time, before a decision, reads as `None`). Promotion's clock:
+    /// Nomad's own, so a controller restart does not reset it.
+    #[serde(default, deserialize_with = "rfc3339_millis", skip_serializing)]
+    pub timestamp: Option<i64>,
+}
+
+fn rfc3339_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
+        .map(|t| t.timestamp_millis())
+        .filter(|ms| *ms > 0))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +282,14 @@ impl Allocation {
         self.desired_status == "run"
             && self.client_status == "running"
             && self.deployment_health().is_none()
+    }
+
+    /// When the deployment judged it healthy (Unix ms), if it did.
+    pub fn healthy_since(&self) -> Option<i64> {
+        self.deployment_status
+            .as_ref()
+            .filter(|d| d.healthy == Some(true))
+            .and_then(|d| d.timestamp)
     }
 
     /// `DeploymentStatus.Healthy`: `None` until the deployment decided.
@@ -642,6 +672,89 @@ impl NomadClient {
         }
     }
 
+    /// `GET /v1/job/:id/versions`: what each kept version ran and whether a deployment of it
+    /// succeeded (`Stable`), newest first. Empty when Nomad has no such job.
+    pub async fn job_versions(&self, id: &str) -> Result<Vec<JobVersion>, NomadError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Versions {
+            #[serde(default)]
+            versions: Vec<VersionedJob>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct VersionedJob {
+            #[serde(default)]
+            stable: bool,
+            #[serde(flatten)]
+            job: Job,
+        }
+        match self
+            .get::<Versions>(&format!("/job/{id}/versions"), &[], None)
+            .await
+        {
+            Ok(v) => {
+                let mut out: Vec<JobVersion> = v
+                    .value
+                    .versions
+                    .into_iter()
+                    .map(|v| JobVersion {
+                        version: v.job.version,
+                        stable: v.stable,
+                        bindle: v.job.bindle_arg(),
+                    })
+                    .collect();
+                out.sort_by(|a, b| b.version.cmp(&a.version));
+                Ok(out)
+            }
+            Err(NomadError::Status { status: 404, .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/var/:path` in the controller's namespace: the items and `ModifyIndex` (for a
+    /// check-and-set write), or `None` when there is no such variable.
+    pub async fn read_variable(
+        &self,
+        path: &str,
+    ) -> Result<Option<(BTreeMap<String, String>, u64)>, NomadError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Variable {
+            #[serde(default)]
+            items: BTreeMap<String, String>,
+            #[serde(default)]
+            modify_index: u64,
+        }
+        match self
+            .get::<Variable>(&format!("/var/{path}"), &[], None)
+            .await
+        {
+            Ok(v) => Ok(Some((v.value.items, v.value.modify_index))),
+            Err(NomadError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT /v1/var/:path?cas=<index>` in the controller's namespace (`cas=0`: only if it
+    /// does not exist). `Ok(false)` on a check-and-set conflict: someone wrote in between.
+    pub async fn write_variable(
+        &self,
+        path: &str,
+        items: &BTreeMap<String, String>,
+        cas: u64,
+    ) -> Result<bool, NomadError> {
+        let body = serde_json::json!({
+            "Namespace": self.namespace(),
+            "Path": path,
+            "Items": items,
+        });
+        let (status, _) = self
+            .put_json(&format!("/var/{path}"), &[("cas", cas.to_string())], &body)
+            .await?;
+        Ok(status != 409)
+    }
+
     /// `GET /v1/allocations`, optionally filtered (go-bexpr, e.g. `JobID == "…"`). One list for
     /// every job, not a request per job or per allocation.
     pub async fn list_allocations(
@@ -995,10 +1108,12 @@ mod tests {
         );
         a.deployment_status = Some(AllocDeploymentStatus {
             healthy: Some(true),
+            timestamp: Some(1),
         });
         assert!(a.is_healthy() && !a.is_health_undecided());
         a.deployment_status = Some(AllocDeploymentStatus {
             healthy: Some(false),
+            timestamp: Some(1),
         });
         assert!(!a.is_healthy() && a.is_failed());
         a.deployment_status = None;
