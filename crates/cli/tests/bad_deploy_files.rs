@@ -51,7 +51,7 @@ fn cases() -> Vec<Case> {
             )],
             setup: none,
             expected: vec![
-                "{dir}/a.yaml:8:7: spec.channels[0].rnage: unknown field `rnage`, expected one of `name`, `range`, `revision`, `domain`, `env`, `allowEmpty`",
+                "{dir}/a.yaml:8:7: spec.channels[0].rnage: unknown field `rnage`, expected one of `name`, `range`, `revision`, `promote`, `domain`, `env`, `allowEmpty`, `rollback`",
                 "{dir}/a.yaml:9:14: spec.channels[0].range: invalid node-semver range \"^^1\": ",
             ],
             root: false,
@@ -105,8 +105,141 @@ fn cases() -> Vec<Case> {
             )],
             setup: none,
             expected: vec![
-                "{dir}/a.yaml:9:7: spec.channels[0]: set exactly one of `range` or `revision`",
-                "{dir}/a.yaml:12:7: spec.channels[1]: set exactly one of `range` or `revision`",
+                "{dir}/a.yaml:9:7: spec.channels[0]: set exactly one of `range`, `revision` or `promote`",
+                "{dir}/a.yaml:12:7: spec.channels[1]: set exactly one of `range`, `revision` or `promote`",
+            ],
+            root: false,
+        },
+        Case {
+            name: "promote beside range or revision (and no cycle reported for them)",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  revisions:\n    - version: 1.0.0\n  channels:\n    - name: a\n      range: \"*\"\n      promote:\n        from: b\n        after: 1m\n    - name: b\n      revision: 1.0.0\n      promote:\n        from: a\n        after: 1m\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:9:7: spec.channels[0]: set exactly one of `range`, `revision` or `promote`",
+                "{dir}/a.yaml:14:7: spec.channels[1]: set exactly one of `range`, `revision` or `promote`",
+            ],
+            root: false,
+        },
+        Case {
+            name: "discover beside version, neither, a duplicate range and an invalid one",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  revisions:\n    - version: 1.0.0\n      discover: \">=1.0.0\"\n    - discover: \">=1.0.0\"\n    - {{}}\n    - discover: ^1.0.0\n    - discover: \">=1.0.0\"\n    - discover: \">=1.0.0, <2.0.0\"\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:7:7: spec.revisions[0]: set exactly one of `version`, `path` or `discover`",
+                "{dir}/a.yaml:10:7: spec.revisions[2]: set exactly one of `version`, `path` or `discover`",
+                "{dir}/a.yaml:12:17: spec.revisions[4].discover: discover range \">=1.0.0\" is listed twice (also at spec.revisions[1].discover)",
+                "{dir}/a.yaml:13:17: spec.revisions[5].discover: invalid node-semver range \">=1.0.0, <2.0.0\": comparators are separated by spaces, not commas (write \">=1.0.0 <2.0.0\")",
+            ],
+            root: false,
+        },
+        Case {
+            name: "rollback with a pinned revision",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  revisions:\n    - version: 1.0.0\n  channels:\n    - name: a\n      revision: 1.0.0\n      rollback: true\n    - name: b\n      revision: 1.0.0\n      rollback: false\n"),
+            )],
+            setup: none,
+            expected: vec!["{dir}/a.yaml:11:17: spec.channels[0].rollback: `rollback` goes only with `range` or `promote`: a pinned revision is never moved, so there is nothing to roll back"],
+            root: false,
+        },
+        Case {
+            name: "rollback and expectStatus of the wrong type",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  channels:\n    - name: a\n      range: \"*\"\n      rollback: \"yes\"\n    - name: b\n      promote:\n        from: a\n        after: 1m\n        check:\n          url: https://{{domain}}/\n          expectStatus: \"200\"\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:9:17: spec.channels[0].rollback: invalid type: string \"yes\", expected a boolean",
+                "{dir}/a.yaml:16:25: spec.channels[1].promote.check.expectStatus: invalid type: string \"200\", expected an integer",
+            ],
+            root: false,
+        },
+        Case {
+            name: "promote from itself and from a channel that does not exist",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  channels:\n    - name: canary\n      promote:\n        from: canary\n        after: 1m\n    - name: production\n      promote:\n        from: canry\n        after: 1m\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:9:15: spec.channels[0].promote.from: channel \"canary\" promotes from itself; name another channel of app \"weather\"",
+                "{dir}/a.yaml:13:15: spec.channels[1].promote.from: \"canry\" is not a channel of app \"weather\"",
+            ],
+            root: false,
+        },
+        Case {
+            name: "promotion cycles, each reported once at its first channel, names in order",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  channels:\n    - name: a\n      promote:\n        from: b\n        after: 1m\n    - name: b\n      promote:\n        from: a\n        after: 1m\n    - name: f\n      promote:\n        from: d\n        after: 1m\n    - name: c\n      promote:\n        from: d\n        after: 1m\n    - name: d\n      promote:\n        from: e\n        after: 1m\n    - name: e\n      promote:\n        from: c\n        after: 1m\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:9:15: spec.channels[0].promote.from: promotions form a cycle: a → b → a (each promotes from the next); one of them must follow a `range` or a `revision`",
+                "{dir}/a.yaml:21:15: spec.channels[3].promote.from: promotions form a cycle: c → d → e → c (each promotes from the next); one of them must follow a `range` or a `revision`",
+            ],
+            root: false,
+        },
+        Case {
+            name: "promote durations: not a duration, and a zero interval",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  channels:\n    - name: canary\n      range: \"*\"\n    - name: production\n      promote:\n        from: canary\n        after: 10d\n        check:\n          url: https://{{domain}}/health\n          interval: 0s\n    - name: eu\n      promote:\n        from: canary\n        after: 0s\n        check:\n          url: https://{{domain}}/health\n          interval: soon\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:12:16: spec.channels[1].promote.after: invalid duration \"10d\": use ms, s, m or h",
+                "{dir}/a.yaml:15:21: spec.channels[1].promote.check.interval: must be more than 0s (the time between two tries of the probe)",
+                "{dir}/a.yaml:22:21: spec.channels[2].promote.check.interval: invalid duration \"soon\"",
+            ],
+            root: false,
+        },
+        Case {
+            name: "promote without after, check without url",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  channels:\n    - name: canary\n      range: \"*\"\n    - name: production\n      promote:\n        from: canary\n        check:\n          interval: 15s\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:11:9: spec.channels[1].promote: missing field `after`",
+                "{dir}/a.yaml:13:11: spec.channels[1].promote.check: missing field `url`",
+            ],
+            root: false,
+        },
+        Case {
+            name: "probe URLs and statuses",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  channels:\n    - name: canary\n      range: \"*\"\n    - name: production\n      promote:\n        from: canary\n        after: 1m\n        check:\n          url: ftp://{{domain}}/health\n          expectStatus: 700\n    - name: eu\n      promote:\n        from: canary\n        after: 1m\n        check:\n          url: https://{{domain}}:{{port}}/health\n          expectStatus: 99\n    - name: us\n      promote:\n        from: canary\n        after: 1m\n        check:\n          url: health\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:14:16: spec.channels[1].promote.check.url: \"ftp://{domain}/health\" is not an http or https URL (the scheme is \"ftp\")",
+                "{dir}/a.yaml:15:25: spec.channels[1].promote.check.expectStatus: 700 is not an HTTP status code (100 to 599)",
+                "{dir}/a.yaml:21:16: spec.channels[2].promote.check.url: \"https://{domain}:{port}/health\" has `{port}`: the only placeholder is `{domain}` (the `from` channel's domain)",
+                "{dir}/a.yaml:22:25: spec.channels[2].promote.check.expectStatus: 99 is not an HTTP status code (100 to 599)",
+                "{dir}/a.yaml:28:16: spec.channels[3].promote.check.url: \"health\" is not a URL: relative URL without a base",
+            ],
+            root: false,
+        },
+        Case {
+            name: "unknown fields in promote and check",
+            files: vec![(
+                "a.yaml",
+                format!("{HEAD}spec:\n  channels:\n    - name: canary\n      range: \"*\"\n    - name: production\n      promote:\n        from: canary\n        after: 1m\n        wait: 5m\n        check:\n          url: https://{{domain}}/\n          status: 200\n"),
+            )],
+            setup: none,
+            expected: vec![
+                "{dir}/a.yaml:13:9: spec.channels[1].promote.wait: unknown field `wait`, expected one of `from`, `after`, `check`",
+                "{dir}/a.yaml:16:11: spec.channels[1].promote.check.status: unknown field `status`, expected one of `url`, `expectStatus`, `interval`",
             ],
             root: false,
         },

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-/// Parses `90s`, `5m`, `1h`, `500ms`, `1.5s` or plain seconds (`30`).
+use crate::spec::excerpt::quoted;
+
+/// Parses `90s`, `5m`, `1h`, `500ms`, `1.5s` or plain seconds (`30`). Messages quote only an
+/// excerpt of `s` (it may come from a deploy file).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit) = s
@@ -11,16 +14,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_or((s, "s"), |i| (&s[..i], &s[i..]));
     let n: f64 = number
         .parse()
-        .map_err(|_| format!("invalid duration {s:?}"))?;
+        .map_err(|_| format!("invalid duration {}", quoted(s)))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration {s:?}: use ms, s, m or h")),
+        _ => return Err(format!("invalid duration {}: use ms, s, m or h", quoted(s))),
     };
     // A number too large for a `Duration` is an error, not a panic.
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}: too long"))
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("invalid duration {}: too long", quoted(s)))
 }
 
 #[cfg(test)]
@@ -47,5 +51,7 @@ mod tests {
         assert!(parse_duration("99999999999999999999999h")
             .unwrap_err()
             .contains("too long"));
+        let long = format!("{}x", "1".repeat(10_000));
+        assert!(parse_duration(&long).unwrap_err().len() < 200);
     }
 }

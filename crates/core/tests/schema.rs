@@ -119,6 +119,40 @@ fn the_structural_bad_inputs_are_refused() {
         ),
         ("env value that is a mapping", format!("{HEAD}spec:\n  channels:\n    - name: a\n      range: \"*\"\n      env:\n        A: {{b: c}}\n")),
         ("missing spec", HEAD.to_string()),
+        (
+            "discover beside version",
+            format!("{HEAD}spec:\n  revisions:\n    - version: 1.0.0\n      discover: \"*\"\n"),
+        ),
+        (
+            "promote beside range",
+            format!("{HEAD}spec:\n  channels:\n    - name: a\n      range: \"*\"\n      promote: {{from: b, after: 1m}}\n"),
+        ),
+        (
+            "rollback with a pinned revision",
+            format!("{HEAD}spec:\n  channels:\n    - name: a\n      revision: 1.0.0\n      rollback: true\n"),
+        ),
+        (
+            "rollback that is not a bool",
+            format!("{HEAD}spec:\n  channels:\n    - name: a\n      range: \"*\"\n      rollback: \"yes\"\n"),
+        ),
+        ("promote without after", format!("{HEAD}spec:\n  channels:\n    - name: a\n      promote: {{from: b}}\n")),
+        ("promote after that is not a duration", format!("{HEAD}spec:\n  channels:\n    - name: a\n      promote: {{from: b, after: 10d}}\n")),
+        (
+            "unknown field in promote",
+            format!("{HEAD}spec:\n  channels:\n    - name: a\n      promote: {{from: b, after: 1m, wait: 1m}}\n"),
+        ),
+        (
+            "check without url",
+            format!("{HEAD}spec:\n  channels:\n    - name: a\n      promote: {{from: b, after: 1m, check: {{interval: 15s}}}}\n"),
+        ),
+        (
+            "check url that is not http",
+            format!("{HEAD}spec:\n  channels:\n    - name: a\n      promote: {{from: b, after: 1m, check: {{url: \"ftp://{{domain}}/\"}}}}\n"),
+        ),
+        (
+            "expectStatus out of range",
+            format!("{HEAD}spec:\n  channels:\n    - name: a\n      promote: {{from: b, after: 1m, check: {{url: \"https://{{domain}}/\", expectStatus: 700}}}}\n"),
+        ),
     ];
     for (name, text) in cases {
         assert!(schema.check(&text).is_err(), "the schema accepts: {name}");
@@ -126,6 +160,15 @@ fn the_structural_bad_inputs_are_refused() {
     // What YAML users write for numbers is fine: `PORT: 8080`, `version: 1.0.0`.
     schema
         .check(&format!("{HEAD}spec:\n  storageId: weather\n  revisions:\n    - version: 1.0.0\n  channels:\n    - name: a\n      revision: 1.0.0\n      env:\n        PORT: 8080\n        DEBUG: true\n"))
+        .unwrap();
+}
+
+#[test]
+fn progressive_delivery_fields_are_described() {
+    let schema = Schema::load();
+    // The deploy-file reference's example (docs/deploy-file.md, "Progressive delivery").
+    schema
+        .check(&format!("{HEAD}spec:\n  revisions:\n    - version: 1.0.0\n    - discover: \">=1.0.0\"\n    - discover: 0.30\n  channels:\n    - name: canary\n      range: \"*\"\n    - name: production\n      promote:\n        from: canary\n        after: 10m\n        check:\n          url: \"https://{{domain}}/health\"\n          expectStatus: 200\n          interval: 15s\n      rollback: true\n    - name: staging\n      range: \"^1.0\"\n      rollback: true\n    - name: eu\n      promote: {{from: canary, after: 90}}\n    - name: pinned\n      revision: 1.0.0\n      rollback: false\n"))
         .unwrap();
 }
 

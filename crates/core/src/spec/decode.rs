@@ -7,16 +7,27 @@ use std::collections::BTreeMap;
 use super::{
     excerpt,
     yaml::{Node, NodeKind, ScalarKind},
-    RawAppSpec, RawChannel, RawDocument, RawMetadata, RawRevision, ScalarString,
+    RawAppSpec, RawChannel, RawDocument, RawMetadata, RawProbe, RawPromote, RawRevision,
+    ScalarString,
 };
 
 /// The fields of each mapping, as written in a deploy file.
 pub(super) const DOCUMENT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 pub(super) const METADATA_FIELDS: &[&str] = &["name"];
 pub(super) const SPEC_FIELDS: &[&str] = &["storageId", "revisions", "channels", "prune", "suspend"];
-pub(super) const REVISION_FIELDS: &[&str] = &["version", "path"];
-pub(super) const CHANNEL_FIELDS: &[&str] =
-    &["name", "range", "revision", "domain", "env", "allowEmpty"];
+pub(super) const REVISION_FIELDS: &[&str] = &["version", "path", "discover"];
+pub(super) const CHANNEL_FIELDS: &[&str] = &[
+    "name",
+    "range",
+    "revision",
+    "promote",
+    "domain",
+    "env",
+    "allowEmpty",
+    "rollback",
+];
+pub(super) const PROMOTE_FIELDS: &[&str] = &["from", "after", "check"];
+pub(super) const CHECK_FIELDS: &[&str] = &["url", "expectStatus", "interval"];
 
 /// A problem found while decoding: where, which field, what.
 pub(super) struct Problem {
@@ -190,6 +201,37 @@ impl Decoder<'_> {
         self.scalar_string(node, &join(&fields.path, name))
     }
 
+    /// An integer as YAML 1.2 writes it (`200`, `+200`, `0xC8`, `0o310`); absent or null is
+    /// `None`.
+    fn opt_integer(&mut self, fields: &Fields, name: &str) -> Option<i64> {
+        let node = self.get(fields, name)?;
+        let field = join(&fields.path, name);
+        let text = match (&node.kind, node.scalar_kind()) {
+            (NodeKind::Scalar { text, .. }, Some(ScalarKind::Int)) => text,
+            _ => {
+                self.type_error(node, &field, "an integer");
+                return None;
+            }
+        };
+        let (digits, radix) = if let Some(hex) = text.strip_prefix("0x") {
+            (hex, 16)
+        } else if let Some(octal) = text.strip_prefix("0o") {
+            (octal, 8)
+        } else {
+            (text.as_str(), 10)
+        };
+        let parsed = i64::from_str_radix(digits, radix).ok();
+        if parsed.is_none() {
+            self.failed = true;
+            let message = format!(
+                "invalid value: integer `{}` is out of range",
+                excerpt::short(text)
+            );
+            self.problem(node, &field, message);
+        }
+        parsed
+    }
+
     /// `true`/`false` (any YAML 1.2 spelling); absent or null is `false`.
     fn opt_bool(&mut self, fields: &Fields, name: &str) -> bool {
         let Some(node) = self.get(fields, name) else {
@@ -209,6 +251,11 @@ impl Decoder<'_> {
     pub(super) fn required_string(&mut self, fields: &Fields, name: &str) -> Option<String> {
         let node = self.required(fields, name)?;
         self.string(node, &join(&fields.path, name))
+    }
+
+    fn required_scalar(&mut self, fields: &Fields, name: &str) -> Option<ScalarString> {
+        let node = self.required(fields, name)?;
+        self.scalar_string(node, &join(&fields.path, name))
     }
 
     pub(super) fn list<T>(
@@ -259,6 +306,7 @@ impl Decoder<'_> {
             Some(RawRevision {
                 version: d.opt_scalar(&rf, "version"),
                 path: d.opt_string(&rf, "path"),
+                discover: d.opt_scalar(&rf, "discover"),
             })
         });
         let channels = self.list(&f, "channels", |d, n, path| d.channel(n, path));
@@ -277,7 +325,11 @@ impl Decoder<'_> {
         let range = self.opt_scalar(&f, "range");
         let revision = self.opt_scalar(&f, "revision");
         let domain = self.opt_string(&f, "domain");
+        let promote = self
+            .get(&f, "promote")
+            .and_then(|n| self.promote(n, &join(path, "promote")));
         let allow_empty = self.opt_bool(&f, "allowEmpty");
+        let rollback = self.opt_bool(&f, "rollback");
         let env = self.get(&f, "env").and_then(|n| {
             let epath = join(path, "env");
             let NodeKind::Map(entries) = &n.kind else {
@@ -312,9 +364,33 @@ impl Decoder<'_> {
             name: name?,
             range,
             revision,
+            promote,
             domain,
             env,
             allow_empty,
+            rollback,
+        })
+    }
+
+    fn promote(&mut self, node: &Node, path: &str) -> Option<RawPromote> {
+        let f = self.fields(node, path, PROMOTE_FIELDS)?;
+        let from = self.required_string(&f, "from");
+        let after = self.required_scalar(&f, "after");
+        let check = self.get(&f, "check").and_then(|n| {
+            let cf = self.fields(n, &join(path, "check"), CHECK_FIELDS)?;
+            let url = self.required_string(&cf, "url");
+            let expect_status = self.opt_integer(&cf, "expectStatus");
+            let interval = self.opt_scalar(&cf, "interval");
+            Some(RawProbe {
+                url: url?,
+                expect_status,
+                interval,
+            })
+        });
+        Some(RawPromote {
+            from: from?,
+            after: after?,
+            check,
         })
     }
 }

@@ -275,7 +275,8 @@ struct RawAppSpec {
 }
 
 /// A revision: exactly one of `version` (already on the Bindle server, checked but never
-/// pushed) or `path` (a Spin app or standalone bindle directory, pushed).
+/// pushed), `path` (a Spin app or standalone bindle directory, pushed) or `discover` (every
+/// version on the Bindle server in a range).
 #[derive(Debug, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "Revision")]
 struct RawRevision {
@@ -284,9 +285,12 @@ struct RawRevision {
     /// A Spin app directory (with spin.toml) or a standalone bindle directory (with
     /// invoice.toml), relative to this file.
     path: Option<String>,
+    /// A node-semver range: every complete, unyanked version of `storageId` on the Bindle
+    /// server in it is registered in Hippo as it appears.
+    discover: Option<ScalarString>,
 }
 
-/// A channel: exactly one of `range` or `revision`.
+/// A channel: exactly one of `range`, `revision` or `promote`.
 #[derive(Debug, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "Channel")]
 struct RawChannel {
@@ -296,6 +300,8 @@ struct RawChannel {
     range: Option<ScalarString>,
     /// Pin one revision (a version listed in `revisions` or already in Hippo).
     revision: Option<ScalarString>,
+    /// Run what another channel of this app runs, once it has proven healthy there.
+    promote: Option<RawPromote>,
     /// The channel's domain; Hippo assigns one when left out.
     domain: Option<String>,
     /// The full set of environment variables; keys not listed are removed.
@@ -304,6 +310,36 @@ struct RawChannel {
     /// its job). Without it, such a change is refused and the channel keeps its revision.
     #[serde(default, rename = "allowEmpty")]
     allow_empty: bool,
+    /// Roll back a revision this channel moved to that fails on Nomad, to the last one that
+    /// ran healthy in it (only with `range` or `promote`).
+    #[serde(default)]
+    rollback: bool,
+}
+
+/// `promote`: pin the channel to what `from` runs, once that has run healthy for `after`.
+#[derive(Debug, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Promote")]
+struct RawPromote {
+    /// Another channel of this app (no cycles).
+    from: String,
+    /// How long the revision must have run healthy in `from` (`90s`, `10m`, `1h`, or plain
+    /// seconds; may be `0s`).
+    after: ScalarString,
+    /// An HTTP probe that must pass throughout `after`.
+    check: Option<RawProbe>,
+}
+
+/// `promote.check`: an HTTP probe of the `from` channel.
+#[derive(Debug, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields, rename = "Probe")]
+struct RawProbe {
+    /// An http or https URL; `{domain}` is replaced with the `from` channel's domain.
+    url: String,
+    /// The status every try must answer with (default 200).
+    expect_status: Option<i64>,
+    /// The time between two tries (default `15s`; more than 0).
+    interval: Option<ScalarString>,
 }
 
 /// A value that may be written unquoted as a YAML number or bool (`PORT: 8080`,

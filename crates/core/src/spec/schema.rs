@@ -20,7 +20,7 @@ pub fn deploy_file_schema() -> String {
     text
 }
 
-/// What the derive can't say: the constant header fields, and "exactly one of" pairs.
+/// What the derive can't say: the constant header fields, and "exactly one of" groups.
 fn refine(schema: &mut Value) {
     schema["$id"] =
         json!("https://github.com/hippo-gitops/hippo-gitops/deploy-specs/hippo-gitops.schema.json");
@@ -28,14 +28,13 @@ fn refine(schema: &mut Value) {
     props["apiVersion"]["const"] = json!("hippo-gitops/v1");
     props["kind"]["const"] = json!("App");
     let defs = &mut schema["definitions"];
-    defs["Revision"]["oneOf"] = json!([
-        { "required": ["version"], "not": { "required": ["path"] } },
-        { "required": ["path"], "not": { "required": ["version"] } },
-    ]);
-    defs["Channel"]["oneOf"] = json!([
-        { "required": ["range"], "not": { "required": ["revision"] } },
-        { "required": ["revision"], "not": { "required": ["range"] } },
-    ]);
+    defs["Revision"]["oneOf"] = exactly_one(&["version", "path", "discover"]);
+    defs["Channel"]["oneOf"] = exactly_one(&["range", "revision", "promote"]);
+    // `rollback: true` goes only with `range` or `promote`.
+    defs["Channel"]["not"] = json!({
+        "required": ["revision", "rollback"],
+        "properties": { "rollback": { "const": true } },
+    });
     // The same rules as `validate` (spec/validate.rs), where a pattern can say them.
     defs["Metadata"]["properties"]["name"]["pattern"] = json!("^[A-Za-z0-9_-]{1,128}$");
     defs["AppSpec"]["properties"]["storageId"]["pattern"] = json!("^[A-Za-z0-9_/-]{1,200}$");
@@ -45,4 +44,30 @@ fn refine(schema: &mut Value) {
     defs["Channel"]["properties"]["range"]["minLength"] = json!(1);
     defs["Channel"]["properties"]["env"]["propertyNames"] =
         json!({ "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" });
+    defs["Revision"]["properties"]["discover"]["minLength"] = json!(1);
+    // `parse_duration` (src/duration.rs): plain seconds, or a number and ms, s, m or h.
+    let duration = json!("^\\s*([0-9]+\\.?[0-9]*|\\.[0-9]+)(ms|s|m|h)?\\s*$");
+    defs["Promote"]["properties"]["after"]["pattern"] = duration.clone();
+    defs["Probe"]["properties"]["interval"]["pattern"] = duration;
+    defs["Probe"]["properties"]["interval"]["default"] = json!("15s");
+    let status = &mut defs["Probe"]["properties"]["expectStatus"];
+    status["minimum"] = json!(100);
+    status["maximum"] = json!(599);
+    status["default"] = json!(200);
+    defs["Probe"]["properties"]["url"]["pattern"] = json!("^[Hh][Tt][Tt][Pp][Ss]?://");
+}
+
+/// `oneOf`: each of `fields` without the others.
+fn exactly_one(fields: &[&str]) -> Value {
+    fields
+        .iter()
+        .map(|f| {
+            let others: Vec<Value> = fields
+                .iter()
+                .filter(|o| *o != f)
+                .map(|o| json!({ "required": [o] }))
+                .collect();
+            json!({ "required": [f], "not": { "anyOf": others } })
+        })
+        .collect()
 }

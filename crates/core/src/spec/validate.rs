@@ -1,15 +1,17 @@
 //! Semantic checks on parsed deploy files. Pure apart from reading local app directories.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Component, Path, PathBuf},
 };
 
 use super::{
-    excerpt::quoted, AppSpec, ChannelSpec, DesiredState, Diagnostic, LoadOptions, Origin,
-    ParsedDocument, RevisionSource, RevisionSpec, Selector, API_VERSION, DEFAULT_ROOT_HINT,
+    excerpt::{quoted, short},
+    AppSpec, ChannelSpec, DesiredState, Diagnostic, DiscoverSpec, LoadOptions, Origin,
+    ParsedDocument, ProbeSpec, PromoteSpec, RawChannel, RawPromote, RevisionSource, RevisionSpec,
+    ScalarString, Selector, API_VERSION, DEFAULT_ROOT_HINT,
 };
-use crate::{package, range_rule};
+use crate::{duration::parse_duration, package, range_rule};
 
 /// `^[a-zA-Z0-9_-]{1,max}$`
 pub(super) fn is_name(s: &str, max: usize) -> bool {
@@ -171,14 +173,33 @@ pub(super) fn validate(
         // Revisions
         let mut revisions: Vec<(semver::Version, RevisionSpec)> = Vec::new();
         let mut versions_seen: HashMap<String, String> = HashMap::new();
+        let mut discover: Vec<DiscoverSpec> = Vec::new();
+        let mut discover_seen: HashMap<String, String> = HashMap::new();
         for (i, rev) in raw.spec.revisions.iter().enumerate() {
             let field = format!("spec.revisions[{i}]");
-            let spec = match (&rev.version, &rev.path) {
-                (Some(_), Some(_)) | (None, None) => {
-                    problems.push(doc.diag(&field, "set exactly one of `version` or `path`"));
+            let spec = match (&rev.version, &rev.path, &rev.discover) {
+                (None, None, Some(range)) => {
+                    let dfield = format!("{field}.discover");
+                    if let Err(msg) = check_range(&range.0) {
+                        problems.push(doc.diag(&dfield, msg));
+                    } else if let Some(prev) = discover_seen.get(&range.0) {
+                        problems.push(doc.diag(
+                            &dfield,
+                            format!(
+                                "discover range {} is listed twice (also at {prev})",
+                                quoted(&range.0)
+                            ),
+                        ));
+                    } else {
+                        discover_seen.insert(range.0.clone(), dfield.clone());
+                        discover.push(DiscoverSpec {
+                            range: range.0.clone(),
+                            origin: here(&dfield),
+                        });
+                    }
                     continue;
                 }
-                (Some(v), None) => match check_version(&v.0) {
+                (Some(v), None, None) => match check_version(&v.0) {
                     Ok(parsed) => (
                         parsed,
                         RevisionSpec {
@@ -192,7 +213,7 @@ pub(super) fn validate(
                         continue;
                     }
                 },
-                (None, Some(p)) => {
+                (None, Some(p), None) => {
                     let pfield = format!("{field}.path");
                     // Against the deploy file's own absolute directory: `..` is never dropped,
                     // whatever the working directory.
@@ -275,6 +296,12 @@ pub(super) fn validate(
                         pfield,
                     )
                 }
+                _ => {
+                    problems.push(
+                        doc.diag(&field, "set exactly one of `version`, `path` or `discover`"),
+                    );
+                    continue;
+                }
             };
             let (parsed, spec, vfield) = spec;
             if let Some(prev) = versions_seen.get(&spec.version) {
@@ -314,20 +341,23 @@ pub(super) fn validate(
             } else {
                 channel_names.insert(ch.name.clone(), field.clone());
             }
-            let selector = match (&ch.range, &ch.revision) {
-                (Some(_), Some(_)) | (None, None) => {
-                    problems.push(doc.diag(&field, "set exactly one of `range` or `revision`"));
-                    None
-                }
-                (Some(r), None) => match check_range(&r.0) {
+            let selector = match (&ch.range, &ch.revision, &ch.promote) {
+                (Some(r), None, None) => match check_range(&r.0) {
                     Ok(()) => Some(Selector::Range(r.0.clone())),
                     Err(msg) => {
                         problems.push(doc.diag(&format!("{field}.range"), msg));
                         None
                     }
                 },
-                (None, Some(v)) => {
+                (None, Some(v), None) => {
                     let rfield = format!("{field}.revision");
+                    if ch.rollback {
+                        problems.push(doc.diag(
+                            &format!("{field}.rollback"),
+                            "`rollback` goes only with `range` or `promote`: a pinned revision is never moved, so there is nothing to roll back",
+                        ));
+                        ok = false;
+                    }
                     if let Err(msg) = check_version(&v.0) {
                         problems.push(doc.diag(&rfield, msg));
                         None
@@ -340,6 +370,17 @@ pub(super) fn validate(
                     } else {
                         Some(Selector::Revision(v.0.clone()))
                     }
+                }
+                (None, None, Some(p)) => {
+                    check_promote(doc, &format!("{field}.promote"), p, problems)
+                        .map(Selector::Promote)
+                }
+                _ => {
+                    problems.push(doc.diag(
+                        &field,
+                        "set exactly one of `range`, `revision` or `promote`",
+                    ));
+                    None
                 }
             };
             if let Some(domain) = &ch.domain {
@@ -397,17 +438,18 @@ pub(super) fn validate(
                     domain: ch.domain.clone(),
                     env,
                     allow_empty: ch.allow_empty,
-                    rollback: false,
+                    rollback: ch.rollback,
                 });
             }
         }
+        check_promote_sources(doc, &name, &raw.spec.channels, problems);
 
         if problems.len() == before {
             apps.push(AppSpec {
                 name,
                 storage_id,
                 revisions: revisions.into_iter().map(|(_, r)| r).collect(),
-                discover: Vec::new(),
+                discover,
                 channels,
                 prune: raw.spec.prune,
                 suspend: raw.spec.suspend,
@@ -419,6 +461,171 @@ pub(super) fn validate(
         apps,
         ..Default::default()
     }
+}
+
+/// The host `{domain}` stands for while a probe URL is checked.
+const DOMAIN_PLACEHOLDER_HOST: &str = "domain.example";
+
+/// `promote:` at `field`, as written; `from` is checked against the other channels by
+/// [`check_promote_sources`].
+fn check_promote(
+    doc: &ParsedDocument,
+    field: &str,
+    raw: &RawPromote,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<PromoteSpec> {
+    let before = problems.len();
+    let duration = |name: &str, text: &ScalarString, problems: &mut Vec<Diagnostic>| {
+        parse_duration(&text.0)
+            .map_err(|msg| problems.push(doc.diag(&format!("{field}.{name}"), msg)))
+            .ok()
+    };
+    let after = duration("after", &raw.after, problems);
+    let check = raw.check.as_ref().map(|c| {
+        let interval = match &c.interval {
+            None => Some(DEFAULT_PROBE_INTERVAL),
+            Some(text) => duration("check.interval", text, problems),
+        };
+        if interval.is_some_and(|i| i.is_zero()) {
+            problems.push(doc.diag(
+                &format!("{field}.check.interval"),
+                "must be more than 0s (the time between two tries of the probe)",
+            ));
+        }
+        if let Err(msg) = check_probe_url(&c.url) {
+            problems.push(doc.diag(&format!("{field}.check.url"), msg));
+        }
+        let expect_status = c.expect_status.unwrap_or(200);
+        let status = u16::try_from(expect_status)
+            .ok()
+            .filter(|s| (100..=599).contains(s));
+        if status.is_none() {
+            problems.push(doc.diag(
+                &format!("{field}.check.expectStatus"),
+                format!("{expect_status} is not an HTTP status code (100 to 599)"),
+            ));
+        }
+        ProbeSpec {
+            url: c.url.clone(),
+            expect_status: status.unwrap_or_default(),
+            interval: interval.unwrap_or_default(),
+        }
+    });
+    // Only whole: what is left out above is never used.
+    (problems.len() == before).then(|| PromoteSpec {
+        from: raw.from.clone(),
+        after: after.unwrap_or_default(),
+        check,
+    })
+}
+
+/// `promote.check.interval` when left out.
+const DEFAULT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// An http or https URL once `{domain}` is replaced with a host; no other `{...}`.
+fn check_probe_url(url: &str) -> Result<(), String> {
+    let without = url.replace("{domain}", "");
+    if let Some(start) = without.find(['{', '}']) {
+        let rest = &without[start..];
+        let placeholder = match (rest.starts_with('{'), rest.find('}')) {
+            (true, Some(end)) => &rest[..=end],
+            _ => &rest[..1],
+        };
+        return Err(format!(
+            "{} has `{}`: the only placeholder is `{{domain}}` (the `from` channel's domain)",
+            quoted(url),
+            short(placeholder)
+        ));
+    }
+    let parsed = url::Url::parse(&url.replace("{domain}", DOMAIN_PLACEHOLDER_HOST))
+        .map_err(|e| format!("{} is not a URL: {e}", quoted(url)))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{} is not an http or https URL (the scheme is {})",
+            quoted(url),
+            quoted(parsed.scheme())
+        ));
+    }
+    Ok(())
+}
+
+/// Every `promote.from` names another channel of the app, and no promotions form a cycle.
+fn check_promote_sources(
+    doc: &ParsedDocument,
+    app: &str,
+    channels: &[RawChannel],
+    out: &mut Vec<Diagnostic>,
+) {
+    // Reported in line order.
+    let mut problems = Vec::new();
+    let from_field = |i: usize| format!("spec.channels[{i}].promote.from");
+    // Channel name → (its index, the channel it promotes from), for the first of each name.
+    let mut edges: HashMap<&str, (usize, &str)> = HashMap::new();
+    for (i, ch) in channels.iter().enumerate() {
+        // With `range` or `revision` too, the channel is already reported.
+        let Some(p) = ch
+            .promote
+            .as_ref()
+            .filter(|_| ch.range.is_none() && ch.revision.is_none())
+        else {
+            continue;
+        };
+        let wrong = if p.from == ch.name {
+            format!(
+                "channel {} promotes from itself; name another channel of app {}",
+                quoted(&ch.name),
+                quoted(app)
+            )
+        } else if !channels.iter().any(|c| c.name == p.from) {
+            format!(
+                "{} is not a channel of app {}",
+                quoted(&p.from),
+                quoted(app)
+            )
+        } else {
+            edges.entry(&ch.name).or_insert((i, &p.from));
+            continue;
+        };
+        problems.push(doc.diag(&from_field(i), wrong));
+    }
+    // Each channel promotes from at most one other: follow `from` from each channel in file
+    // order; a walk that comes back onto itself has found a cycle, reported once, at its
+    // member listed first.
+    let mut done: HashSet<&str> = HashSet::new();
+    for ch in channels {
+        let mut path: Vec<&str> = Vec::new();
+        let mut at = ch.name.as_str();
+        while !done.contains(at) {
+            if let Some(start) = path.iter().position(|n| *n == at) {
+                let cycle = &path[start..];
+                let first = (0..cycle.len())
+                    .min_by_key(|k| edges[cycle[*k]].0)
+                    .expect("a cycle has members");
+                let mut names: Vec<&str> = cycle[first..]
+                    .iter()
+                    .chain(&cycle[..first])
+                    .copied()
+                    .collect();
+                names.push(names[0]);
+                problems.push(doc.diag(
+                    &from_field(edges[names[0]].0),
+                    format!(
+                        "promotions form a cycle: {} (each promotes from the next); one of them must follow a `range` or a `revision`",
+                        names.join(" → ")
+                    ),
+                ));
+                break;
+            }
+            path.push(at);
+            match edges.get(at) {
+                Some((_, from)) => at = from,
+                None => break,
+            }
+        }
+        done.extend(path);
+    }
+    problems.sort_by_key(|d| (d.line, d.column));
+    out.append(&mut problems);
 }
 
 fn check_inside_root(resolved: &Path, root: &Path) -> Result<(), String> {
@@ -451,7 +658,174 @@ fn check_inside_root(resolved: &Path, root: &Path) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::spec::{load, ProbeSpec};
+
+    fn load_app(spec: &str) -> Result<AppSpec, Vec<String>> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        let text =
+            format!("apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: weather\n{spec}");
+        std::fs::write(&file, text).unwrap();
+        load(&[file], &LoadOptions::default())
+            .map(|mut state| state.apps.remove(0))
+            .map_err(|d| {
+                d.0.iter()
+                    .map(|p| format!("{}:{}: {}", p.line, p.field, p.message))
+                    .collect()
+            })
+    }
+
+    #[test]
+    fn discover_promote_and_rollback_come_out_with_their_defaults() {
+        let app = load_app(
+            "spec:
+  revisions:
+    - version: 1.0.0
+    - discover: \">=1.0.0\"
+    - discover: 0.30
+  channels:
+    - name: canary
+      range: \"*\"
+      rollback: true
+    - name: production
+      promote:
+        from: canary
+        after: 10m
+        check:
+          url: \"https://{domain}/health\"
+    - name: staging
+      promote:
+        from: production
+        after: 0s
+        check:
+          url: http://status.example.com/{domain}?full=1
+          expectStatus: 0xCC
+          interval: 500ms
+      rollback: true
+    - name: eu
+      promote:
+        from: canary
+        after: 90
+    - name: pinned
+      revision: 1.0.0
+      rollback: false
+",
+        )
+        .unwrap();
+        assert_eq!(app.revisions.len(), 1);
+        let discover: Vec<(&str, usize)> = app
+            .discover
+            .iter()
+            .map(|d| (d.range.as_str(), d.origin.line))
+            .collect();
+        // As written (`0.30`, never `0.3`), in file order, each at its line.
+        assert_eq!(discover, [(">=1.0.0", 8), ("0.30", 9)]);
+        let by_name = |n: &str| app.channels.iter().find(|c| c.name == n).unwrap();
+        let promote = |n: &str| match &by_name(n).selector {
+            Selector::Promote(p) => p.clone(),
+            other => panic!("{n}: {other:?}"),
+        };
+        assert_eq!(by_name("canary").selector, Selector::Range("*".into()));
+        assert!(by_name("canary").rollback);
+        assert_eq!(
+            promote("production"),
+            PromoteSpec {
+                from: "canary".into(),
+                after: Duration::from_secs(600),
+                check: Some(ProbeSpec {
+                    url: "https://{domain}/health".into(),
+                    expect_status: 200,
+                    interval: Duration::from_secs(15),
+                }),
+            }
+        );
+        assert!(!by_name("production").rollback);
+        assert_eq!(
+            promote("staging"),
+            PromoteSpec {
+                from: "production".into(),
+                after: Duration::ZERO,
+                check: Some(ProbeSpec {
+                    url: "http://status.example.com/{domain}?full=1".into(),
+                    expect_status: 204,
+                    interval: Duration::from_millis(500),
+                }),
+            }
+        );
+        assert!(by_name("staging").rollback);
+        assert_eq!(
+            promote("eu"),
+            PromoteSpec {
+                from: "canary".into(),
+                after: Duration::from_secs(90),
+                check: None,
+            }
+        );
+        assert!(!by_name("pinned").rollback);
+    }
+
+    #[test]
+    fn an_app_without_the_new_fields_discovers_nothing_and_rolls_nothing_back() {
+        let app = load_app("spec:\n  channels:\n    - name: a\n      range: \"*\"\n").unwrap();
+        assert!(app.discover.is_empty());
+        assert!(!app.channels[0].rollback);
+    }
+
+    #[test]
+    fn a_cycle_behind_a_chain_and_a_promotion_from_a_bad_channel() {
+        // `tail` leads into the cycle without being part of it; `x` follows a channel that is
+        // itself in error, which is not a cycle.
+        let problems = load_app(
+            "spec:
+  channels:
+    - name: tail
+      promote: {from: b, after: 1m}
+    - name: b
+      promote: {from: c, after: 1m}
+    - name: c
+      promote: {from: b, after: 1m}
+    - name: x
+      promote: {from: y, after: 1m}
+    - name: y
+      promote: {from: nope, after: 1m}
+",
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "10:spec.channels[1].promote.from: promotions form a cycle: b → c → b (each promotes from the next); one of them must follow a `range` or a `revision`",
+                "16:spec.channels[4].promote.from: \"nope\" is not a channel of app \"weather\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn probe_urls() {
+        for ok in [
+            "https://{domain}/health",
+            "http://{domain}:8080/",
+            "HTTPS://api.{domain}/x?y={domain}",
+            "https://status.example.com/",
+        ] {
+            assert_eq!(check_probe_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("https://{host}/", "has `{host}`"),
+            ("https://{domain}/{", "has `{`"),
+            ("https://{domain}/}", "has `}`"),
+            ("https://{Domain}/", "has `{Domain}`"),
+            ("file:///etc/passwd", "not an http or https URL"),
+            ("{domain}/health", "not a URL"),
+            ("https://", "not a URL"),
+        ] {
+            let err = check_probe_url(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn names_domains_and_ranges() {
