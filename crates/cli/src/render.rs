@@ -27,7 +27,12 @@ pub fn plan_text(plan: &Plan) -> String {
             ));
             continue;
         }
-        if app.changes.is_empty() && app.problems.is_empty() && app.warnings.is_empty() {
+        if app.changes.is_empty()
+            && app.problems.is_empty()
+            && app.warnings.is_empty()
+            && app.promotions.is_empty()
+            && app.held.is_empty()
+        {
             continue;
         }
         out.push_str(&format!("{}:\n", app.app));
@@ -39,6 +44,12 @@ pub fn plan_text(plan: &Plan) -> String {
         }
         for w in &app.warnings {
             out.push_str(&format!("  warning: {w}\n"));
+        }
+        for p in &app.promotions {
+            out.push_str(&format!("  … {}: {}\n", promotion_head(p), p.message));
+        }
+        for h in &app.held {
+            out.push_str(&format!("  ↩ {}\n", held_text(h)));
         }
         for c in &app.changes {
             let sign = match c.action {
@@ -79,6 +90,21 @@ pub fn plan_text(plan: &Plan) -> String {
         ));
     }
     out
+}
+
+/// `production: 1.3.0 from canary (pending)`.
+fn promotion_head(p: &hippo_gitops_core::delivery::PendingPromotion) -> String {
+    format!("{}: promotion of {} from {} pending", p.channel, p.revision, p.from)
+}
+
+/// `staging: held on 1.1.0 (rolled back from 1.2.0)`.
+fn held_text(h: &hippo_gitops_core::delivery::HeldBack) -> String {
+    format!(
+        "{}: held on {} (rolled back from {}; it follows its rule again when a newer revision is there)",
+        h.channel,
+        h.pinned,
+        h.bad.join(", ")
+    )
 }
 
 /// What a destructive move does, said where it is shown.
@@ -125,7 +151,12 @@ pub fn plan_markdown(plan: &Plan) -> String {
             ));
             continue;
         }
-        if app.changes.is_empty() && app.problems.is_empty() && app.warnings.is_empty() {
+        if app.changes.is_empty()
+            && app.problems.is_empty()
+            && app.warnings.is_empty()
+            && app.promotions.is_empty()
+            && app.held.is_empty()
+        {
             continue;
         }
         out.push_str(&format!("\n#### `{}`\n\n", md_code(&app.app)));
@@ -138,6 +169,16 @@ pub fn plan_markdown(plan: &Plan) -> String {
         }
         for w in &app.warnings {
             out.push_str(&format!("- :warning: {}\n", md_cell(w)));
+        }
+        for p in &app.promotions {
+            out.push_str(&format!(
+                "- :hourglass: {}: {}\n",
+                md_cell(&promotion_head(p)),
+                md_cell(&p.message)
+            ));
+        }
+        for h in &app.held {
+            out.push_str(&format!("- :leftwards_arrow_with_hook: {}\n", md_cell(&held_text(h))));
         }
         for m in &app.moves {
             out.push_str(&format!(
@@ -204,8 +245,21 @@ struct PlanJson<'a> {
     moves: Vec<MoveJson<'a>>,
     /// Apps with `spec.suspend`: nothing planned.
     suspended: Vec<&'a str>,
+    /// Promotions waiting for their window (not changes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    promotions: Vec<AppItemJson<'a, hippo_gitops_core::delivery::PendingPromotion>>,
+    /// Channels a rollback holds on an older revision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    held: Vec<AppItemJson<'a, hippo_gitops_core::delivery::HeldBack>>,
     /// Nomad jobs named like a Hippo channel GUID that no channel has.
     orphans: &'a [String],
+}
+
+#[derive(Serialize)]
+struct AppItemJson<'a, T> {
+    app: &'a str,
+    #[serde(flatten)]
+    item: &'a T,
 }
 
 #[derive(Serialize)]
@@ -283,6 +337,16 @@ pub fn plan_json(plan: &Plan) -> String {
             .map(|a| a.app.as_str())
             .collect(),
         orphans: &plan.orphans,
+        promotions: plan
+            .apps
+            .iter()
+            .flat_map(|a| a.promotions.iter().map(move |item| AppItemJson { app: &a.app, item }))
+            .collect(),
+        held: plan
+            .apps
+            .iter()
+            .flat_map(|a| a.held.iter().map(move |item| AppItemJson { app: &a.app, item }))
+            .collect(),
     };
     serde_json::to_string_pretty(&body).expect("plan serialises")
 }
@@ -440,6 +504,11 @@ pub fn statuses_text(apps: &[AppStatus]) -> String {
             "{}: {:?} ({}): {}\n",
             app.app, app.condition.kind, app.condition.reason, app.condition.message
         ));
+        for ch in &app.channels {
+            if let Some(p) = &ch.promotion {
+                out.push_str(&format!("{}/{}: promotion pending: {p}\n", app.app, ch.channel));
+            }
+        }
     }
     out
 }
