@@ -1031,9 +1031,9 @@ impl Loop {
             wake = Some(wake.map_or(p, |w| w.min(p)));
         }
         if let Some(w) = wake {
-            // Not sooner than a second: a window that just ended is looked at once, not spun on.
+            // Not sooner than 100 ms: a window that just ended is looked at, not spun on.
             self.schedule
-                .requeue_by(&result.app, now + w.max(Duration::from_secs(1)));
+                .requeue_by(&result.app, now + w.max(Duration::from_millis(100)));
         }
     }
 

@@ -287,6 +287,10 @@ impl Made {
                 delivery: Some(Delivery::Rollback(_)),
                 ..
             } => Made::ChannelRolledBack,
+            Op::CreateChannel {
+                delivery: Some(Delivery::Promote { .. }),
+                ..
+            } => Made::ChannelPromoted,
             Op::CreateChannel { .. } => Made::ChannelCreated,
             Op::UpdateChannel { .. } => Made::ChannelUpdated,
             Op::SetEnv { .. } => Made::EnvChanged,
@@ -941,7 +945,13 @@ async fn apply_change(
                     .await
                     .map_err(hippo_err(format!("setting env of channel {channel}")))?;
             }
-            Ok(change.describe().replacen("create", "created", 1))
+            let text = change.describe();
+            Ok(if text.starts_with("promote") {
+                text.replacen("promote", "promoted", 1)
+                    .replacen(": create", ": created", 1)
+            } else {
+                text.replacen("create", "created", 1)
+            })
         }
         Op::UpdateChannel {
             channel,

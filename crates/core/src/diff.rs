@@ -100,6 +100,9 @@ pub enum Op {
         #[serde(skip)]
         env: BTreeMap<String, String>,
         env_keys: Vec<String>,
+        /// The first promotion of a promote channel creates it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivery: Option<Delivery>,
     },
     /// A PUT: the only channel write that makes Hippo redeploy.
     #[serde(rename_all = "camelCase")]
@@ -273,6 +276,7 @@ impl Change {
                 channel,
                 target,
                 env_keys,
+                delivery,
                 ..
             } => {
                 let mut parts = vec![match (&target.range_rule, &target.active_revision) {
@@ -288,7 +292,18 @@ impl Change {
                 if !env_keys.is_empty() {
                     parts.push(format!("env {}", env_keys.join(", ")));
                 }
-                format!("create channel {channel} ({})", parts.join(", "))
+                match delivery {
+                    Some(Delivery::Promote {
+                        from,
+                        revision,
+                        healthy_for_ms,
+                    }) => format!(
+                        "promote {revision} to channel {channel} ({from} has run it healthy for {}): create channel {channel} ({})",
+                        crate::delivery::human_duration(*healthy_for_ms),
+                        parts.join(", ")
+                    ),
+                    _ => format!("create channel {channel} ({})", parts.join(", ")),
+                }
             }
             Op::UpdateChannel {
                 channel,
@@ -676,11 +691,17 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         // Channels are planned against an app that has the desired revisions (imported on
         // create); their revision ids are resolved after it exists.
         let versions: Vec<&str> = spec.revisions.iter().map(|r| r.version.as_str()).collect();
-        for ch in &spec.channels {
+        // A promote channel is created by its first promotion: Hippo refuses a pinned channel
+        // without a revision.
+        for ch in spec
+            .channels
+            .iter()
+            .filter(|c| !matches!(c.selector, Selector::Promote(_)))
+        {
             push_move(&mut plan, ch, None, eventual_revision(ch, &versions));
             let target = channel_target(ch, None, &[]);
             plan.changes
-                .push(create_channel(&spec.name, None, ch, target));
+                .push(create_channel(&spec.name, None, ch, target, None));
         }
         return plan;
     };
@@ -812,6 +833,7 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             Resolved::Pin(revision, delivery) => (Some(revision), delivery),
             Resolved::Skip => continue,
         };
+        let nothing_promoted = pinned == Some(None);
         let ch = &match pinned {
             Some(Some(v)) => ChannelSpec {
                 selector: Selector::Revision(v),
@@ -824,10 +846,18 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         let eventual = eventual_revision(ch, &eventual_numbers);
         let target = channel_target(ch, Some(app), &known);
         match hippo_channels.iter().find(|c| c.name == ch.name) {
+            // Nothing promoted yet: created by the first promotion (Hippo refuses a pinned
+            // channel without a revision).
+            None if nothing_promoted => {}
             None => {
                 push_move(&mut plan, written, None, eventual);
-                plan.changes
-                    .push(create_channel(&spec.name, Some(app.id), ch, target))
+                plan.changes.push(create_channel(
+                    &spec.name,
+                    Some(app.id),
+                    ch,
+                    target,
+                    delivery.clone(),
+                ))
             }
             Some(current) => {
                 let running = current
@@ -1109,6 +1139,7 @@ fn create_channel(
     app_id: Option<Uuid>,
     ch: &ChannelSpec,
     target: ChannelTarget,
+    delivery: Option<Delivery>,
 ) -> Change {
     Change::new(
         app,
@@ -1119,6 +1150,7 @@ fn create_channel(
             target,
             env: ch.env.clone(),
             env_keys: ch.env.keys().cloned().collect(),
+            delivery,
         },
     )
 }
