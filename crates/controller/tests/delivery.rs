@@ -245,6 +245,24 @@ fn channel_status(d: &Daemon, channel: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// The bed (Nomad judges health after `healthy_delay`), a watch on Hippo's channels, and a
+/// controller on shop's deploy file with `production` as given, once `shop/1.0.0` is on Bindle.
+async fn started(healthy_delay: Duration, production: &str) -> (Arc<NomadBed>, Seen, Daemon) {
+    let nb = Arc::new(
+        NomadBed::start_with(NomadBedOptions {
+            healthy_delay,
+            ..Default::default()
+        })
+        .await,
+    );
+    let seen = Seen::watch(&nb);
+    let files = nb.bed.path().join("deploy");
+    deploy_file(&files, production);
+    push(&nb, "1.0.0").await;
+    let d = start(&nb, &files).await;
+    (nb, seen, d)
+}
+
 async fn start(nb: &NomadBed, files: &Path) -> Daemon {
     let (ctx, stats) = nb.context(None);
     Daemon::start(config(files, &nb.bed.path().join("state")), ctx, stats)
@@ -286,18 +304,7 @@ fn assert_promoted_after_window(nb: &NomadBed, seen: &Seen, revision: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_bindle_is_discovered_runs_in_canary_and_is_promoted_after_its_window() {
-    let nb = Arc::new(
-        NomadBed::start_with(NomadBedOptions {
-            healthy_delay: Duration::from_millis(300),
-            ..Default::default()
-        })
-        .await,
-    );
-    let seen = Seen::watch(&nb);
-    let files = nb.bed.path().join("deploy");
-    deploy_file(&files, &promote_after(AFTER));
-    push(&nb, "1.0.0").await;
-    let d = start(&nb, &files).await;
+    let (nb, seen, d) = started(Duration::from_millis(300), &promote_after(AFTER)).await;
 
     eventually(30, "production promoted to 1.0.0", || {
         seen.first("production", "1.0.0").is_some()
@@ -361,18 +368,7 @@ async fn a_pushed_bindle_is_discovered_runs_in_canary_and_is_promoted_after_its_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_revision_is_never_promoted_is_rolled_back_and_stays_back_after_a_restart() {
-    let nb = Arc::new(
-        NomadBed::start_with(NomadBedOptions {
-            healthy_delay: Duration::from_millis(300),
-            ..Default::default()
-        })
-        .await,
-    );
-    let seen = Seen::watch(&nb);
-    let files = nb.bed.path().join("deploy");
-    deploy_file(&files, &promote_after(AFTER));
-    push(&nb, "1.0.0").await;
-    let d = start(&nb, &files).await;
+    let (nb, seen, d) = started(Duration::from_millis(300), &promote_after(AFTER)).await;
     eventually(30, "production promoted to 1.0.0", || {
         seen.first("production", "1.0.0").is_some()
     })
@@ -431,7 +427,7 @@ async fn a_failing_revision_is_never_promoted_is_rolled_back_and_stays_back_afte
     // A restart: the channel is not moved forward to 1.1.0 again.
     d.shutdown().await.unwrap();
     let moves_before = seen.revisions_of("canary");
-    let d = start(&nb, &files).await;
+    let d = start(&nb, &nb.bed.path().join("deploy")).await;
     cycles(&d, 3).await;
     assert_eq!(running(&nb, "canary").as_deref(), Some("1.0.0"));
     assert_eq!(
@@ -502,25 +498,15 @@ async fn health_server(status: Arc<AtomicU16>) -> (String, Arc<Mutex<Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_check_holds_the_promotion_and_a_passing_one_lets_it_through() {
-    let nb = Arc::new(
-        NomadBed::start_with(NomadBedOptions {
-            healthy_delay: Duration::from_millis(100),
-            ..Default::default()
-        })
-        .await,
-    );
-    let seen = Seen::watch(&nb);
     let status = Arc::new(AtomicU16::new(503));
     let (base, hits) = health_server(status.clone()).await;
-    let files = nb.bed.path().join("deploy");
-    deploy_file(
-        &files,
+    let (nb, seen, d) = started(
+        Duration::from_millis(100),
         &format!(
             "      promote:\n        from: canary\n        after: 1s\n        check:\n          url: \"{base}/health/{{domain}}\"\n          interval: 100ms\n"
         ),
-    );
-    push(&nb, "1.0.0").await;
-    let d = start(&nb, &files).await;
+    )
+    .await;
     eventually(20, "canary healthy on 1.0.0", || {
         healthy_since(&nb, "canary", "1.0.0").is_some()
     })

@@ -129,6 +129,25 @@ struct ObservedNomad {
     versions: BTreeMap<String, (u64, Arc<Vec<JobVersion>>)>,
 }
 
+/// Runs `read` on every item, `concurrency` at a time; the first error is the answer.
+async fn bounded<I, T, F, Fut>(
+    items: Vec<I>,
+    concurrency: usize,
+    read: F,
+) -> Result<Vec<T>, NomadError>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future<Output = Result<T, NomadError>>,
+{
+    stream::iter(items)
+        .map(read)
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// The list decoded now, or the one kept when Nomad's index did not move.
 fn fresh_or_kept<T, U>(
     listed: Listed<T>,
@@ -205,16 +224,11 @@ impl NomadObserver {
                 .cloned()
                 .collect()
         };
-        let read: Vec<(String, Option<Job>)> = stream::iter(stale)
-            .map(|id| async move {
-                let job = self.client.read_job(&id).await?;
-                Ok::<_, NomadError>((id, job))
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+        let read: Vec<(String, Option<Job>)> = bounded(stale, concurrency, |id| async move {
+            let job = self.client.read_job(&id).await?;
+            Ok((id, job))
+        })
+        .await?;
         let mut guard = self.cache.locked();
         let cache = &mut guard.jobs;
         for (id, job) in read {
@@ -261,16 +275,12 @@ impl NomadObserver {
                 })
                 .collect()
         };
-        let read: Vec<(String, u64, Vec<JobVersion>)> = stream::iter(stale)
-            .map(|(id, index)| async move {
+        let read: Vec<(String, u64, Vec<JobVersion>)> =
+            bounded(stale, concurrency, |(id, index)| async move {
                 let v = self.client.job_versions(&id).await?;
-                Ok::<_, NomadError>((id, index, v))
+                Ok((id, index, v))
             })
-            .buffer_unordered(concurrency.max(1))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+            .await?;
         let mut guard = self.cache.locked();
         let cache = &mut guard.versions;
         for (id, index, v) in read {
