@@ -127,6 +127,12 @@ pub struct Row {
     /// Registrations Hippo refused in that redeploy.
     pub baseline_failures: usize,
     pub idle: Option<Idle>,
+    /// A discovery round (`discover` on every app) that finds one new version per 100 apps,
+    /// pushed to Bindle with no change to the deploy files; and one that finds nothing.
+    pub discover_new: Cost,
+    pub discover_nothing: Cost,
+    /// Versions the first round registered.
+    pub discovered: usize,
 }
 
 /// The push comparison.
@@ -201,8 +207,13 @@ pub fn generate_apps(dir: &Path, n: usize) -> std::io::Result<PathBuf> {
 }
 
 fn app_file(name: &str, level: &str) -> String {
+    app_file_with(name, level, "")
+}
+
+/// With `extra` revision entries (`    - discover: ...\n`).
+fn app_file_with(name: &str, level: &str, extra: &str) -> String {
     format!(
-        "apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: {name}\nspec:\n  revisions:\n    - path: apps/{name}-1.0.0\n    - path: apps/{name}-1.1.0\n  channels:\n    - name: production\n      range: \"~1.0.0\"\n    - name: staging\n      revision: 1.1.0\n    - name: canary\n      range: \"*\"\n      env:\n        LEVEL: \"{level}\"\n"
+        "apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: {name}\nspec:\n  revisions:\n    - path: apps/{name}-1.0.0\n    - path: apps/{name}-1.1.0\n{extra}  channels:\n    - name: production\n      range: \"~1.0.0\"\n    - name: staging\n      revision: 1.1.0\n    - name: canary\n      range: \"*\"\n      env:\n        LEVEL: \"{level}\"\n"
     )
 }
 
@@ -249,6 +260,17 @@ fn load(specs: &Path) -> Result<DesiredState, BenchError> {
 
 /// `reconcile --once` in-process with fresh clients (a new process would log in again too).
 async fn reconcile_once(sb: &Sandbox, specs: &Path, what: &str) -> Result<Cost, BenchError> {
+    reconcile_counted(sb, specs, what)
+        .await
+        .map(|(cost, _)| cost)
+}
+
+/// As [`reconcile_once`], with how many revisions it registered as discovered.
+async fn reconcile_counted(
+    sb: &Sandbox,
+    specs: &Path,
+    what: &str,
+) -> Result<(Cost, usize), BenchError> {
     let desired = load(specs)?;
     let stats = RequestStats::default();
     let ctx = sandbox_context(sb, &stats)?;
@@ -263,7 +285,55 @@ async fn reconcile_once(sb: &Sandbox, specs: &Path, what: &str) -> Result<Cost, 
             failed.app, failed.error
         )));
     }
-    Ok(Cost::of(&stats, wall))
+    let discovered = report
+        .apps
+        .iter()
+        .flat_map(|a| &a.applied)
+        .filter(|a| a.made == apply::Made::RevisionDiscovered)
+        .count();
+    Ok((Cost::of(&stats, wall), discovered))
+}
+
+/// Every app gets `discover: ">=1.0.0"`; one app in 100 gets a version 1.2.0 pushed straight to
+/// Bindle. The first `reconcile --once` finds and registers them, the second finds nothing.
+async fn discovery_rounds(
+    sb: &Sandbox,
+    specs: &Path,
+    n: usize,
+    row: &mut Row,
+    progress: &impl Fn(&str),
+) -> Result<(), BenchError> {
+    for i in 0..n {
+        let name = format!("app-{i:04}");
+        std::fs::write(
+            specs.join(format!("{name}.yaml")),
+            app_file_with(&name, "1", "    - discover: \">=1.0.0\"\n"),
+        )?;
+    }
+    let new = n.div_ceil(100);
+    let stats = RequestStats::default();
+    let ctx = sandbox_context(sb, &stats)?;
+    for i in 0..new {
+        let name = format!("app-{i:04}");
+        let dir = specs.join(format!("pushed/{name}-1.2.0"));
+        write_spin_app(&dir, &name, "1.2.0")?;
+        let packed = package::load(&dir).map_err(|e| step("packing 1.2.0")(e.to_string()))?;
+        ctx.bindle
+            .push(&packed)
+            .await
+            .map_err(|e| step("pushing 1.2.0")(e.to_string()))?;
+    }
+    progress(&format!("N={n}: discovery round, {new} new version(s)"));
+    (row.discover_new, row.discovered) = reconcile_counted(sb, specs, "discovery round").await?;
+    if row.discovered != new {
+        return Err(step("discovery round")(format!(
+            "registered {} revisions, {new} were pushed",
+            row.discovered
+        )));
+    }
+    progress(&format!("N={n}: discovery round, nothing new"));
+    row.discover_nothing = reconcile_once(sb, specs, "discovery round, nothing new").await?;
+    Ok(())
 }
 
 /// Deploys every app the way a scripted `spin deploy` does, one version at a time: push the
@@ -797,6 +867,7 @@ pub async fn run(config: &BenchConfig, progress: impl Fn(&str)) -> Result<BenchR
             }
             None => None,
         };
+        discovery_rounds(&sb, &specs, n, &mut row, &progress).await?;
         sb.stop().await;
 
         if !config.baseline {
@@ -856,6 +927,11 @@ pub fn markdown(report: &BenchReport) -> String {
             ("cold converge", row.cold),
             ("no-op `reconcile --once`", row.noop),
             ("one app changed", row.changed),
+            (
+                "discovery round: 1 new version per 100 apps",
+                row.discover_new,
+            ),
+            ("discovery round: nothing new", row.discover_nothing),
             ("baseline: cold deploy", row.baseline_cold),
             ("baseline: redeploy unchanged", row.baseline_redeploy),
         ] {

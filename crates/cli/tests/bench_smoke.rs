@@ -34,6 +34,17 @@ async fn the_benchmark_runs_and_its_figures_hold() {
     assert_eq!(row.baseline_duplicates, 6);
     assert!(row.baseline_redeploy.hippo_writes > 0);
 
+    // Discovery: one app of the 3 got a version pushed straight to Bindle; it is registered
+    // once, and the next round finds nothing and writes nothing.
+    assert_eq!(row.discovered, 1, "{:?}", row.discover_new);
+    assert!(row.discover_new.hippo_writes >= 1, "{:?}", row.discover_new);
+    assert_eq!(
+        row.discover_nothing.hippo_writes, 0,
+        "{:?}",
+        row.discover_nothing
+    );
+    assert!(row.discover_nothing.bindle > 0, "the round reads Bindle");
+
     let idle = row.idle.expect("the idle controller ran");
     assert!(idle.cycles >= 2, "{idle:?}");
     assert!((idle.per_cycle[0] - 3.0).abs() < 1.0, "{idle:?}");
@@ -58,5 +69,6 @@ async fn the_benchmark_runs_and_its_figures_hold() {
 
     let md = bench::markdown(&report);
     assert!(md.contains("| 3 | cold converge |"), "{md}");
+    assert!(md.contains("| 3 | discovery round: nothing new |"), "{md}");
     assert!(md.contains("| apps | dashboard overview (`GET /`)"), "{md}");
 }
