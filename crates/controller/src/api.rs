@@ -61,6 +61,9 @@ pub struct ApiChannel<'a> {
     /// healthy and total allocations.
     pub nomad: &'a NomadJobStatus,
     pub condition: &'a Condition,
+    /// A promotion waiting for its window, as `status` says it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<&'a str>,
 }
 
 impl<'a> From<&'a ChannelStatus> for ApiChannel<'a> {
@@ -71,6 +74,7 @@ impl<'a> From<&'a ChannelStatus> for ApiChannel<'a> {
             desired_revision: c.desired_revision.as_deref(),
             nomad: &c.nomad,
             condition: &c.condition,
+            promotion: c.promotion.as_deref(),
         }
     }
 }
