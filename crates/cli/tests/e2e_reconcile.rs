@@ -502,3 +502,65 @@ async fn no_op_hippo_requests_do_not_grow_with_the_number_of_apps() {
     // One login and one page each of apps, channels and revisions, whatever the number of apps.
     assert_eq!(counts, vec![4, 4]);
 }
+
+/// A no-op reads the Bindle server's invoices in pages of 255 (the query API's `limit` is a
+/// `u8`), `ceil(invoices / 255)` requests, not one query per storage id; and the versions it
+/// builds are each app's own, though `app1`'s name is a substring of `app10`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_op_reads_bindle_in_pages_not_once_per_app() {
+    let bed = Bed::start().await;
+    let dir = bed.path().join("repo");
+    let apps = 130; // 260 invoices: two pages
+    let mut docs = Vec::new();
+    for i in 0..apps {
+        let name = format!("app{i}");
+        for (v, version) in [("v1", "1.0.0"), ("v2", "2.0.0")] {
+            spin_app(
+                &dir.join(&name).join(v),
+                &name,
+                version,
+                &format!("{name} {v}"),
+            );
+        }
+        let revisions = [format!("{name}/v1"), format!("{name}/v2")];
+        docs.push(app_doc(
+            &name,
+            &[&revisions[0], &revisions[1]],
+            "    - name: production\n      range: \"*\"\n",
+            false,
+        ));
+    }
+    std::fs::write(dir.join("apps.yaml"), docs.join("---\n")).unwrap();
+    let desired = load(&dir);
+    let (ctx, _) = bed.context();
+    let report = apply::reconcile(&desired, &ctx).await.unwrap();
+    assert!(
+        report.apps.iter().all(|a| a.converged()),
+        "{}",
+        hippo_gitops::render::run_text(&report)
+    );
+
+    let (ctx, stats) = bed.context();
+    let all = ctx.bindle.all_versions().await.unwrap();
+    assert_eq!(all.len(), apps);
+    assert!(all
+        .values()
+        .all(|v| v.get("1.0.0").is_some() && v.get("2.0.0").is_some()));
+    assert_eq!(stats.requests("bindle"), 2, "260 invoices, 255 a page");
+    for name in ["app1", "app10", "app129"] {
+        assert_eq!(
+            all[name],
+            ctx.bindle.versions(name).await.unwrap(),
+            "{name}"
+        );
+    }
+
+    let (ctx, stats) = bed.context();
+    let report = apply::reconcile(&desired, &ctx).await.unwrap();
+    assert!(report.apps.iter().all(|a| a.applied.is_empty()));
+    assert_eq!(stats.requests("bindle"), 2, "the no-op's Bindle reads");
+    assert_eq!(report.snapshot.bindles.len(), apps);
+    for (name, versions) in &report.snapshot.bindles {
+        assert_eq!(**versions.as_ref().expect("read"), all[name], "{name}");
+    }
+}
