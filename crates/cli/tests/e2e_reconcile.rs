@@ -7,7 +7,7 @@ use hippo_gitops_testkit as common;
 use std::collections::BTreeMap;
 
 use common::{app_doc, copy_examples, load, spin_app, Bed};
-use hippo_gitops_core::{apply, package, status::ConditionType};
+use hippo_gitops_core::{apply, package, spec::DesiredState, status::ConditionType};
 
 fn writes(bed: &Bed) -> Vec<String> {
     bed.hippo
@@ -472,6 +472,20 @@ async fn an_interrupted_push_is_resumed_and_nothing_is_duplicated() {
     assert_eq!(state.channels.len(), 1);
 }
 
+/// Writes `docs` as `dir/apps.yaml`, converges them, and answers them loaded.
+async fn converge_docs(bed: &Bed, dir: &std::path::Path, docs: &[String]) -> DesiredState {
+    std::fs::write(dir.join("apps.yaml"), docs.join("---\n")).unwrap();
+    let desired = load(dir);
+    let (ctx, _) = bed.context();
+    let report = apply::reconcile(&desired, &ctx).await.unwrap();
+    assert!(
+        report.apps.iter().all(|a| a.converged()),
+        "{}",
+        hippo_gitops::render::run_text(&report)
+    );
+    desired
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_op_hippo_requests_do_not_grow_with_the_number_of_apps() {
     let bed = Bed::start().await;
@@ -484,15 +498,7 @@ async fn no_op_hippo_requests_do_not_grow_with_the_number_of_apps() {
             spin_app(&dir.join(&name), &name, "1.0.0", &name);
             docs.push(app_doc(&name, &[&name], "    - name: production\n      range: \"*\"\n    - name: canary\n      revision: 1.0.0\n", false));
         }
-        std::fs::write(dir.join("apps.yaml"), docs.join("---\n")).unwrap();
-        let desired = load(&dir);
-        let (ctx, _) = bed.context();
-        let report = apply::reconcile(&desired, &ctx).await.unwrap();
-        assert!(
-            report.apps.iter().all(|a| a.converged()),
-            "{}",
-            hippo_gitops::render::run_text(&report)
-        );
+        let desired = converge_docs(&bed, &dir, &docs).await;
         let (ctx, stats) = bed.context();
         let report = apply::reconcile(&desired, &ctx).await.unwrap();
         assert!(report.apps.iter().all(|a| a.applied.is_empty()));
@@ -530,15 +536,7 @@ async fn a_no_op_reads_bindle_in_pages_not_once_per_app() {
             false,
         ));
     }
-    std::fs::write(dir.join("apps.yaml"), docs.join("---\n")).unwrap();
-    let desired = load(&dir);
-    let (ctx, _) = bed.context();
-    let report = apply::reconcile(&desired, &ctx).await.unwrap();
-    assert!(
-        report.apps.iter().all(|a| a.converged()),
-        "{}",
-        hippo_gitops::render::run_text(&report)
-    );
+    let desired = converge_docs(&bed, &dir, &docs).await;
 
     let (ctx, stats) = bed.context();
     let all = ctx.bindle.all_versions().await.unwrap();
