@@ -340,15 +340,27 @@ impl Tracker {
         if let Some(kind) = transition {
             events.push(event(kind, &c.reason, &c.message));
         }
-        let memory = self.apps.entry(run.app.to_string()).or_default();
+        let memory = match self.apps.get_mut(run.app) {
+            Some(memory) => memory,
+            None => self.apps.entry(run.app.to_string()).or_default(),
+        };
         // A rollout in progress is not remembered as a condition: Ready after it is news only
-        // if the app was not Ready before it.
-        if c.kind != ConditionType::Reconciling || run.failed {
-            memory.condition = Some(now_state);
+        // if the app was not Ready before it. What did not change is not replaced: it keeps
+        // its allocations from one cycle to the next.
+        let condition = if c.kind != ConditionType::Reconciling || run.failed {
+            Some(now_state)
         } else if !run.applied.is_empty() {
-            memory.condition = Some((ConditionType::Reconciling, c.reason.clone()));
+            Some((ConditionType::Reconciling, c.reason.clone()))
+        } else {
+            None
+        };
+        if let Some(condition) = condition.filter(|c| memory.condition.as_ref() != Some(c)) {
+            memory.condition = Some(condition);
         }
-        memory.revisions = run.channels.iter().cloned().collect();
+        let revisions: ChannelRevisions = run.channels.iter().cloned().collect();
+        if memory.revisions != revisions {
+            memory.revisions = revisions;
+        }
         events
     }
 }
