@@ -7,7 +7,7 @@ use hippo_gitops_testkit as common;
 use std::collections::BTreeMap;
 
 use common::{app_doc, copy_examples, load, spin_app, Bed};
-use hippo_gitops_core::{apply, package, status::ConditionType};
+use hippo_gitops_core::{apply, package, spec::DesiredState, status::ConditionType};
 
 fn writes(bed: &Bed) -> Vec<String> {
     bed.hippo
@@ -472,6 +472,20 @@ async fn an_interrupted_push_is_resumed_and_nothing_is_duplicated() {
     assert_eq!(state.channels.len(), 1);
 }
 
+/// Writes `docs` as `dir/apps.yaml`, converges them, and answers them loaded.
+async fn converge_docs(bed: &Bed, dir: &std::path::Path, docs: &[String]) -> DesiredState {
+    std::fs::write(dir.join("apps.yaml"), docs.join("---\n")).unwrap();
+    let desired = load(dir);
+    let (ctx, _) = bed.context();
+    let report = apply::reconcile(&desired, &ctx).await.unwrap();
+    assert!(
+        report.apps.iter().all(|a| a.converged()),
+        "{}",
+        hippo_gitops::render::run_text(&report)
+    );
+    desired
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_op_hippo_requests_do_not_grow_with_the_number_of_apps() {
     let bed = Bed::start().await;
@@ -484,15 +498,7 @@ async fn no_op_hippo_requests_do_not_grow_with_the_number_of_apps() {
             spin_app(&dir.join(&name), &name, "1.0.0", &name);
             docs.push(app_doc(&name, &[&name], "    - name: production\n      range: \"*\"\n    - name: canary\n      revision: 1.0.0\n", false));
         }
-        std::fs::write(dir.join("apps.yaml"), docs.join("---\n")).unwrap();
-        let desired = load(&dir);
-        let (ctx, _) = bed.context();
-        let report = apply::reconcile(&desired, &ctx).await.unwrap();
-        assert!(
-            report.apps.iter().all(|a| a.converged()),
-            "{}",
-            hippo_gitops::render::run_text(&report)
-        );
+        let desired = converge_docs(&bed, &dir, &docs).await;
         let (ctx, stats) = bed.context();
         let report = apply::reconcile(&desired, &ctx).await.unwrap();
         assert!(report.apps.iter().all(|a| a.applied.is_empty()));
@@ -501,4 +507,58 @@ async fn no_op_hippo_requests_do_not_grow_with_the_number_of_apps() {
     }
     // One login and one page each of apps, channels and revisions, whatever the number of apps.
     assert_eq!(counts, vec![4, 4]);
+}
+
+/// A no-op reads the Bindle server's invoices in pages of 255 (the query API's `limit` is a
+/// `u8`), `ceil(invoices / 255)` requests, not one query per storage id; and the versions it
+/// builds are each app's own, though `app1`'s name is a substring of `app10`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_op_reads_bindle_in_pages_not_once_per_app() {
+    let bed = Bed::start().await;
+    let dir = bed.path().join("repo");
+    let apps = 130; // 260 invoices: two pages
+    let mut docs = Vec::new();
+    for i in 0..apps {
+        let name = format!("app{i}");
+        for (v, version) in [("v1", "1.0.0"), ("v2", "2.0.0")] {
+            spin_app(
+                &dir.join(&name).join(v),
+                &name,
+                version,
+                &format!("{name} {v}"),
+            );
+        }
+        let revisions = [format!("{name}/v1"), format!("{name}/v2")];
+        docs.push(app_doc(
+            &name,
+            &[&revisions[0], &revisions[1]],
+            "    - name: production\n      range: \"*\"\n",
+            false,
+        ));
+    }
+    let desired = converge_docs(&bed, &dir, &docs).await;
+
+    let (ctx, stats) = bed.context();
+    let all = ctx.bindle.all_versions().await.unwrap();
+    assert_eq!(all.len(), apps);
+    assert!(all
+        .values()
+        .all(|v| v.get("1.0.0").is_some() && v.get("2.0.0").is_some()));
+    assert_eq!(stats.requests("bindle"), 2, "260 invoices, 255 a page");
+    for name in ["app1", "app10", "app129"] {
+        assert_eq!(
+            all[name],
+            ctx.bindle.versions(name).await.unwrap(),
+            "{name}"
+        );
+    }
+
+    let (ctx, stats) = bed.context();
+    let report = apply::reconcile(&desired, &ctx).await.unwrap();
+    assert!(report.apps.iter().all(|a| a.applied.is_empty()));
+    assert_eq!(stats.requests("bindle"), 2, "the no-op's Bindle reads");
+    assert_eq!(report.snapshot.bindles.len(), apps);
+    for (name, versions) in &report.snapshot.bindles {
+        assert_eq!(**versions.as_ref().expect("read"), all[name], "{name}");
+    }
 }

@@ -244,7 +244,16 @@ impl Insight {
     ) {
         let mut details = self.details.write_recovered();
         for (spec, app_plan) in desired.apps.iter().zip(plans) {
-            details.insert(spec.name.clone(), app_detail(spec, app_plan, snapshot));
+            let detail = app_detail(spec, app_plan, snapshot);
+            // An unchanged detail (an idle cycle's) keeps its allocations: what lives from one
+            // cycle to the next is not spread over each cycle's freed pages.
+            match details.get_mut(&spec.name) {
+                Some(kept) if *kept == detail => {}
+                Some(kept) => *kept = detail,
+                None => {
+                    details.insert(spec.name.clone(), detail);
+                }
+            }
         }
     }
 

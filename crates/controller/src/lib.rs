@@ -1130,12 +1130,14 @@ impl Loop {
             return;
         };
         let mut view = self.shared.view.write_recovered();
+        let ready: BTreeSet<&str> = view
+            .apps
+            .iter()
+            .filter(|a| a.status.condition.kind == ConditionType::Ready)
+            .map(|a| a.status.app.as_str())
+            .collect();
         let all_ready = self.loaded.rejected.is_empty()
-            && self.specs.keys().all(|name| {
-                view.apps.iter().any(|a| {
-                    &a.status.app == name && a.status.condition.kind == ConditionType::Ready
-                })
-            });
+            && self.specs.keys().all(|name| ready.contains(name.as_str()));
         if !all_ready || view.source.last_applied_commit.as_ref() == Some(commit) {
             return;
         }

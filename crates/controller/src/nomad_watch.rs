@@ -33,7 +33,9 @@ const RETRY: BackoffPolicy = BackoffPolicy {
 };
 
 /// Nomad job id (a Hippo channel's GUID) → the app that owns it, as of the last observation.
-pub type ManagedJobs = BTreeMap<String, String>;
+/// Kept between cycles (30,000 jobs at 10,000 apps): a GUID rather than its text, and each
+/// app's name once, shared by its channels.
+pub type ManagedJobs = BTreeMap<uuid::Uuid, Arc<str>>;
 
 /// Watches until `stop` turns true. Apps whose jobs changed are added to `changed`, and a
 /// [`Trigger::NomadChanged`] is sent (the loop takes them all from `changed`, so a trigger
@@ -69,7 +71,8 @@ pub fn spawn(
                     let apps: BTreeSet<String> = {
                         let managed = managed.borrow();
                         jobs.iter()
-                            .filter_map(|j| managed.get(j).cloned())
+                            .filter_map(|j| uuid::Uuid::parse_str(j).ok())
+                            .filter_map(|j| managed.get(&j).map(|app| app.to_string()))
                             .collect()
                     };
                     if apps.is_empty() {
@@ -111,9 +114,10 @@ pub fn managed_jobs<'a>(
         let Some(app) = snapshot.app(&spec.name) else {
             continue;
         };
+        let name: Arc<str> = Arc::from(spec.name.as_str());
         for channel in snapshot.channels_of(app) {
             if spec.channels.iter().any(|c| c.name == channel.name) {
-                jobs.insert(channel.id.to_string(), spec.name.clone());
+                jobs.insert(channel.id, name.clone());
             }
         }
     }

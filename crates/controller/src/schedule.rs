@@ -78,24 +78,31 @@ impl Schedule {
     /// apps no longer desired are forgotten. Returns the names that changed.
     pub fn update_desired(&mut self, apps: &[(String, u64)]) -> Vec<String> {
         let mut changed = Vec::new();
-        let mut next = BTreeMap::new();
+        // Updated in place (every interval reloads the files): the entries of unchanged apps
+        // are neither copied nor moved.
+        let wanted: BTreeMap<&str, u64> = apps.iter().map(|(n, fp)| (n.as_str(), *fp)).collect();
+        self.apps
+            .retain(|name, _| wanted.contains_key(name.as_str()));
         for (name, fp) in apps {
-            let entry = match self.apps.remove(name) {
-                Some(e) if e.fingerprint == *fp => e,
-                _ => {
-                    changed.push(name.clone());
-                    Entry {
-                        fingerprint: *fp,
-                        failures: 0,
-                        next: None,
-                        due: true,
-                        stalled: false,
-                    }
-                }
+            let fresh = Entry {
+                fingerprint: *fp,
+                failures: 0,
+                next: None,
+                due: true,
+                stalled: false,
             };
-            next.insert(name.clone(), entry);
+            match self.apps.get_mut(name) {
+                Some(e) if e.fingerprint == *fp => {}
+                Some(e) => {
+                    changed.push(name.clone());
+                    *e = fresh;
+                }
+                None => {
+                    changed.push(name.clone());
+                    self.apps.insert(name.clone(), fresh);
+                }
+            }
         }
-        self.apps = next;
         changed
     }
 

@@ -1048,7 +1048,7 @@ async fn start_channel_job(ctx: &Context, id: Uuid, channel: &str) -> Result<(),
 /// Each channel's active revision, by channel id.
 fn active_revisions(snapshot: &Snapshot) -> BTreeMap<Uuid, Option<Uuid>> {
     snapshot
-        .channels
+        .channels()
         .iter()
         .map(|c| (c.id, c.active_revision.as_ref().map(|r| r.id)))
         .collect()
@@ -1066,7 +1066,7 @@ async fn start_moved_channels(
     failed: &mut BTreeMap<String, ApplyError>,
 ) {
     let managed: BTreeSet<&str> = desired.apps.iter().map(|a| a.name.as_str()).collect();
-    for app in &after.apps {
+    for app in after.apps() {
         if !managed.contains(app.name.as_str()) || failed.contains_key(&app.name) {
             continue;
         }

@@ -7,7 +7,11 @@
 //! itself and refuses to go on when they differ, resumes a partial push from the server's
 //! missing-parcel list, and only reports success once that list is empty.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
 
 use bindle::{
     client::{tokens::TokenManager, Client, ClientBuilder, ClientError},
@@ -228,6 +232,9 @@ pub struct PushReport {
     pub uploaded_bytes: u64,
 }
 
+/// Invoices per page of the query API: its `limit` is a `u8`.
+pub const QUERY_PAGE: u8 = u8::MAX;
+
 /// The Bindle client used by `observe` and `apply`.
 pub struct BindleClient {
     client: Client<AnyAuth>,
@@ -238,6 +245,8 @@ pub struct BindleClient {
     stats: RequestStats,
     url: String,
     progress: Arc<dyn crate::progress::Progress>,
+    /// Invoices on the server at the last [`Self::all_versions`] read.
+    invoices_seen: AtomicU64,
 }
 
 impl BindleClient {
@@ -277,6 +286,7 @@ impl BindleClient {
             stats,
             url,
             progress: Arc::new(crate::progress::NoProgress),
+            invoices_seen: AtomicU64::new(0),
         })
     }
 
@@ -335,36 +345,87 @@ impl BindleClient {
 
     /// Every version of the bindle `name` on the server (query API, exact name match).
     pub async fn versions(&self, name: &str) -> Result<BindleVersions, BindleError> {
-        let mut out = BindleVersions::default();
+        let mut all = self.query_pages(Some(name), |n| n == name).await?;
+        Ok(all.remove(name).unwrap_or_default())
+    }
+
+    /// Every version of every bindle on the server, by name: the whole invoice index read
+    /// in pages of [`QUERY_PAGE`] (`ceil(invoices / 255)` requests, however many names).
+    pub async fn all_versions(&self) -> Result<BTreeMap<String, BindleVersions>, BindleError> {
+        self.query_pages(None, |_| true).await
+    }
+
+    /// The versions of the bindles named in `names`, read as [`Self::all_versions`] does but
+    /// keeping only those names (an absent name has no versions).
+    pub async fn versions_of(
+        &self,
+        names: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, BindleVersions>, BindleError> {
+        self.query_pages(None, |n| names.contains(n)).await
+    }
+
+    /// How many requests [`Self::all_versions`] took the last time it ran (1 before that).
+    pub fn all_versions_pages(&self) -> u64 {
+        self.invoices_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .div_ceil(u64::from(QUERY_PAGE))
+            .max(1)
+    }
+
+    /// Pages through the query API (`query` matches names by substring, absent matches every
+    /// invoice, yanked ones included), keeping the invoices whose name passes `keep`.
+    ///
+    /// The server sorts its index by id, so pages are consistent while nothing is pushed;
+    /// an invoice pushed meanwhile may shift one out of the page read next (it is then seen
+    /// as absent until the next read, and a push of it finds it there: 409, then compared).
+    async fn query_pages(
+        &self,
+        query: Option<&str>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, BindleVersions>, BindleError> {
+        let mut out = BTreeMap::<String, BindleVersions>::new();
+        let id = query.unwrap_or("*");
         let mut offset = 0u64;
         loop {
             let opts = || QueryOptions {
-                query: Some(name.to_string()),
+                query: query.map(str::to_string),
                 version: None,
                 offset: Some(offset),
-                limit: Some(u8::MAX),
+                limit: Some(QUERY_PAGE),
                 strict: Some(true),
                 yanked: Some(true),
             };
             let matches = self
-                .call("query", name, "GET", 200, || {
+                .call("query", id, "GET", 200, || {
                     self.client.query_invoices(opts())
                 })
                 .await?
                 .map_err(|source| BindleError::Client {
                     op: "query",
-                    id: name.to_string(),
+                    id: id.to_string(),
                     source,
                 })?;
             let n = matches.invoices.len() as u64;
-            for inv in matches.invoices {
-                // The query matches substrings of the name.
-                if inv.bindle.id.name() == name {
-                    out.insert(server_bindle(&inv));
+            for inv in &matches.invoices {
+                let name = inv.bindle.id.name();
+                if !keep(name) {
+                    continue;
+                }
+                match out.get_mut(name) {
+                    Some(versions) => versions.insert(server_bindle(inv)),
+                    None => {
+                        out.insert(name.to_string(), [server_bindle(inv)].into_iter().collect());
+                    }
                 }
             }
             offset += n;
             if !matches.more || n == 0 {
+                if query.is_none() {
+                    self.invoices_seen.store(
+                        matches.total.max(offset),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 return Ok(out);
             }
         }

@@ -511,7 +511,11 @@ pub fn orphans(snapshot: &Snapshot) -> Vec<String> {
     let Some(Ok(nomad)) = &snapshot.nomad else {
         return Vec::new();
     };
-    let channels: BTreeSet<String> = snapshot.channels.iter().map(|c| c.id.to_string()).collect();
+    let channels: BTreeSet<String> = snapshot
+        .channels()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
     nomad
         .jobs
         .values()
@@ -754,9 +758,8 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         // Hippo registers for EVERY app with this storage id: if another already has it,
         // registering again would duplicate it there.
         let holders: Vec<&str> = snapshot
-            .apps
-            .iter()
-            .filter(|a| a.storage_id == spec.storage_id && a.id != app.id)
+            .apps_with_storage_id(&spec.storage_id)
+            .filter(|a| a.id != app.id)
             .filter(|a| {
                 snapshot
                     .revisions_of(a)
@@ -1385,13 +1388,13 @@ mod tests {
                 pinned_channel("canary", "1.0.0"),
             ],
         );
-        let snapshot = Snapshot {
-            apps: vec![App {
+        let mut snapshot = Snapshot::new(
+            vec![App {
                 id: uuid(1),
                 name: "weather".into(),
                 storage_id: "weather".into(),
             }],
-            channels: vec![
+            vec![
                 channel(
                     20,
                     "production",
@@ -1407,16 +1410,13 @@ mod tests {
                     Some(rev(10, "1.0.0")),
                 ),
             ],
-            revisions: vec![rev(10, "1.0.0"), rev(11, "1.1.0")],
-            bindles: [(
-                "weather".to_string(),
-                Ok(server(&[("1.0.0", &["z"]), ("1.1.0", &["a", "b"])])),
-            )]
-            .into(),
-            missing: BTreeMap::new(),
-            nomad: None,
-            ..Default::default()
-        };
+            vec![rev(10, "1.0.0"), rev(11, "1.1.0")],
+        );
+        snapshot.bindles = [(
+            "weather".to_string(),
+            Ok(server(&[("1.0.0", &["z"]), ("1.1.0", &["a", "b"])])),
+        )]
+        .into();
         (spec, snapshot)
     }
 
@@ -1435,9 +1435,9 @@ mod tests {
     #[test]
     fn empty_hippo_plans_push_create_and_channels_in_stage_order() {
         let (spec, mut snapshot) = converged();
-        snapshot.apps.clear();
-        snapshot.channels.clear();
-        snapshot.revisions.clear();
+        snapshot.hippo_mut().apps.clear();
+        snapshot.hippo_mut().channels.clear();
+        snapshot.hippo_mut().revisions.clear();
         snapshot.bindles = [("weather".to_string(), Ok(server(&[("1.0.0", &["z"])])))].into();
         let plan = diff_app(&spec, &snapshot);
         let kinds: Vec<(Action, Kind, Stage)> = plan
@@ -1503,7 +1503,7 @@ mod tests {
     #[test]
     fn range_channel_left_on_a_lower_revision_is_moved_up() {
         let (spec, mut snapshot) = converged();
-        snapshot.channels[0].active_revision = Some(rev(10, "1.0.0"));
+        snapshot.hippo_mut().channels[0].active_revision = Some(rev(10, "1.0.0"));
         let plan = diff_app(&spec, &snapshot);
         assert_eq!(
             ops(&plan),
@@ -1526,7 +1526,7 @@ mod tests {
     #[test]
     fn env_is_replaced_as_a_set_and_values_never_show() {
         let (mut spec, mut snapshot) = converged();
-        snapshot.channels[0].environment_variables = vec![
+        snapshot.hippo_mut().channels[0].environment_variables = vec![
             EnvVar {
                 key: "OLD".into(),
                 value: "x".into(),
@@ -1561,9 +1561,13 @@ mod tests {
     #[test]
     fn prune_deletes_only_unlisted_channels_and_only_when_asked() {
         let (mut spec, mut snapshot) = converged();
-        snapshot
-            .channels
-            .push(channel(22, "old", Strategy::UseRangeRule, Some("*"), None));
+        snapshot.hippo_mut().channels.push(channel(
+            22,
+            "old",
+            Strategy::UseRangeRule,
+            Some("*"),
+            None,
+        ));
         assert!(diff_app(&spec, &snapshot).changes.is_empty());
         spec.prune = true;
         let plan = diff_app(&spec, &snapshot);
@@ -1655,9 +1659,9 @@ mod tests {
     #[test]
     fn an_app_is_not_created_before_its_storage_id_is_on_bindle() {
         let (mut spec, mut snapshot) = converged();
-        snapshot.apps.clear();
-        snapshot.channels.clear();
-        snapshot.revisions.clear();
+        snapshot.hippo_mut().apps.clear();
+        snapshot.hippo_mut().channels.clear();
+        snapshot.hippo_mut().revisions.clear();
         snapshot
             .bindles
             .insert("weather".into(), Ok(Arc::new(BindleVersions::default())));
@@ -1748,7 +1752,10 @@ mod tests {
     #[test]
     fn missing_revisions_are_registered_in_ascending_order() {
         let (mut spec, mut snapshot) = converged();
-        snapshot.revisions.retain(|r| r.revision_number == "1.0.0");
+        snapshot
+            .hippo_mut()
+            .revisions
+            .retain(|r| r.revision_number == "1.0.0");
         spec.revisions.push(pushed("1.2.0", &["c"]));
         snapshot.bindles.insert(
             "weather".into(),
@@ -1771,13 +1778,16 @@ mod tests {
     #[test]
     fn registering_never_duplicates_into_an_app_sharing_the_storage_id() {
         let (spec, mut snapshot) = converged();
-        snapshot.revisions.retain(|r| r.revision_number == "1.0.0");
-        snapshot.apps.push(App {
+        snapshot
+            .hippo_mut()
+            .revisions
+            .retain(|r| r.revision_number == "1.0.0");
+        snapshot.hippo_mut().apps.push(App {
             id: uuid(2),
             name: "weather-staging".into(),
             storage_id: "weather".into(),
         });
-        snapshot.revisions.push(Revision {
+        snapshot.hippo_mut().revisions.push(Revision {
             id: uuid(30),
             app_id: uuid(2),
             revision_number: "1.1.0".into(),
@@ -1799,7 +1809,7 @@ mod tests {
     #[test]
     fn duplicate_revisions_in_hippo_are_warned_about() {
         let (spec, mut snapshot) = converged();
-        snapshot.revisions.push(rev(12, "1.1.0"));
+        snapshot.hippo_mut().revisions.push(rev(12, "1.1.0"));
         let plan = diff_app(&spec, &snapshot);
         assert_eq!(plan.warnings.len(), 1);
         assert!(plan.warnings[0].contains("1.1.0 2 times"));
@@ -1911,7 +1921,7 @@ mod tests {
         assert!(plan.orphans.is_empty());
         let nomad = nomad_mut(&mut snapshot).clone();
         assert_eq!(
-            channel_health(&nomad, &snapshot.channels[0], "weather/1.1.0"),
+            channel_health(&nomad, &snapshot.channels()[0], "weather/1.1.0"),
             ChannelHealth::Ready {
                 healthy: 1,
                 total: 1,
@@ -1981,7 +1991,7 @@ mod tests {
         let (mut spec, mut snapshot) = converged();
         with_nomad(&mut snapshot);
         spec.channels[0].env = [("API_URL".to_string(), "https://x".to_string())].into();
-        snapshot.channels[0].environment_variables = vec![EnvVar {
+        snapshot.hippo_mut().channels[0].environment_variables = vec![EnvVar {
             key: "API_URL".into(),
             value: "https://x".into(),
         }];
@@ -2019,7 +2029,7 @@ mod tests {
     fn health_follows_the_current_versions_allocations() {
         let (_, mut snapshot) = converged();
         with_nomad(&mut snapshot);
-        let ch = snapshot.channels[0].clone();
+        let ch = snapshot.channels()[0].clone();
         let n = nomad_mut(&mut snapshot);
         n.allocations = Arc::new(
             vec![

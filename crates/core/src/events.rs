@@ -195,7 +195,40 @@ pub struct AppCycle<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct AppMemory {
     condition: Option<(ConditionType, String)>,
-    revisions: BTreeMap<String, Option<String>>,
+    revisions: ChannelRevisions,
+}
+
+/// Channel → its revision, sorted by channel: a few entries per app, kept for every app, where
+/// a map would cost a whole tree node each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ChannelRevisions(Vec<(String, Option<String>)>);
+
+impl ChannelRevisions {
+    fn get(&self, channel: &str) -> Option<&Option<String>> {
+        self.find(channel).ok().map(|i| &self.0[i].1)
+    }
+
+    fn insert(&mut self, channel: String, revision: Option<String>) {
+        match self.find(&channel) {
+            Ok(i) => self.0[i].1 = revision,
+            Err(i) => self.0.insert(i, (channel, revision)),
+        }
+    }
+
+    fn find(&self, channel: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(c, _)| c.as_str().cmp(channel))
+    }
+}
+
+impl FromIterator<(String, Option<String>)> for ChannelRevisions {
+    fn from_iter<I: IntoIterator<Item = (String, Option<String>)>>(iter: I) -> Self {
+        let mut out = ChannelRevisions::default();
+        for (channel, revision) in iter {
+            out.insert(channel, revision);
+        }
+        out.0.shrink_to_fit();
+        out
+    }
 }
 
 /// Turns each run's results into events, remembering enough to report transitions only.
@@ -314,15 +347,27 @@ impl Tracker {
         if let Some(kind) = transition {
             events.push(event(kind, &c.reason, &c.message));
         }
-        let memory = self.apps.entry(run.app.to_string()).or_default();
+        let memory = match self.apps.get_mut(run.app) {
+            Some(memory) => memory,
+            None => self.apps.entry(run.app.to_string()).or_default(),
+        };
         // A rollout in progress is not remembered as a condition: Ready after it is news only
-        // if the app was not Ready before it.
-        if c.kind != ConditionType::Reconciling || run.failed {
-            memory.condition = Some(now_state);
+        // if the app was not Ready before it. What did not change is not replaced: it keeps
+        // its allocations from one cycle to the next.
+        let condition = if c.kind != ConditionType::Reconciling || run.failed {
+            Some(now_state)
         } else if !run.applied.is_empty() {
-            memory.condition = Some((ConditionType::Reconciling, c.reason.clone()));
+            Some((ConditionType::Reconciling, c.reason.clone()))
+        } else {
+            None
+        };
+        if let Some(condition) = condition.filter(|c| memory.condition.as_ref() != Some(c)) {
+            memory.condition = Some(condition);
         }
-        memory.revisions = run.channels.iter().cloned().collect();
+        let revisions: ChannelRevisions = run.channels.iter().cloned().collect();
+        if memory.revisions != revisions {
+            memory.revisions = revisions;
+        }
         events
     }
 }
@@ -341,12 +386,15 @@ pub fn run_events(
 ) -> Vec<Event> {
     use crate::apply::ApplyError;
     let mut events = Vec::new();
+    // By name: a scan of the desired apps for each result would cost apps² per cycle.
+    let specs: BTreeMap<&str, &crate::spec::AppSpec> =
+        desired.apps.iter().map(|a| (a.name.as_str(), a)).collect();
     for result in &report.apps {
         // A follower's skip says nothing about the app.
         if matches!(result.error, Some(ApplyError::NotWritten(_))) {
             continue;
         }
-        let spec = desired.apps.iter().find(|a| a.name == result.app);
+        let spec = specs.get(result.app.as_str()).copied();
         let env_values: Vec<&str> = spec
             .iter()
             .flat_map(|a| a.channels.iter())

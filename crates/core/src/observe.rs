@@ -59,11 +59,16 @@ impl From<&BindleError> for PartialFailure {
 }
 
 /// What Hippo and Bindle hold. Plain data: `diff` reads it without I/O.
+///
+/// Hippo's three lists are indexed by app (and apps by name and storage id) when they are set,
+/// so that looking up one app's channels and revisions costs a binary search, not a scan of
+/// every list: a diff of N apps is O(N log N), not O(N²). The lists can only be replaced or
+/// changed through [`Snapshot::new`] and [`Snapshot::hippo_mut`], which index them again, so
+/// the index cannot drift from them.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub apps: Vec<App>,
-    pub channels: Vec<Channel>,
-    pub revisions: Vec<Revision>,
+    hippo: HippoLists,
+    index: HippoIndex,
     /// Bindle name (storage id) → its versions on the server.
     pub bindles: BTreeMap<String, Result<Arc<BindleVersions>, PartialFailure>>,
     /// `name/version` → parcels the server lacks. Only checked for bindles not yet registered
@@ -375,28 +380,154 @@ pub async fn observe_nomad(
     );
 }
 
+/// Hippo's apps, channels and revisions, in the order Hippo listed them.
+#[derive(Debug, Clone, Default)]
+pub struct HippoLists {
+    pub apps: Vec<App>,
+    pub channels: Vec<Channel>,
+    pub revisions: Vec<Revision>,
+}
+
+/// Positions in [`HippoLists`], each sorted by a key (stably: Hippo's order among equals).
+#[derive(Debug, Clone, Default)]
+struct HippoIndex {
+    apps_by_name: Vec<u32>,
+    apps_by_storage_id: Vec<u32>,
+    channels_by_app: Vec<u32>,
+    revisions_by_app: Vec<u32>,
+}
+
+/// The positions of `items` sorted by `key`.
+fn sorted_positions<T, K: Ord + ?Sized>(items: &[T], key: impl Fn(&T) -> &K) -> Vec<u32> {
+    let mut positions: Vec<u32> = (0..items.len() as u32).collect();
+    positions.sort_by(|a, b| key(&items[*a as usize]).cmp(key(&items[*b as usize])));
+    positions
+}
+
+/// The items whose key is `wanted`, through `positions` sorted by that key.
+fn equal_range<'a, T, K: Ord + ?Sized>(
+    positions: &'a [u32],
+    items: &'a [T],
+    key: impl Fn(&T) -> &K,
+    wanted: &K,
+) -> impl Iterator<Item = &'a T> {
+    let start = positions.partition_point(|i| key(&items[*i as usize]) < wanted);
+    let len = positions[start..].partition_point(|i| key(&items[*i as usize]) == wanted);
+    positions[start..start + len]
+        .iter()
+        .map(move |i| &items[*i as usize])
+}
+
+impl HippoIndex {
+    fn of(lists: &HippoLists) -> Self {
+        HippoIndex {
+            apps_by_name: sorted_positions(&lists.apps, |a| a.name.as_str()),
+            apps_by_storage_id: sorted_positions(&lists.apps, |a| a.storage_id.as_str()),
+            channels_by_app: sorted_positions(&lists.channels, |c| &c.app_id),
+            revisions_by_app: sorted_positions(&lists.revisions, |r| &r.app_id),
+        }
+    }
+}
+
+/// Changes Hippo's lists in a [`Snapshot`]; they are indexed again when it is dropped.
+pub struct HippoMut<'a>(&'a mut Snapshot);
+
+impl std::ops::Deref for HippoMut<'_> {
+    type Target = HippoLists;
+    fn deref(&self) -> &HippoLists {
+        &self.0.hippo
+    }
+}
+
+impl std::ops::DerefMut for HippoMut<'_> {
+    fn deref_mut(&mut self) -> &mut HippoLists {
+        &mut self.0.hippo
+    }
+}
+
+impl Drop for HippoMut<'_> {
+    fn drop(&mut self) {
+        self.0.index = HippoIndex::of(&self.0.hippo);
+    }
+}
+
 impl Snapshot {
+    /// A snapshot of Hippo's lists, nothing observed from Bindle or Nomad yet.
+    pub fn new(apps: Vec<App>, channels: Vec<Channel>, revisions: Vec<Revision>) -> Self {
+        let hippo = HippoLists {
+            apps,
+            channels,
+            revisions,
+        };
+        Snapshot {
+            index: HippoIndex::of(&hippo),
+            hippo,
+            ..Default::default()
+        }
+    }
+
+    /// Changes Hippo's lists; the lookups see the change once the guard is dropped.
+    pub fn hippo_mut(&mut self) -> HippoMut<'_> {
+        HippoMut(self)
+    }
+
+    pub fn apps(&self) -> &[App] {
+        &self.hippo.apps
+    }
+
+    pub fn channels(&self) -> &[Channel] {
+        &self.hippo.channels
+    }
+
+    pub fn revisions(&self) -> &[Revision] {
+        &self.hippo.revisions
+    }
+
+    /// The Hippo app named `name` (the first listed, should Hippo hold two).
     pub fn app(&self, name: &str) -> Option<&App> {
-        self.apps.iter().find(|a| a.name == name)
+        equal_range(
+            &self.index.apps_by_name,
+            &self.hippo.apps,
+            |a| a.name.as_str(),
+            name,
+        )
+        .next()
+    }
+
+    /// The Hippo apps with this storage id.
+    pub fn apps_with_storage_id<'a>(
+        &'a self,
+        storage_id: &'a str,
+    ) -> impl Iterator<Item = &'a App> {
+        equal_range(
+            &self.index.apps_by_storage_id,
+            &self.hippo.apps,
+            |a| a.storage_id.as_str(),
+            storage_id,
+        )
     }
 
     pub fn channels_of(&self, app: &App) -> impl Iterator<Item = &Channel> {
-        let id = app.id;
-        self.channels.iter().filter(move |c| c.app_id == id)
+        equal_range(
+            &self.index.channels_by_app,
+            &self.hippo.channels,
+            |c| &c.app_id,
+            &app.id,
+        )
     }
 
     pub fn revisions_of(&self, app: &App) -> impl Iterator<Item = &Revision> {
-        let id = app.id;
-        self.revisions.iter().filter(move |r| r.app_id == id)
+        equal_range(
+            &self.index.revisions_by_app,
+            &self.hippo.revisions,
+            |r| &r.app_id,
+            &app.id,
+        )
     }
 
     /// Whether every Hippo app with this storage id has this revision (and there is one).
     fn registered_everywhere(&self, storage_id: &str, version: &str) -> bool {
-        let mut apps = self
-            .apps
-            .iter()
-            .filter(|a| a.storage_id == storage_id)
-            .peekable();
+        let mut apps = self.apps_with_storage_id(storage_id).peekable();
         apps.peek().is_some()
             && apps.all(|a| self.revisions_of(a).any(|r| r.revision_number == version))
     }
@@ -477,12 +608,7 @@ pub struct Sources<'a> {
 /// Builds a full snapshot for `apps`.
 pub async fn observe(apps: &[AppSpec], sources: &Sources<'_>) -> Result<Snapshot, ObserveError> {
     let (hippo_apps, channels, revisions) = observe_hippo(sources.hippo).await?;
-    let mut snapshot = Snapshot {
-        apps: hippo_apps,
-        channels,
-        revisions,
-        ..Default::default()
-    };
+    let mut snapshot = Snapshot::new(hippo_apps, channels, revisions);
     observe_bindles(
         apps,
         sources.bindle,
@@ -589,30 +715,26 @@ pub async fn refresh(
             for id in pushed {
                 snapshot.missing.insert(id.clone(), Ok(0));
             }
-            let mut fresh = Snapshot {
-                apps: snapshot.apps.clone(),
-                revisions: snapshot.revisions.clone(),
-                ..Default::default()
-            };
+            // Replaces these apps' entries (and checks the pushed ids' parcels again).
             observe_bindles(
                 &apps,
                 sources.bindle,
                 sources.bindle_cache,
                 sources.concurrency,
-                &mut fresh,
+                snapshot,
             )
             .await;
-            snapshot.bindles.extend(fresh.bindles);
-            snapshot.missing.extend(fresh.missing);
         }
         Written::Apps => {
             let (apps, channels, revisions) = observe_hippo(sources.hippo).await?;
-            snapshot.apps = apps;
-            snapshot.channels = channels;
-            snapshot.revisions = revisions;
+            *snapshot.hippo_mut() = HippoLists {
+                apps,
+                channels,
+                revisions,
+            };
         }
         Written::Channels => {
-            snapshot.channels = sources.hippo.list_channels().await?;
+            snapshot.hippo_mut().channels = sources.hippo.list_channels().await?;
             // Hippo (re)registers jobs when channels change.
             if let Some(nomad) = sources.nomad {
                 observe_nomad(apps, nomad, None, sources.concurrency, snapshot).await;
@@ -630,6 +752,50 @@ pub async fn refresh(
     Ok(())
 }
 
+/// The versions of the bindles `names`: one query per name when that takes no more requests
+/// than the last read of every invoice did (a controller's cycle after one app changed), else
+/// one paged read of every invoice (`ceil(invoices / 255)` requests, not one per name). When
+/// that read fails, every name's read has failed, transient or not as the failure was.
+async fn read_versions(
+    bindle: &BindleClient,
+    names: BTreeSet<String>,
+    concurrency: usize,
+) -> Vec<(String, Result<Arc<BindleVersions>, PartialFailure>)> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    if names.len() as u64 <= bindle.all_versions_pages() {
+        return stream::iter(names)
+            .map(|name| async move {
+                let result = bindle
+                    .versions(&name)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| (&e).into());
+                (name, result)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+    }
+    match bindle.versions_of(&names).await {
+        Ok(mut found) => names
+            .into_iter()
+            .map(|name| {
+                let versions = found.remove(&name).unwrap_or_default();
+                (name, Ok(Arc::new(versions)))
+            })
+            .collect(),
+        Err(e) => {
+            let failure = PartialFailure::from(&e);
+            names
+                .into_iter()
+                .map(|name| (name, Err(failure.clone())))
+                .collect()
+        }
+    }
+}
+
 /// Fills in the Bindle part of `snapshot` for `apps`.
 pub async fn observe_bindles(
     apps: &[AppSpec],
@@ -642,14 +808,17 @@ pub async fn observe_bindles(
     // (rust-lang/rust#102211), and the daemon spawns it.
     let mut names: BTreeSet<String> = apps.iter().map(|a| a.storage_id.clone()).collect();
     if let Some(cache) = cache {
+        let mut by_name = BTreeMap::<&str, Vec<&AppSpec>>::new();
+        for app in apps {
+            by_name.entry(&app.storage_id).or_default().push(app);
+        }
         names.retain(|name| {
-            let discovering = apps
-                .iter()
-                .any(|a| &a.storage_id == name && !a.discover.is_empty());
+            let wanting = &by_name[name.as_str()];
+            let discovering = wanting.iter().any(|a| !a.discover.is_empty());
             let Some(versions) = cache.fresh(name, discovering) else {
                 return true;
             };
-            let settled = apps.iter().filter(|a| &a.storage_id == name).all(|a| {
+            let settled = wanting.iter().all(|a| {
                 a.revisions.iter().all(|r| {
                     let seen = versions.get(&r.version).is_some_and(|b| {
                         !b.yanked
@@ -667,18 +836,7 @@ pub async fn observe_bindles(
             !settled
         });
     }
-    let versions: Vec<(String, Result<_, PartialFailure>)> = stream::iter(names)
-        .map(|name| async move {
-            let result = bindle
-                .versions(&name)
-                .await
-                .map(Arc::new)
-                .map_err(|e| (&e).into());
-            (name, result)
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+    let versions = read_versions(bindle, names, concurrency).await;
     if let Some(cache) = cache {
         for (name, result) in &versions {
             if let Ok(v) = result {
@@ -734,4 +892,235 @@ pub async fn observe_bindles(
         .collect()
         .await;
     snapshot.missing.extend(missing);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        bindles::BindleConfig,
+        hippo::{types::Strategy, Credentials, HippoClientConfig},
+        secret::Secret,
+        stats::RequestStats,
+    };
+    use bindle::signature::{SecretKeyEntry, SignatureRole};
+    use uuid::Uuid;
+    use wiremock::{matchers, Mock, MockServer, ResponseTemplate};
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn app(n: u128, name: &str, storage_id: &str) -> App {
+        App {
+            id: id(n),
+            name: name.into(),
+            storage_id: storage_id.into(),
+        }
+    }
+
+    fn channel(n: u128, app: u128, name: &str) -> Channel {
+        Channel {
+            id: id(n),
+            app_id: id(app),
+            name: name.into(),
+            domain: None,
+            revision_selection_strategy: Strategy::UseRangeRule,
+            active_revision: None,
+            last_publish_at: None,
+            range_rule: Some("*".into()),
+            certificate: None,
+            environment_variables: vec![],
+        }
+    }
+
+    fn revision(n: u128, app: u128, number: &str) -> Revision {
+        Revision {
+            id: id(n),
+            app_id: id(app),
+            revision_number: number.into(),
+        }
+    }
+
+    fn channel_names<'a>(s: &'a Snapshot, app: &str) -> Vec<&'a str> {
+        let app = s.app(app).expect("app");
+        s.channels_of(app).map(|c| c.name.as_str()).collect()
+    }
+
+    fn revision_numbers<'a>(s: &'a Snapshot, app: &str) -> Vec<&'a str> {
+        let app = s.app(app).expect("app");
+        s.revisions_of(app)
+            .map(|r| r.revision_number.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn lookups_find_each_apps_rows_in_hippos_order() {
+        // Interleaved, unsorted: the index must not depend on Hippo's order.
+        let s = Snapshot::new(
+            vec![
+                app(2, "zeta", "shared"),
+                app(1, "alpha", "a"),
+                app(3, "mid", "shared"),
+            ],
+            vec![
+                channel(12, 2, "z-prod"),
+                channel(11, 1, "a-prod"),
+                channel(13, 2, "z-canary"),
+                channel(10, 1, "a-canary"),
+            ],
+            vec![
+                revision(20, 2, "1.0.0"),
+                revision(21, 1, "0.1.0"),
+                revision(22, 2, "1.1.0"),
+            ],
+        );
+        assert_eq!(s.app("alpha").map(|a| a.id), Some(id(1)));
+        assert_eq!(s.app("nope").map(|a| a.id), None);
+        assert_eq!(channel_names(&s, "zeta"), ["z-prod", "z-canary"]);
+        assert_eq!(channel_names(&s, "alpha"), ["a-prod", "a-canary"]);
+        assert!(channel_names(&s, "mid").is_empty());
+        assert_eq!(revision_numbers(&s, "zeta"), ["1.0.0", "1.1.0"]);
+        let shared: Vec<&str> = s
+            .apps_with_storage_id("shared")
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(shared, ["zeta", "mid"]);
+        assert!(s.registered_everywhere("a", "0.1.0"));
+        // `mid` shares the storage id but lacks the revision.
+        assert!(!s.registered_everywhere("shared", "1.0.0"));
+        assert!(!s.registered_everywhere("nobody", "1.0.0"));
+    }
+
+    #[test]
+    fn lookups_follow_changes_made_through_hippo_mut() {
+        let mut s = Snapshot::new(
+            vec![app(1, "alpha", "a")],
+            vec![channel(10, 1, "prod")],
+            vec![revision(20, 1, "1.0.0")],
+        );
+        assert_eq!(channel_names(&s, "alpha"), ["prod"]);
+        {
+            let mut hippo = s.hippo_mut();
+            hippo.apps.insert(0, app(2, "beta", "b"));
+            hippo.channels = vec![channel(11, 2, "b-prod"), channel(10, 1, "prod")];
+            hippo.revisions.clear();
+        }
+        assert_eq!(channel_names(&s, "beta"), ["b-prod"]);
+        assert_eq!(channel_names(&s, "alpha"), ["prod"]);
+        assert!(revision_numbers(&s, "alpha").is_empty());
+    }
+
+    async fn mount_lists(
+        hippo: &MockServer,
+        apps: &[App],
+        channels: &[Channel],
+        revs: &[Revision],
+    ) {
+        fn page<T: serde::Serialize>(items: &[T]) -> serde_json::Value {
+            serde_json::json!({
+                "items": items, "totalItems": items.len(), "pageIndex": 0,
+                "pageSize": 10000, "isLastPage": true,
+            })
+        }
+        hippo.reset().await;
+        let apps_json: Vec<serde_json::Value> = apps
+            .iter()
+            .map(|a| serde_json::json!({"id": a.id, "name": a.name, "storageId": a.storage_id}))
+            .collect();
+        for (path, body) in [
+            ("/api/apps", page(&apps_json)),
+            ("/api/channels", page(channels)),
+            ("/api/revisions", page(revs)),
+        ] {
+            Mock::given(matchers::method("GET"))
+                .and(matchers::path(path))
+                .respond_with(ResponseTemplate::new(200).set_body_json(body))
+                .mount(hippo)
+                .await;
+        }
+    }
+
+    /// The snapshot `refresh` updates answers the lookups from the lists it read last, not
+    /// from an index of the lists it replaced.
+    #[tokio::test]
+    async fn lookups_answer_from_the_lists_a_refresh_read() {
+        let hippo_server = MockServer::start().await;
+        let hippo = HippoClient::new(
+            HippoClientConfig::new(hippo_server.uri(), Credentials::Token(Secret::new("token"))),
+            RequestStats::default(),
+        )
+        .expect("hippo client");
+        let key = SecretKeyEntry::new("observe tests", vec![SignatureRole::Creator]);
+        // No app in the deploy files: nothing is asked of Bindle.
+        let bindle = BindleClient::new(
+            BindleConfig::new("http://127.0.0.1:9/v1"),
+            key,
+            RequestStats::default(),
+        )
+        .expect("bindle client");
+        let sources = Sources {
+            hippo: &hippo,
+            bindle: &bindle,
+            bindle_cache: None,
+            nomad: None,
+            concurrency: 4,
+        };
+        mount_lists(
+            &hippo_server,
+            &[app(1, "alpha", "a"), app(2, "beta", "b")],
+            &[channel(10, 1, "a-prod"), channel(11, 2, "b-prod")],
+            &[revision(20, 1, "1.0.0")],
+        )
+        .await;
+        let mut s = observe(&[], &sources).await.expect("observe");
+        assert_eq!(channel_names(&s, "alpha"), ["a-prod"]);
+        assert_eq!(channel_names(&s, "beta"), ["b-prod"]);
+
+        // Channels moved: one more for alpha, before the others in Hippo's list.
+        let channels = [
+            channel(12, 1, "a-canary"),
+            channel(11, 2, "b-prod"),
+            channel(10, 1, "a-prod"),
+        ];
+        mount_lists(
+            &hippo_server,
+            &[app(1, "alpha", "a"), app(2, "beta", "b")],
+            &channels,
+            &[revision(20, 1, "1.0.0")],
+        )
+        .await;
+        refresh(&mut s, Written::Channels, &[], &sources)
+            .await
+            .expect("refresh channels");
+        assert_eq!(channel_names(&s, "alpha"), ["a-canary", "a-prod"]);
+        assert_eq!(channel_names(&s, "beta"), ["b-prod"]);
+
+        // A new app listed first, and revisions registered: every list moved.
+        mount_lists(
+            &hippo_server,
+            &[
+                app(3, "gamma", "a"),
+                app(1, "alpha", "a"),
+                app(2, "beta", "b"),
+            ],
+            &[channel(13, 3, "g-prod"), channel(10, 1, "a-prod")],
+            &[
+                revision(21, 3, "1.0.0"),
+                revision(20, 1, "1.0.0"),
+                revision(22, 2, "2.0.0"),
+            ],
+        )
+        .await;
+        refresh(&mut s, Written::Apps, &[], &sources)
+            .await
+            .expect("refresh apps");
+        assert_eq!(s.app("gamma").map(|a| a.id), Some(id(3)));
+        assert_eq!(s.app("alpha").map(|a| a.id), Some(id(1)));
+        assert_eq!(channel_names(&s, "gamma"), ["g-prod"]);
+        assert_eq!(channel_names(&s, "alpha"), ["a-prod"]);
+        assert!(channel_names(&s, "beta").is_empty());
+        assert_eq!(revision_numbers(&s, "beta"), ["2.0.0"]);
+        assert!(s.registered_everywhere("a", "1.0.0"));
+    }
 }

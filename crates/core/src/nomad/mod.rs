@@ -361,11 +361,31 @@ impl Allocations {
     }
 }
 
+/// Grouped by job, and compact, as a controller keeps the list between cycles (30,000
+/// allocations at 10,000 apps): each job's list holds no spare capacity (a `Vec` grows to four
+/// allocations at its first push, most jobs have one), and an allocation that has not failed
+/// keeps no task events or client description, which only a failure is reported with
+/// ([`Allocation::last_events`]). A change to an allocation moves Nomad's index, so the list
+/// is decoded again, events and all, before one that failed is looked at.
 impl From<Vec<Allocation>> for Allocations {
     fn from(list: Vec<Allocation>) -> Self {
         let mut by_job: BTreeMap<String, Vec<Allocation>> = BTreeMap::new();
-        for a in list {
-            by_job.entry(a.job_id.clone()).or_default().push(a);
+        for mut a in list {
+            if !a.is_failed() {
+                a.client_description = String::new();
+                for state in a.task_states.iter_mut().flatten() {
+                    state.events = None;
+                }
+            }
+            match by_job.get_mut(&a.job_id) {
+                Some(allocations) => allocations.push(a),
+                None => {
+                    by_job.insert(a.job_id.clone(), vec![a]);
+                }
+            }
+        }
+        for allocations in by_job.values_mut() {
+            allocations.shrink_to_fit();
         }
         Allocations { by_job }
     }
@@ -1093,6 +1113,33 @@ mod tests {
         assert!(!allocs.is_empty());
         let _: Vec<JobStub> = serde_json::from_str(&sample("jobs_list_full.docs.json")).unwrap();
         let _: Job = serde_json::from_str(&sample("job_read.docs.json")).unwrap();
+    }
+
+    #[test]
+    fn kept_allocations_hold_events_only_where_a_failure_is_reported_with_them() {
+        let alloc = |id: &str, job: &str, client_status: &str| -> Allocation {
+            serde_json::from_value(serde_json::json!({
+                "ID": id, "JobID": job, "JobVersion": 1, "DesiredStatus": "run",
+                "ClientStatus": client_status, "ClientDescription": "some words",
+                "TaskStates": {"spin": {"State": "running", "Failed": false, "Events": [
+                    {"Type": "Started", "DisplayMessage": "Task started by client", "Time": 2},
+                ]}},
+            }))
+            .unwrap()
+        };
+        let grouped = Allocations::from(vec![
+            alloc("a1", "j1", "running"),
+            alloc("a2", "j2", "failed"),
+            alloc("a3", "j1", "running"),
+        ]);
+        let running = &grouped.of("j1")[0];
+        assert!(running.last_events(3).is_empty());
+        assert!(running.client_description.is_empty());
+        let failed = &grouped.of("j2")[0];
+        assert_eq!(failed.last_events(3), ["Started: Task started by client"]);
+        assert_eq!(failed.client_description, "some words");
+        assert_eq!(grouped.of("j1").len(), 2);
+        assert_eq!(grouped.of("j1")[1].id, "a3");
     }
 
     #[test]
