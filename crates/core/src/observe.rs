@@ -1059,12 +1059,14 @@ mod tests {
             RequestStats::default(),
         )
         .expect("bindle client");
+        let prober = crate::probe::Prober::default();
         let sources = Sources {
             hippo: &hippo,
             bindle: &bindle,
             bindle_cache: None,
             nomad: None,
             concurrency: 4,
+            prober: &prober,
         };
         mount_lists(
             &hippo_server,
