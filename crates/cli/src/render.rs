@@ -94,7 +94,10 @@ pub fn plan_text(plan: &Plan) -> String {
 
 /// `production: 1.3.0 from canary (pending)`.
 fn promotion_head(p: &hippo_gitops_core::delivery::PendingPromotion) -> String {
-    format!("{}: promotion of {} from {} pending", p.channel, p.revision, p.from)
+    format!(
+        "{}: promotion of {} from {} pending",
+        p.channel, p.revision, p.from
+    )
 }
 
 /// `staging: held on 1.1.0 (rolled back from 1.2.0)`.
@@ -178,7 +181,10 @@ pub fn plan_markdown(plan: &Plan) -> String {
             ));
         }
         for h in &app.held {
-            out.push_str(&format!("- :leftwards_arrow_with_hook: {}\n", md_cell(&held_text(h))));
+            out.push_str(&format!(
+                "- :leftwards_arrow_with_hook: {}\n",
+                md_cell(&held_text(h))
+            ));
         }
         for m in &app.moves {
             out.push_str(&format!(
@@ -340,12 +346,20 @@ pub fn plan_json(plan: &Plan) -> String {
         promotions: plan
             .apps
             .iter()
-            .flat_map(|a| a.promotions.iter().map(move |item| AppItemJson { app: &a.app, item }))
+            .flat_map(|a| {
+                a.promotions
+                    .iter()
+                    .map(move |item| AppItemJson { app: &a.app, item })
+            })
             .collect(),
         held: plan
             .apps
             .iter()
-            .flat_map(|a| a.held.iter().map(move |item| AppItemJson { app: &a.app, item }))
+            .flat_map(|a| {
+                a.held
+                    .iter()
+                    .map(move |item| AppItemJson { app: &a.app, item })
+            })
             .collect(),
     };
     serde_json::to_string_pretty(&body).expect("plan serialises")
@@ -506,7 +520,10 @@ pub fn statuses_text(apps: &[AppStatus]) -> String {
         ));
         for ch in &app.channels {
             if let Some(p) = &ch.promotion {
-                out.push_str(&format!("{}/{}: promotion pending: {p}\n", app.app, ch.channel));
+                out.push_str(&format!(
+                    "{}/{}: promotion pending: {p}\n",
+                    app.app, ch.channel
+                ));
             }
         }
     }

@@ -1223,7 +1223,7 @@ fn env_change(current: &Channel, desired: &BTreeMap<String, String>) -> EnvChang
 pub use crate::range_rule::max_satisfying;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         bindles::{BindleVersions, ServerBindle},
@@ -1235,7 +1235,7 @@ mod tests {
     };
     use std::sync::Arc;
 
-    fn uuid(n: u128) -> Uuid {
+    pub(crate) fn uuid(n: u128) -> Uuid {
         Uuid::from_u128(n)
     }
 
@@ -1249,7 +1249,7 @@ mod tests {
         }
     }
 
-    fn app_spec(revisions: Vec<RevisionSpec>, channels: Vec<ChannelSpec>) -> AppSpec {
+    pub(crate) fn app_spec(revisions: Vec<RevisionSpec>, channels: Vec<ChannelSpec>) -> AppSpec {
         AppSpec {
             name: "weather".into(),
             storage_id: "weather".into(),
@@ -1265,7 +1265,7 @@ mod tests {
         }
     }
 
-    fn existing(v: &str) -> RevisionSpec {
+    pub(crate) fn existing(v: &str) -> RevisionSpec {
         RevisionSpec {
             version: v.into(),
             source: RevisionSource::Existing,
@@ -1279,7 +1279,7 @@ mod tests {
         }
     }
 
-    fn range_channel(name: &str, range: &str) -> ChannelSpec {
+    pub(crate) fn range_channel(name: &str, range: &str) -> ChannelSpec {
         ChannelSpec {
             name: name.into(),
             selector: Selector::Range(range.into()),
@@ -1314,7 +1314,7 @@ mod tests {
         )
     }
 
-    fn rev(id: u128, number: &str) -> Revision {
+    pub(crate) fn rev(id: u128, number: &str) -> Revision {
         Revision {
             id: uuid(id),
             app_id: uuid(1),
@@ -1322,7 +1322,7 @@ mod tests {
         }
     }
 
-    fn channel(
+    pub(crate) fn channel(
         id: u128,
         name: &str,
         strategy: Strategy,
@@ -1388,7 +1388,7 @@ mod tests {
         (spec, snapshot)
     }
 
-    fn ops(plan: &AppPlan) -> Vec<String> {
+    pub(crate) fn ops(plan: &AppPlan) -> Vec<String> {
         plan.changes.iter().map(|c| c.describe()).collect()
     }
 
@@ -1543,7 +1543,7 @@ mod tests {
     }
 
     /// The Bindle server holds `weather/<version>` with these parcels.
-    fn on_server(snapshot: &mut Snapshot, version: &str, shas: &[&str]) {
+    pub(crate) fn on_server(snapshot: &mut Snapshot, version: &str, shas: &[&str]) {
         let versions = snapshot
             .bindles
             .get_mut("weather")
@@ -1737,6 +1737,70 @@ mod tests {
     }
 
     #[test]
+    fn discovered_versions_are_registered_once_complete_and_never_when_yanked() {
+        let (mut spec, mut snapshot) = converged();
+        spec.discover.push(crate::spec::DiscoverSpec {
+            range: ">=1.1.0 <2.0.0".into(),
+            origin: spec.origin.clone(),
+        });
+        for v in ["1.3.0", "1.2.0", "1.4.0", "2.0.0", "1.5.0", "01.6.0"] {
+            on_server(&mut snapshot, v, &["d"]);
+        }
+        Arc::make_mut(
+            snapshot
+                .bindles
+                .get_mut("weather")
+                .unwrap()
+                .as_mut()
+                .unwrap(),
+        )
+        .get_mut("1.4.0")
+        .unwrap()
+        .yanked = true;
+        // In range, not yanked, strictly semver; oldest first. 1.1.0 is already registered.
+        let server = snapshot.bindles["weather"].as_ref().unwrap().clone();
+        assert_eq!(
+            discovered(&spec, &server),
+            ["1.1.0", "1.2.0", "1.3.0", "1.5.0"]
+        );
+        // 1.2.0 and 1.3.0 are complete; 1.5.0 lacks a parcel.
+        for (v, missing) in [("1.2.0", 0), ("1.3.0", 0), ("1.5.0", 1)] {
+            snapshot.missing.insert(format!("weather/{v}"), Ok(missing));
+        }
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(
+            ops(&plan),
+            [
+                "register revision 1.2.0 (discovered on the Bindle server)",
+                "register revision 1.3.0 (discovered on the Bindle server)",
+            ]
+        );
+        assert!(plan.changes.iter().all(|c| matches!(
+            c.op,
+            Op::RegisterRevision {
+                discovered: true,
+                ..
+            }
+        )));
+        assert_eq!(
+            plan.warnings,
+            ["bindle weather/1.5.0 matches a discover range but is not complete on the Bindle server yet; it is registered once it is"]
+        );
+        // Not checked yet: not registered either.
+        snapshot.missing.remove("weather/1.3.0");
+        assert_eq!(
+            ops(&diff_app(&spec, &snapshot)),
+            ["register revision 1.2.0 (discovered on the Bindle server)"]
+        );
+        // Listed in the deploy file too: registered once, as listed.
+        spec.revisions.push(existing("1.2.0"));
+        assert_eq!(
+            ops(&diff_app(&spec, &snapshot)),
+            ["register revision 1.2.0"]
+        );
+    }
+
+    #[test]
     fn registering_never_duplicates_into_an_app_sharing_the_storage_id() {
         let (spec, mut snapshot) = converged();
         snapshot.revisions.retain(|r| r.revision_number == "1.0.0");
@@ -1814,7 +1878,7 @@ mod tests {
         assert!(p.transient);
     }
 
-    fn nomad_job(id: u128, bindle: &str, env: &[&str], version: u64) -> Arc<JobFacts> {
+    pub(crate) fn nomad_job(id: u128, bindle: &str, env: &[&str], version: u64) -> Arc<JobFacts> {
         let job: crate::nomad::Job = serde_json::from_value(serde_json::json!({
             "ID": uuid(id).to_string(), "Status": "running", "Stop": false, "Version": version,
             "JobModifyIndex": 7,
