@@ -271,7 +271,7 @@ impl Made {
         }
     }
 
-    fn of(op: &Op) -> Made {
+    pub(crate) fn of(op: &Op) -> Made {
         match op {
             Op::PushBindle { .. } => Made::BindlePushed,
             Op::CreateApp { .. } => Made::AppCreated,
@@ -287,6 +287,10 @@ impl Made {
                 delivery: Some(Delivery::Rollback(_)),
                 ..
             } => Made::ChannelRolledBack,
+            Op::CreateChannel {
+                delivery: Some(Delivery::Promote { .. }),
+                ..
+            } => Made::ChannelPromoted,
             Op::CreateChannel { .. } => Made::ChannelCreated,
             Op::UpdateChannel { .. } => Made::ChannelUpdated,
             Op::SetEnv { .. } => Made::EnvChanged,
@@ -911,6 +915,7 @@ async fn apply_change(
             app_id,
             target,
             env,
+            delivery,
             ..
         } => {
             let app_id = app_id.ok_or_else(|| {
@@ -941,7 +946,11 @@ async fn apply_change(
                     .await
                     .map_err(hippo_err(format!("setting env of channel {channel}")))?;
             }
-            Ok(change.describe().replacen("create", "created", 1))
+            let text = change.describe().replacen("create", "created", 1);
+            Ok(match delivery {
+                Some(Delivery::Promote { .. }) => text.replacen("promote", "promoted", 1),
+                _ => text,
+            })
         }
         Op::UpdateChannel {
             channel,

@@ -757,6 +757,44 @@ mod tests {
     }
 
     #[test]
+    fn a_promote_channel_is_created_by_its_first_promotion() {
+        // Hippo creates no `UseSpecifiedRevision` channel without a revision.
+        let (spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 10 * MIN + 1);
+        snapshot.channels.retain(|c| c.name != "production");
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert_eq!(plan.promotions[0].revision, "1.1.0");
+        let (spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 10 * MIN);
+        snapshot.channels.retain(|c| c.name != "production");
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(
+            ops(&plan),
+            ["promote 1.1.0 to channel production (canary has run it healthy for 10m): create channel production (revision 1.1.0)"]
+        );
+        assert!(matches!(
+            &plan.changes[0].op,
+            Op::CreateChannel {
+                delivery: Some(Delivery::Promote { revision, .. }),
+                ..
+            } if revision == "1.1.0"
+        ));
+        assert_eq!(
+            crate::apply::Made::of(&plan.changes[0].op).name(),
+            "ChannelPromoted"
+        );
+        // Nor is it planned for an app still to be created.
+        snapshot.apps.clear();
+        snapshot.channels.clear();
+        snapshot.revisions.clear();
+        let plan = diff_app(&spec, &snapshot);
+        assert!(
+            !ops(&plan).iter().any(|c| c.contains("production")),
+            "{:?}",
+            ops(&plan)
+        );
+    }
+
+    #[test]
     fn the_clock_is_the_latest_allocation_to_turn_healthy() {
         // One allocation healthy for an hour, its replacement for a minute: a minute.
         let (mut spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 60 * MIN);

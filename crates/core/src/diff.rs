@@ -100,6 +100,9 @@ pub enum Op {
         #[serde(skip)]
         env: BTreeMap<String, String>,
         env_keys: Vec<String>,
+        /// A promote channel is created by its first promotion.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivery: Option<Delivery>,
     },
     /// A PUT: the only channel write that makes Hippo redeploy.
     #[serde(rename_all = "camelCase")]
@@ -273,6 +276,7 @@ impl Change {
                 channel,
                 target,
                 env_keys,
+                delivery,
                 ..
             } => {
                 let mut parts = vec![match (&target.range_rule, &target.active_revision) {
@@ -288,7 +292,11 @@ impl Change {
                 if !env_keys.is_empty() {
                     parts.push(format!("env {}", env_keys.join(", ")));
                 }
-                format!("create channel {channel} ({})", parts.join(", "))
+                format!(
+                    "{}create channel {channel} ({})",
+                    delivery_prefix(channel, delivery.as_ref()).unwrap_or_default(),
+                    parts.join(", ")
+                )
             }
             Op::UpdateChannel {
                 channel,
@@ -298,21 +306,8 @@ impl Change {
                 ..
             } => format!(
                 "{}{}{}",
-                match delivery {
-                    None => format!("update channel {channel}: "),
-                    Some(Delivery::Promote {
-                        from,
-                        revision,
-                        healthy_for_ms,
-                    }) => format!(
-                        "promote {revision} to channel {channel} ({from} has run it healthy for {}): ",
-                        crate::delivery::human_duration(*healthy_for_ms)
-                    ),
-                    Some(Delivery::Rollback(r)) => format!(
-                        "roll back channel {channel} from {} to {} ({} failed on Nomad: {}): ",
-                        r.failed, r.to, r.failed, r.reason
-                    ),
-                },
+                delivery_prefix(channel, delivery.as_ref())
+                    .unwrap_or_else(|| format!("update channel {channel}: ")),
                 fields.join("; "),
                 if *start_job {
                     " (then desired-status Running, so that Hippo starts the job)"
@@ -677,10 +672,15 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         // create); their revision ids are resolved after it exists.
         let versions: Vec<&str> = spec.revisions.iter().map(|r| r.version.as_str()).collect();
         for ch in &spec.channels {
+            // Hippo creates no `UseSpecifiedRevision` channel without a revision: a promote
+            // channel is created by its first promotion.
+            if matches!(ch.selector, Selector::Promote(_)) {
+                continue;
+            }
             push_move(&mut plan, ch, None, eventual_revision(ch, &versions));
             let target = channel_target(ch, None, &[]);
             plan.changes
-                .push(create_channel(&spec.name, None, ch, target));
+                .push(create_channel(&spec.name, None, ch, target, None));
         }
         return plan;
     };
@@ -812,9 +812,9 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             Resolved::Pin(revision, delivery) => (Some(revision), delivery),
             Resolved::Skip => continue,
         };
-        let ch = &match pinned {
+        let ch = &match &pinned {
             Some(Some(v)) => ChannelSpec {
-                selector: Selector::Revision(v),
+                selector: Selector::Revision(v.clone()),
                 ..written.clone()
             },
             // Only a promote channel is pinned to nothing (none promoted yet): its target
@@ -824,10 +824,18 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         let eventual = eventual_revision(ch, &eventual_numbers);
         let target = channel_target(ch, Some(app), &known);
         match hippo_channels.iter().find(|c| c.name == ch.name) {
+            // A promote channel with nothing promoted yet: Hippo creates no
+            // `UseSpecifiedRevision` channel without a revision, so its first promotion does.
+            None if pinned == Some(None) => {}
             None => {
                 push_move(&mut plan, written, None, eventual);
-                plan.changes
-                    .push(create_channel(&spec.name, Some(app.id), ch, target))
+                plan.changes.push(create_channel(
+                    &spec.name,
+                    Some(app.id),
+                    ch,
+                    target,
+                    delivery.clone(),
+                ))
             }
             Some(current) => {
                 let running = current
@@ -1109,6 +1117,7 @@ fn create_channel(
     app_id: Option<Uuid>,
     ch: &ChannelSpec,
     target: ChannelTarget,
+    delivery: Option<Delivery>,
 ) -> Change {
     Change::new(
         app,
@@ -1119,8 +1128,27 @@ fn create_channel(
             target,
             env: ch.env.clone(),
             env_keys: ch.env.keys().cloned().collect(),
+            delivery,
         },
     )
+}
+
+/// How a promotion or a rollback introduces the change it makes to `channel`.
+fn delivery_prefix(channel: &str, delivery: Option<&Delivery>) -> Option<String> {
+    Some(match delivery? {
+        Delivery::Promote {
+            from,
+            revision,
+            healthy_for_ms,
+        } => format!(
+            "promote {revision} to channel {channel} ({from} has run it healthy for {}): ",
+            crate::delivery::human_duration(*healthy_for_ms)
+        ),
+        Delivery::Rollback(r) => format!(
+            "roll back channel {channel} from {} to {} ({} failed on Nomad: {}): ",
+            r.failed, r.to, r.failed, r.reason
+        ),
+    })
 }
 
 /// The target state of a channel. `app` is `None` while the app does not exist yet; then
