@@ -1,0 +1,461 @@
+//! Progressive delivery (issue 16) through the binary: `plan` and `reconcile --once` against the
+//! real Bindle server and the Hippo and Nomad emulators, with their exit codes (plan: 0 no
+//! changes, 2 changes, 1 problems; `reconcile --once`: 0 converged, 1 otherwise). A pending
+//! promotion, then a due one; a failing revision rolled back in the same run and never
+//! promoted; promotion without Nomad; discovery of complete, incomplete and yanked bindles; and
+//! discovery under injected 5xx after processing.
+
+use hippo_gitops_testkit as common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::{spin_app, Bed, NomadBed, NomadBedOptions};
+use hippo_gitops_core::delivery::{DeliveryRecords, RECORDS_VARIABLE};
+
+/// A repository under the bed with `specs/shop.yaml` (app `shop`, storageId `shop`) holding
+/// `revisions` and `channels` (raw YAML list items). `path:` revisions are written as
+/// `../apps/shop-<version>`, whose Spin apps exist.
+struct Repo {
+    root: PathBuf,
+}
+
+impl Repo {
+    fn new(bed: &Bed) -> Repo {
+        let root = bed.path().join("repo");
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        Repo { root }
+    }
+
+    fn specs(&self) -> String {
+        self.root.join("specs").to_string_lossy().into_owned()
+    }
+
+    /// Writes the deploy file with these `path:` versions, `discover:` ranges and channels.
+    fn write(&self, paths: &[&str], discover: &[&str], channels: &str) {
+        let mut revisions = String::new();
+        for v in paths {
+            let dir = self.root.join("apps").join(format!("shop-{v}"));
+            if !dir.exists() {
+                spin_app(&dir, "shop", v, v);
+            }
+            revisions.push_str(&format!("    - path: ../apps/shop-{v}\n"));
+        }
+        for d in discover {
+            revisions.push_str(&format!("    - discover: \"{d}\"\n"));
+        }
+        std::fs::create_dir_all(self.root.join("specs")).unwrap();
+        std::fs::write(
+            self.root.join("specs/shop.yaml"),
+            format!("apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: shop\nspec:\n  revisions:\n{revisions}  channels:\n{channels}"),
+        )
+        .unwrap();
+    }
+}
+
+/// Canary follows `*`; production is promoted from it after `after`.
+fn canary_and_production(after: &str, canary_rollback: bool) -> String {
+    format!(
+        "    - name: canary\n      range: \"*\"\n      rollback: {canary_rollback}\n    - name: production\n      promote:\n        from: canary\n        after: {after}\n"
+    )
+}
+
+fn ok(code: i32, expected: i32, what: &str, out: &(i32, String, String)) {
+    assert_eq!(
+        code, expected,
+        "{what}: exit {code}\nstdout:\n{}\nstderr:\n{}",
+        out.1, out.2
+    );
+}
+
+/// Runs the binary and asserts its exit code; answers its stdout.
+async fn run_nomad(nb: &NomadBed, args: &[&str], expected: i32) -> String {
+    let out = nb.run(args).await;
+    ok(out.0, expected, &args.join(" "), &out);
+    out.1
+}
+
+async fn run_plain(bed: &Bed, args: &[&str], expected: i32) -> String {
+    let out = bed.run(args).await;
+    ok(out.0, expected, &args.join(" "), &out);
+    out.1
+}
+
+/// When Nomad's deployment judged every running allocation of `job` healthy: the latest
+/// `DeploymentStatus.Timestamp` (promotion's clock).
+fn healthy_since(nb: &NomadBed, job: &str) -> chrono::DateTime<chrono::Utc> {
+    nb.nomad
+        .allocations()
+        .into_iter()
+        .filter(|a| a["JobID"] == job && a["DesiredStatus"] == "run")
+        .map(|a| {
+            assert_eq!(a["DeploymentStatus"]["Healthy"], true, "{a}");
+            chrono::DateTime::parse_from_rfc3339(
+                a["DeploymentStatus"]["Timestamp"].as_str().unwrap(),
+            )
+            .unwrap()
+            .to_utc()
+        })
+        .max()
+        .expect("the job has allocations")
+}
+
+/// Sleeps until `at` (no earlier).
+async fn sleep_until(at: chrono::DateTime<chrono::Utc>) {
+    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(20)).await;
+}
+
+/// Revision numbers Hippo holds for `shop`, in registration order.
+fn revisions(bed: &Bed) -> Vec<String> {
+    let state = bed.hippo.snapshot();
+    state
+        .revisions
+        .iter()
+        .map(|r| r.revision_number.clone())
+        .collect()
+}
+
+/// What `shop`'s channel `name` runs in Hippo.
+fn active(bed: &Bed, name: &str) -> Option<String> {
+    let state = bed.hippo.snapshot();
+    let channel = state.channels.iter().find(|c| c.name == name)?;
+    let id = channel.active_revision_id?;
+    state
+        .revisions
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| r.revision_number.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_promotion_is_no_change_until_its_window_has_passed() {
+    let nb = NomadBed::start_with(NomadBedOptions {
+        healthy_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let repo = Repo::new(&nb.bed);
+    let specs = repo.specs();
+    repo.write(&["1.0.0"], &[], &canary_and_production("3s", false));
+
+    let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(!out.contains("promote"), "{out}");
+    let canary = nb.job_id("shop", "canary");
+    assert_eq!(nb.bindle_arg(&canary).as_deref(), Some("shop/1.0.0"));
+    assert_eq!(active(&nb.bed, "production"), None, "nothing promoted yet");
+    let since = healthy_since(&nb, &canary);
+    let due = since + chrono::Duration::seconds(3);
+
+    // Pending: shown with the time it has run healthy, and not a change.
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 0).await;
+    assert!(
+        chrono::Utc::now() < due,
+        "the plan ran after the window had passed: too slow to see it pending"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("promotion of 1.0.0"))
+        .unwrap_or_else(|| panic!("no pending promotion in:\n{out}"));
+    assert!(
+        line.starts_with("  … production: promotion of 1.0.0 from canary pending: canary has run 1.0.0 healthy for ")
+            && line.ends_with(" of 3s"),
+        "{line}"
+    );
+    assert!(!out.contains("promote 1.0.0"), "{out}");
+    let out = run_nomad(&nb, &["plan", "-f", &specs, "--output", "json"], 0).await;
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &json["promotions"][0];
+    assert_eq!(
+        (
+            &p["app"],
+            &p["channel"],
+            &p["from"],
+            &p["revision"],
+            &p["afterMs"]
+        ),
+        (
+            &"shop".into(),
+            &"production".into(),
+            &"canary".into(),
+            &"1.0.0".into(),
+            &3000.into()
+        ),
+        "{out}"
+    );
+    assert!(p["healthyForMs"].as_u64().unwrap() < 3000, "{out}");
+    assert_eq!(json["promotions"].as_array().unwrap().len(), 1);
+
+    // Due: a change.
+    sleep_until(due).await;
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 2).await;
+    let line = out
+        .lines()
+        .find(|l| l.contains("promote 1.0.0"))
+        .unwrap_or_else(|| panic!("no promotion in:\n{out}"));
+    assert!(
+        line.starts_with("  + promote 1.0.0 to channel production (canary has run it healthy for ")
+            && line.ends_with("): create channel production (revision 1.0.0)"),
+        "{line}"
+    );
+    assert!(!out.contains("pending"), "{out}");
+
+    let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(
+        out.contains("promoted 1.0.0 to channel production"),
+        "{out}"
+    );
+    assert_eq!(active(&nb.bed, "production").as_deref(), Some("1.0.0"));
+    assert_eq!(
+        nb.bindle_arg(&nb.job_id("shop", "production")).as_deref(),
+        Some("shop/1.0.0")
+    );
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 0).await;
+    assert!(!out.contains("promot"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_revision_is_rolled_back_in_the_same_run_and_never_promoted() {
+    let nb = NomadBed::start_with(NomadBedOptions {
+        healthy_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let repo = Repo::new(&nb.bed);
+    let specs = repo.specs();
+    // `after: 0s`: production takes whatever canary runs healthy, at once.
+    let channels = canary_and_production("0s", true);
+    repo.write(&["1.0.0"], &[], &channels);
+    run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(
+        out.contains("promoted 1.0.0 to channel production"),
+        "{out}"
+    );
+
+    // 1.1.0 turns unhealthy wherever it runs.
+    nb.nomad
+        .make_unhealthy("shop/1.1.0", "health check /health failed");
+    repo.write(&["1.0.0", "1.1.0"], &[], &channels);
+    let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(
+        out.contains("rolled back channel canary from 1.1.0 to 1.0.0 (1.1.0 failed on Nomad: "),
+        "{out}"
+    );
+    assert!(!out.contains("promoted"), "{out}");
+    assert_eq!(active(&nb.bed, "canary").as_deref(), Some("1.0.0"));
+    let canary = nb.job_id("shop", "canary");
+    let production = nb.job_id("shop", "production");
+    assert_eq!(nb.bindle_arg(&canary).as_deref(), Some("shop/1.0.0"));
+    assert_eq!(active(&nb.bed, "production").as_deref(), Some("1.0.0"));
+    assert_eq!(nb.bindle_arg(&production).as_deref(), Some("shop/1.0.0"));
+
+    // The record, in the Nomad Variable.
+    let var: serde_json::Value =
+        reqwest::get(format!("{}/v1/var/{RECORDS_VARIABLE}", nb.nomad.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let items = serde_json::from_value(var["Items"].clone()).unwrap();
+    let records = DeliveryRecords::from_items(&items).unwrap();
+    let record = records
+        .rollback("shop", "canary", "range *")
+        .unwrap_or_else(|| panic!("{var}"));
+    assert_eq!(record.bad.iter().collect::<Vec<_>>(), ["1.1.0"]);
+    assert_eq!(record.pinned, "1.0.0");
+
+    // Held, and nothing to do: neither canary nor production moves to 1.1.0.
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 0).await;
+    assert!(
+        out.contains("  ↩ canary: held on 1.0.0 (rolled back from 1.1.0; "),
+        "{out}"
+    );
+    let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(!out.contains("1.1.0 to"), "{out}");
+    assert_eq!(nb.bindle_arg(&canary).as_deref(), Some("shop/1.0.0"));
+    assert_eq!(nb.bindle_arg(&production).as_deref(), Some("shop/1.0.0"));
+    let out = run_nomad(&nb, &["status", "-f", &specs], 0).await;
+    assert!(out.contains("RolledBack"), "{out}");
+
+    // A newer healthy revision: canary follows its range again, then production follows it.
+    repo.write(&["1.0.0", "1.1.0", "1.2.0"], &[], &channels);
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 2).await;
+    assert!(!out.contains("↩"), "{out}");
+    run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert_eq!(active(&nb.bed, "canary").as_deref(), Some("1.2.0"));
+    assert_eq!(nb.bindle_arg(&canary).as_deref(), Some("shop/1.2.0"));
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 2).await;
+    assert!(out.contains("promote 1.2.0 to channel production"), "{out}");
+    run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert_eq!(nb.bindle_arg(&production).as_deref(), Some("shop/1.2.0"));
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 0).await;
+    assert!(!out.contains("↩") && !out.contains("pending"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_without_nomad_is_stalled() {
+    let bed = Bed::start().await;
+    let repo = Repo::new(&bed);
+    let specs = repo.specs();
+    repo.write(&["1.0.0"], &[], &canary_and_production("1s", false));
+    // Canary converges; production cannot.
+    let out = run_plain(&bed, &["reconcile", "--once", "-f", &specs], 1).await;
+    assert!(out.contains("PromotionNeedsNomad"), "{out}");
+    assert_eq!(active(&bed, "canary").as_deref(), Some("1.0.0"));
+    let out = bed.run(&["plan", "-f", &specs]).await;
+    ok(out.0, 1, "plan", &out);
+    let said = format!("{}{}", out.1, out.2);
+    assert!(
+        said.contains("PromotionNeedsNomad")
+            && said.contains("channel production promotes on health judged by Nomad, and Nomad is not configured"),
+        "{said}"
+    );
+    let out = bed.run(&["status", "-f", &specs]).await;
+    assert_ne!(out.0, 0, "{out:?}");
+    assert!(out.1.contains("Stalled (PromotionNeedsNomad)"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_once_discovers_complete_versions_and_never_yanked_ones() {
+    let bed = Bed::start().await;
+    let repo = Repo::new(&bed);
+    let specs = repo.specs();
+    repo.write(
+        &[],
+        &[">=1.0.0"],
+        "    - name: canary\n      range: \"*\"\n",
+    );
+    bed.push_version("shop", "1.0.0").await;
+    run_plain(&bed, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert_eq!(revisions(&bed), ["1.0.0"]);
+    assert_eq!(active(&bed, "canary").as_deref(), Some("1.0.0"));
+
+    // Pushed by CI, no change to the files.
+    bed.push_version("shop", "1.1.0").await;
+    let out = run_plain(&bed, &["plan", "-f", &specs], 2).await;
+    assert!(
+        out.contains("register revision 1.1.0 (discovered on the Bindle server)"),
+        "{out}"
+    );
+    let out = run_plain(&bed, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(
+        out.contains("registered revision 1.1.0 (discovered on the Bindle server)"),
+        "{out}"
+    );
+    assert_eq!(revisions(&bed), ["1.0.0", "1.1.0"]);
+    assert_eq!(active(&bed, "canary").as_deref(), Some("1.1.0"));
+
+    // A push still under way, and a version yanked.
+    let partial = bed.push_invoice_only("shop", "1.2.0").await;
+    bed.push_version("shop", "1.3.0").await;
+    bed.yank("shop/1.3.0").await;
+    let out = run_plain(&bed, &["plan", "-f", &specs], 0).await;
+    assert!(
+        out.contains("warning: bindle shop/1.2.0 matches a discover range but is not complete on the Bindle server yet; it is registered once it is"),
+        "{out}"
+    );
+    let out = run_plain(&bed, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(out.contains("shop/1.2.0 matches a discover range"), "{out}");
+    assert!(!out.contains("registered revision"), "{out}");
+    assert_eq!(revisions(&bed), ["1.0.0", "1.1.0"]);
+
+    // Complete now: registered; the yanked one never is.
+    bed.complete_push(&partial).await;
+    let out = run_plain(&bed, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(
+        out.contains("registered revision 1.2.0 (discovered on the Bindle server)"),
+        "{out}"
+    );
+    assert_eq!(revisions(&bed), ["1.0.0", "1.1.0", "1.2.0"]);
+    assert_eq!(active(&bed, "canary").as_deref(), Some("1.2.0"));
+    let out = run_plain(&bed, &["plan", "-f", &specs], 0).await;
+    assert!(!out.contains("1.3.0"), "{out}");
+    common::assert_no_duplicates(&bed.hippo.snapshot());
+}
+
+/// Discovery under 5xx after processing: Hippo registers a revision and the answer is lost
+/// (the proxy replaces it with a 502), so a controller that registered again on a retry, or
+/// trusted its own memory over Hippo's state, would duplicate it. `error=0.4` is 20% of Hippo's
+/// answers replaced after processing (and 20% refused before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_under_injected_5xx_after_processing_registers_each_version_once() {
+    use hippo_gitops_core::apply;
+    use hippo_gitops_emulators::faults::{FaultProxy, FaultSpec};
+    use std::sync::atomic::Ordering;
+
+    let bed = Bed::start().await;
+    let repo = Repo::new(&bed);
+    repo.write(
+        &[],
+        &[">=1.0.0"],
+        "    - name: canary\n      range: \"*\"\n",
+    );
+    let desired = common::load(std::path::Path::new(&repo.specs()));
+    bed.push_version("shop", "1.0.0").await;
+    let (ctx, _) = bed.context();
+    let report = apply::reconcile(&desired, &ctx).await.unwrap();
+    assert!(report.apps[0].converged());
+
+    let versions: Vec<String> = (1..=8).map(|minor| format!("1.{minor}.0")).collect();
+    for v in &versions {
+        bed.push_version("shop", v).await;
+    }
+    let proxy = FaultProxy::start(
+        bed.hippo.addr(),
+        FaultSpec {
+            error_rate: 0.4,
+            seed: 16,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let (ctx, _) = bed.context_with_hippo(format!("http://{}", proxy.addr()));
+    let mut failed_runs = 0;
+    // Registrations whose answer was lost.
+    let mut lost = 0;
+    for run in 1.. {
+        let converged = match apply::reconcile(&desired, &ctx).await {
+            Ok(report) => {
+                for a in &report.apps {
+                    let e = a.error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                    if e.starts_with("registering revision") && e.contains("502") {
+                        lost += 1;
+                    }
+                }
+                report.apps.iter().all(|a| a.converged())
+            }
+            Err(_) => false,
+        };
+        // Whatever a run did, it never leaves a duplicate behind.
+        common::assert_no_duplicates(&bed.hippo.snapshot());
+        if converged {
+            break;
+        }
+        failed_runs += 1;
+        assert!(run < 30, "not converged after {run} runs");
+    }
+    assert!(
+        lost > 0 && failed_runs > 0,
+        "no registration's answer was lost ({failed_runs} failed runs, {} answers lost after processing): the seed no longer tests what it should",
+        proxy.counters().errors_after.load(Ordering::SeqCst)
+    );
+    // Every registration that reached Hippo took: one POST per version, however many answers
+    // were lost.
+    let registrations = bed
+        .hippo
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/revisions")
+        .count();
+    assert_eq!(registrations, versions.len());
+    let mut expected = vec!["1.0.0".to_string()];
+    expected.extend(versions);
+    assert_eq!(revisions(&bed), expected);
+    assert_eq!(active(&bed, "canary").as_deref(), Some("1.8.0"));
+    let (ctx, _) = bed.context();
+    let plan = apply::plan(&desired, &ctx).await.unwrap().plan;
+    assert_eq!(plan.changes().count(), 0);
+}
