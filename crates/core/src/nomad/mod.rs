@@ -704,7 +704,7 @@ impl NomadClient {
                         bindle: v.job.bindle_arg(),
                     })
                     .collect();
-                out.sort_by(|a, b| b.version.cmp(&a.version));
+                out.sort_by_key(|v| std::cmp::Reverse(v.version));
                 Ok(out)
             }
             Err(NomadError::Status { status: 404, .. }) => Ok(Vec::new()),
