@@ -52,6 +52,19 @@ impl Repo {
     }
 }
 
+/// The bed with Nomad, whose deployments judge health after 100 ms; its repository and specs
+/// directory.
+async fn nomad_bed() -> (NomadBed, Repo, String) {
+    let nb = NomadBed::start_with(NomadBedOptions {
+        healthy_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let repo = Repo::new(&nb.bed);
+    let specs = repo.specs();
+    (nb, repo, specs)
+}
+
 /// Canary follows `*`; production is promoted from it after `after`.
 fn canary_and_production(after: &str, canary_rollback: bool) -> String {
     format!(
@@ -99,6 +112,13 @@ fn healthy_since(nb: &NomadBed, job: &str) -> chrono::DateTime<chrono::Utc> {
         .expect("the job has allocations")
 }
 
+/// The line of `out` that contains `needle`.
+fn line_with<'a>(out: &'a str, needle: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{out}"))
+}
+
 /// Sleeps until `at` (no earlier).
 async fn sleep_until(at: chrono::DateTime<chrono::Utc>) {
     let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
@@ -129,13 +149,7 @@ fn active(bed: &Bed, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_promotion_is_no_change_until_its_window_has_passed() {
-    let nb = NomadBed::start_with(NomadBedOptions {
-        healthy_delay: Duration::from_millis(100),
-        ..Default::default()
-    })
-    .await;
-    let repo = Repo::new(&nb.bed);
-    let specs = repo.specs();
+    let (nb, repo, specs) = nomad_bed().await;
     repo.write(&["1.0.0"], &[], &canary_and_production("3s", false));
 
     let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
@@ -152,10 +166,7 @@ async fn a_pending_promotion_is_no_change_until_its_window_has_passed() {
         chrono::Utc::now() < due,
         "the plan ran after the window had passed: too slow to see it pending"
     );
-    let line = out
-        .lines()
-        .find(|l| l.contains("promotion of 1.0.0"))
-        .unwrap_or_else(|| panic!("no pending promotion in:\n{out}"));
+    let line = line_with(&out, "promotion of 1.0.0");
     assert!(
         line.starts_with("  … production: promotion of 1.0.0 from canary pending: canary has run 1.0.0 healthy for ")
             && line.ends_with(" of 3s"),
@@ -188,10 +199,7 @@ async fn a_pending_promotion_is_no_change_until_its_window_has_passed() {
     // Due: a change.
     sleep_until(due).await;
     let out = run_nomad(&nb, &["plan", "-f", &specs], 2).await;
-    let line = out
-        .lines()
-        .find(|l| l.contains("promote 1.0.0"))
-        .unwrap_or_else(|| panic!("no promotion in:\n{out}"));
+    let line = line_with(&out, "promote 1.0.0");
     assert!(
         line.starts_with("  + promote 1.0.0 to channel production (canary has run it healthy for ")
             && line.ends_with("): create channel production (revision 1.0.0)"),
@@ -215,13 +223,7 @@ async fn a_pending_promotion_is_no_change_until_its_window_has_passed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_revision_is_rolled_back_in_the_same_run_and_never_promoted() {
-    let nb = NomadBed::start_with(NomadBedOptions {
-        healthy_delay: Duration::from_millis(100),
-        ..Default::default()
-    })
-    .await;
-    let repo = Repo::new(&nb.bed);
-    let specs = repo.specs();
+    let (nb, repo, specs) = nomad_bed().await;
     // `after: 0s`: production takes whatever canary runs healthy, at once.
     let channels = canary_and_production("0s", true);
     repo.write(&["1.0.0"], &[], &channels);

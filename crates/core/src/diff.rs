@@ -1371,6 +1371,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// App `weather` (id 1, storageId `weather`) in Hippo.
+    pub(crate) fn weather_app() -> App {
+        App {
+            id: uuid(1),
+            name: "weather".into(),
+            storage_id: "weather".into(),
+        }
+    }
+
     /// Hippo with app `weather` holding revisions 1.0.0 (id 10) and 1.1.0 (id 11), a range
     /// channel `production` on ^1.0 at 1.1.0 and a pinned `canary` at 1.0.0.
     fn converged() -> (AppSpec, Snapshot) {
@@ -1382,11 +1391,7 @@ pub(crate) mod tests {
             ],
         );
         let snapshot = Snapshot {
-            apps: vec![App {
-                id: uuid(1),
-                name: "weather".into(),
-                storage_id: "weather".into(),
-            }],
+            apps: vec![weather_app()],
             channels: vec![
                 channel(
                     20,
