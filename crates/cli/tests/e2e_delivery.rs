@@ -173,6 +173,16 @@ async fn a_pending_promotion_is_no_change_until_its_window_has_passed() {
         "{line}"
     );
     assert!(!out.contains("promote 1.0.0"), "{out}");
+    // Nothing promoted yet, nothing due: Ready, with the promotion pending.
+    let out = run_nomad(&nb, &["status", "-f", &specs], 0).await;
+    assert!(
+        line_with(&out, "shop  production").ends_with("Ready (NoActiveRevision)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shop/production: promotion pending: canary has run 1.0.0 healthy for "),
+        "{out}"
+    );
     let out = run_nomad(&nb, &["plan", "-f", &specs, "--output", "json"], 0).await;
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let p = &json["promotions"][0];
