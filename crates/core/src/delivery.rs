@@ -384,7 +384,8 @@ pub(crate) fn resolve(view: &ChannelView, ch: &ChannelSpec, plan: &mut AppPlan) 
 
     // Promote what `from` runs, once it proved healthy for `after`.
     let keep = Resolved::Pin(running.clone(), None);
-    if !bad.is_empty() {
+    // Held back until it runs a revision newer than every bad one.
+    if !bad.is_empty() && !running.as_deref().is_some_and(|r| newer_than_all(r, &bad)) {
         plan.held.push(HeldBack {
             channel: ch.name.clone(),
             bad: bad.iter().cloned().collect(),
@@ -892,6 +893,12 @@ mod tests {
             promoted(&diff_app(&spec, &newer)),
             [("1.2.0".to_string(), 36_000_000)]
         );
+        // Once it runs, the channel is no longer held back.
+        let (spec, mut promoted_since) = delivery("1.2.0", "1.2.0", NOW - 600 * MIN);
+        promoted_since.delivery = snapshot.delivery.clone();
+        let plan = diff_app(&spec, &promoted_since);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert!(plan.held.is_empty(), "{:?}", plan.held);
     }
 
     #[test]
