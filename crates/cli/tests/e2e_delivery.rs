@@ -306,6 +306,40 @@ async fn a_failing_revision_is_rolled_back_in_the_same_run_and_never_promoted() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_unhealthy_in_canary_is_never_promoted() {
+    let (nb, repo, specs) = nomad_bed().await;
+    let channels = canary_and_production("0s", false);
+    repo.write(&["1.0.0"], &[], &channels);
+    run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert_eq!(active(&nb.bed, "production").as_deref(), Some("1.0.0"));
+
+    nb.nomad
+        .make_unhealthy("shop/1.1.0", "health check /health failed");
+    repo.write(&["1.0.0", "1.1.0"], &[], &channels);
+    // Canary fails (no rollback asked for); production stays, however often it is run.
+    for _ in 0..2 {
+        let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 1).await;
+        assert!(!out.contains("promote"), "{out}");
+        assert!(out.contains("health check /health failed"), "{out}");
+    }
+    assert_eq!(active(&nb.bed, "canary").as_deref(), Some("1.1.0"));
+    assert_eq!(active(&nb.bed, "production").as_deref(), Some("1.0.0"));
+    assert_eq!(
+        nb.bindle_arg(&nb.job_id("shop", "production")).as_deref(),
+        Some("shop/1.0.0")
+    );
+    // Not a change: plan exits 0 (a failing allocation is `reconcile`'s to report).
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 0).await;
+    let line = line_with(&out, "promotion of 1.1.0");
+    assert!(
+        line.starts_with("  … production: promotion of 1.1.0 from canary pending: canary runs 1.1.0, not healthy on Nomad: "),
+        "{line}"
+    );
+    assert!(!out.contains("promote 1.1.0"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_without_nomad_is_stalled() {
     let bed = Bed::start().await;
     let repo = Repo::new(&bed);
