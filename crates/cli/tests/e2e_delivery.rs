@@ -340,6 +340,66 @@ async fn a_revision_unhealthy_in_canary_is_never_promoted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_revision_that_fails_in_production_is_rolled_back_and_not_promoted_again() {
+    let (nb, repo, specs) = nomad_bed().await;
+    let channels = "    - name: canary\n      range: \"*\"\n    - name: production\n      promote:\n        from: canary\n        after: 0s\n      rollback: true\n";
+    repo.write(&["1.0.0"], &[], channels);
+    run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    let production = nb.job_id("shop", "production");
+    assert_eq!(nb.bindle_arg(&production).as_deref(), Some("shop/1.0.0"));
+
+    // 1.1.0 runs healthy in canary; then it turns unhealthy: canary's allocations keep their
+    // verdict, production's new ones are judged unhealthy.
+    repo.write(&["1.0.0", "1.1.0"], &[], channels);
+    run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert_eq!(active(&nb.bed, "canary").as_deref(), Some("1.1.0"));
+    nb.nomad
+        .make_unhealthy("shop/1.1.0", "out of memory under production load");
+    let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(
+        out.contains("promoted 1.1.0 to channel production")
+            && out.contains(
+                "rolled back channel production from 1.1.0 to 1.0.0 (1.1.0 failed on Nomad: "
+            ),
+        "{out}"
+    );
+    assert_eq!(active(&nb.bed, "production").as_deref(), Some("1.0.0"));
+    assert_eq!(nb.bindle_arg(&production).as_deref(), Some("shop/1.0.0"));
+
+    // Canary still runs 1.1.0, healthy: never promoted again.
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 0).await;
+    assert!(
+        out.contains("  ↩ production: held on 1.0.0 (rolled back from 1.1.0; "),
+        "{out}"
+    );
+    assert!(!out.contains("promot"), "{out}");
+    let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert!(!out.contains("promot"), "{out}");
+    assert_eq!(active(&nb.bed, "production").as_deref(), Some("1.0.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_first_revision_has_nothing_to_roll_back_to() {
+    let (nb, repo, specs) = nomad_bed().await;
+    nb.nomad
+        .make_unhealthy("shop/1.0.0", "health check /health failed");
+    repo.write(&["1.0.0"], &[], &canary_and_production("0s", true));
+    let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 1).await;
+    assert!(!out.contains("rolled back"), "{out}");
+    let out = run_nomad(&nb, &["plan", "-f", &specs], 1).await;
+    assert!(
+        out.contains("NoHealthyRevision")
+            && out.contains("channel canary: 1.0.0 fails on Nomad (")
+            && out.contains("nothing to roll back to"),
+        "{out}"
+    );
+    let out = run_nomad(&nb, &["status", "-f", &specs], 2).await;
+    assert!(out.contains("Stalled (NoHealthyRevision)"), "{out}");
+    assert_eq!(active(&nb.bed, "production"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_without_nomad_is_stalled() {
     let bed = Bed::start().await;
     let repo = Repo::new(&bed);
@@ -357,9 +417,8 @@ async fn promotion_without_nomad_is_stalled() {
             && said.contains("channel production promotes on health judged by Nomad, and Nomad is not configured"),
         "{said}"
     );
-    let out = bed.run(&["status", "-f", &specs]).await;
-    assert_ne!(out.0, 0, "{out:?}");
-    assert!(out.1.contains("Stalled (PromotionNeedsNomad)"), "{out:?}");
+    let out = run_plain(&bed, &["status", "-f", &specs], 2).await;
+    assert!(out.contains("Stalled (PromotionNeedsNomad)"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
