@@ -216,6 +216,16 @@ async fn a_pending_promotion_is_no_change_until_its_window_has_passed() {
         "{line}"
     );
     assert!(!out.contains("pending"), "{out}");
+    let out = run_nomad(&nb, &["plan", "-f", &specs, "--output", "json"], 2).await;
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let delivery = &json["changes"][0]["delivery"];
+    assert_eq!(
+        (&delivery["kind"], &delivery["from"], &delivery["revision"]),
+        (&"promote".into(), &"canary".into(), &"1.0.0".into()),
+        "{out}"
+    );
+    assert!(delivery["healthyForMs"].as_u64().unwrap() >= 3000, "{out}");
+    assert!(json.get("promotions").is_none(), "{out}");
 
     let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
     assert!(
@@ -441,6 +451,14 @@ async fn reconcile_once_discovers_complete_versions_and_never_yanked_ones() {
     let out = run_plain(&bed, &["plan", "-f", &specs], 2).await;
     assert!(
         out.contains("register revision 1.1.0 (discovered on the Bindle server)"),
+        "{out}"
+    );
+    let out = run_plain(&bed, &["plan", "-f", &specs, "--output", "json"], 2).await;
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let change = &json["changes"][0];
+    assert_eq!(
+        (&change["op"], &change["version"], &change["discovered"]),
+        (&"registerRevision".into(), &"1.1.0".into(), &true.into()),
         "{out}"
     );
     let out = run_plain(&bed, &["reconcile", "--once", "-f", &specs], 0).await;
