@@ -205,6 +205,11 @@ async fn a_pending_promotion_is_no_change_until_its_window_has_passed() {
     );
     assert!(p["healthyForMs"].as_u64().unwrap() < 3000, "{out}");
     assert_eq!(json["promotions"].as_array().unwrap().len(), 1);
+    let out = run_nomad(&nb, &["plan", "-f", &specs, "--output", "markdown"], 0).await;
+    assert!(
+        out.contains("- :hourglass: production: promotion of 1.0.0 from canary pending: canary has run 1.0.0 healthy for "),
+        "{out}"
+    );
 
     // Due: a change.
     sleep_until(due).await;
@@ -291,6 +296,13 @@ async fn a_failing_revision_is_rolled_back_in_the_same_run_and_never_promoted() 
     let out = run_nomad(&nb, &["plan", "-f", &specs], 0).await;
     assert!(
         out.contains("  ↩ canary: held on 1.0.0 (rolled back from 1.1.0; "),
+        "{out}"
+    );
+    let out = run_nomad(&nb, &["plan", "-f", &specs, "--output", "json"], 0).await;
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json["held"],
+        serde_json::json!([{"app": "shop", "channel": "canary", "bad": ["1.1.0"], "pinned": "1.0.0"}]),
         "{out}"
     );
     let out = run_nomad(&nb, &["reconcile", "--once", "-f", &specs], 0).await;
