@@ -594,3 +594,49 @@ async fn discovery_under_injected_5xx_after_processing_registers_each_version_on
     let plan = apply::plan(&desired, &ctx).await.unwrap().plan;
     assert_eq!(plan.changes().count(), 0);
 }
+
+/// The records are read, changed and written back with Nomad's check-and-set: a write made
+/// from a stale read is refused, so two controllers never lose each other's rollbacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_records_are_written_with_check_and_set() {
+    use std::collections::BTreeMap;
+
+    let nb = NomadBed::start().await;
+    let (ctx, _) = nb.context(None);
+    let client = &ctx.nomad.as_ref().unwrap().client;
+    assert_eq!(client.read_variable(RECORDS_VARIABLE).await.unwrap(), None);
+    let first = DeliveryRecords::default().to_items();
+    // cas=0: only if there is none.
+    assert!(client
+        .write_variable(RECORDS_VARIABLE, &first, 0)
+        .await
+        .unwrap());
+    assert!(!client
+        .write_variable(RECORDS_VARIABLE, &first, 0)
+        .await
+        .unwrap());
+    let (items, index) = client
+        .read_variable(RECORDS_VARIABLE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(items, first);
+    let second: BTreeMap<String, String> =
+        BTreeMap::from([("records".into(), r#"{"rollbacks":{}}"#.into())]);
+    assert!(client
+        .write_variable(RECORDS_VARIABLE, &second, index)
+        .await
+        .unwrap());
+    // Written from the stale read: refused, and what was written stays.
+    assert!(!client
+        .write_variable(RECORDS_VARIABLE, &first, index)
+        .await
+        .unwrap());
+    let (items, newer) = client
+        .read_variable(RECORDS_VARIABLE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(items, second);
+    assert!(newer > index);
+}
