@@ -509,6 +509,34 @@ async fn reconcile_once_discovers_complete_versions_and_never_yanked_ones() {
     common::assert_no_duplicates(&bed.hippo.snapshot());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_is_not_created_while_a_discovered_version_is_incomplete() {
+    let bed = Bed::start().await;
+    let repo = Repo::new(&bed);
+    let specs = repo.specs();
+    repo.write(
+        &[],
+        &[">=1.0.0"],
+        "    - name: canary\n      range: \"*\"\n",
+    );
+    bed.push_version("shop", "1.0.0").await;
+    let partial = bed.push_invoice_only("shop", "1.1.0").await;
+    // Hippo imports every version on the server when it creates an app, complete or not.
+    let out = run_plain(&bed, &["plan", "-f", &specs], 1).await;
+    assert!(
+        out.contains("app shop cannot be created yet: bindle(s) shop/1.1.0 match a discover range but are not complete on the Bindle server"),
+        "{out}"
+    );
+    let out = run_plain(&bed, &["reconcile", "--once", "-f", &specs], 1).await;
+    assert!(out.contains("BindleIncomplete"), "{out}");
+    assert!(bed.hippo.snapshot().apps.is_empty());
+
+    bed.complete_push(&partial).await;
+    run_plain(&bed, &["reconcile", "--once", "-f", &specs], 0).await;
+    assert_eq!(revisions(&bed), ["1.0.0", "1.1.0"]);
+    assert_eq!(active(&bed, "canary").as_deref(), Some("1.1.0"));
+}
+
 /// Discovery under 5xx after processing: Hippo registers a revision and the answer is lost
 /// (the proxy replaces it with a 502), so a controller that registered again on a retry, or
 /// trusted its own memory over Hippo's state, would duplicate it. `error=0.4` is 20% of Hippo's

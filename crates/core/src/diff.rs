@@ -656,6 +656,38 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         ));
         return plan;
     }
+    // Creating the app imports every version on the server, complete or not: a discovered
+    // version still being pushed would be registered before it is complete.
+    if hippo_app.is_none() {
+        let listed: BTreeSet<&str> = spec.revisions.iter().map(|r| r.version.as_str()).collect();
+        let incomplete: Vec<&str> = discovered(spec, server)
+            .into_iter()
+            .filter(|v| !listed.contains(v))
+            .filter(|v| {
+                !matches!(
+                    snapshot.missing.get(&format!("{}/{v}", spec.storage_id)),
+                    Some(Ok(0))
+                )
+            })
+            .collect();
+        if !incomplete.is_empty() {
+            // Transient: CI is still pushing; retried with backoff.
+            plan.problems.push(problem(
+                "BindleIncomplete",
+                true,
+                format!(
+                    "app {} cannot be created yet: bindle(s) {} match a discover range but are not complete on the Bindle server, and Hippo would import them as they are; it is created once they are complete",
+                    spec.name,
+                    incomplete
+                        .iter()
+                        .map(|v| format!("{}/{v}", spec.storage_id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+            return plan;
+        }
+    }
     for op in pushes {
         plan.changes.push(Change::new(&spec.name, Stage::Push, op));
     }
@@ -1831,6 +1863,23 @@ pub(crate) mod tests {
             ops(&diff_app(&spec, &snapshot)),
             ["register revision 1.2.0"]
         );
+        // An app still to be created waits: Hippo would import 1.3.0 and 1.5.0 as they are.
+        snapshot.apps.clear();
+        snapshot.channels.clear();
+        snapshot.revisions.clear();
+        snapshot.missing.insert("weather/1.1.0".into(), Ok(0));
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        let p = &plan.problems[0];
+        assert_eq!((p.reason, p.transient), ("BindleIncomplete", true));
+        assert!(p.is_app_wide());
+        assert_eq!(
+            p.message,
+            "app weather cannot be created yet: bindle(s) weather/1.3.0, weather/1.5.0 match a discover range but are not complete on the Bindle server, and Hippo would import them as they are; it is created once they are complete"
+        );
+        snapshot.missing.insert("weather/1.3.0".into(), Ok(0));
+        snapshot.missing.insert("weather/1.5.0".into(), Ok(0));
+        assert!(ops(&diff_app(&spec, &snapshot))[0].starts_with("create app weather"));
     }
 
     #[test]
