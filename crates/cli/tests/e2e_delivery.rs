@@ -65,6 +65,20 @@ async fn nomad_bed() -> (NomadBed, Repo, String) {
     (nb, repo, specs)
 }
 
+/// The bed without Nomad, and the specs directory of `shop`: every version `>=1.0.0` on the
+/// Bindle server is discovered, and canary follows `*`.
+async fn discovering() -> (Bed, String) {
+    let bed = Bed::start().await;
+    let repo = Repo::new(&bed);
+    repo.write(
+        &[],
+        &[">=1.0.0"],
+        "    - name: canary\n      range: \"*\"\n",
+    );
+    let specs = repo.specs();
+    (bed, specs)
+}
+
 /// Canary follows `*`; production is promoted from it after `after`.
 fn canary_and_production(after: &str, canary_rollback: bool) -> String {
     format!(
@@ -445,14 +459,7 @@ async fn promotion_without_nomad_is_stalled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_once_discovers_complete_versions_and_never_yanked_ones() {
-    let bed = Bed::start().await;
-    let repo = Repo::new(&bed);
-    let specs = repo.specs();
-    repo.write(
-        &[],
-        &[">=1.0.0"],
-        "    - name: canary\n      range: \"*\"\n",
-    );
+    let (bed, specs) = discovering().await;
     bed.push_version("shop", "1.0.0").await;
     run_plain(&bed, &["reconcile", "--once", "-f", &specs], 0).await;
     assert_eq!(revisions(&bed), ["1.0.0"]);
@@ -511,14 +518,7 @@ async fn reconcile_once_discovers_complete_versions_and_never_yanked_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_is_not_created_while_a_discovered_version_is_incomplete() {
-    let bed = Bed::start().await;
-    let repo = Repo::new(&bed);
-    let specs = repo.specs();
-    repo.write(
-        &[],
-        &[">=1.0.0"],
-        "    - name: canary\n      range: \"*\"\n",
-    );
+    let (bed, specs) = discovering().await;
     bed.push_version("shop", "1.0.0").await;
     let partial = bed.push_invoice_only("shop", "1.1.0").await;
     // Hippo imports every version on the server when it creates an app, complete or not.
@@ -547,14 +547,8 @@ async fn discovery_under_injected_5xx_after_processing_registers_each_version_on
     use hippo_gitops_emulators::faults::{FaultProxy, FaultSpec};
     use std::sync::atomic::Ordering;
 
-    let bed = Bed::start().await;
-    let repo = Repo::new(&bed);
-    repo.write(
-        &[],
-        &[">=1.0.0"],
-        "    - name: canary\n      range: \"*\"\n",
-    );
-    let desired = common::load(std::path::Path::new(&repo.specs()));
+    let (bed, specs) = discovering().await;
+    let desired = common::load(std::path::Path::new(&specs));
     bed.push_version("shop", "1.0.0").await;
     let (ctx, _) = bed.context();
     let report = apply::reconcile(&desired, &ctx).await.unwrap();
