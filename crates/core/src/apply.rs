@@ -271,7 +271,7 @@ impl Made {
         }
     }
 
-    fn of(op: &Op) -> Made {
+    pub(crate) fn of(op: &Op) -> Made {
         match op {
             Op::PushBindle { .. } => Made::BindlePushed,
             Op::CreateApp { .. } => Made::AppCreated,
@@ -915,6 +915,7 @@ async fn apply_change(
             app_id,
             target,
             env,
+            delivery,
             ..
         } => {
             let app_id = app_id.ok_or_else(|| {
@@ -945,12 +946,10 @@ async fn apply_change(
                     .await
                     .map_err(hippo_err(format!("setting env of channel {channel}")))?;
             }
-            let text = change.describe();
-            Ok(if text.starts_with("promote") {
-                text.replacen("promote", "promoted", 1)
-                    .replacen(": create", ": created", 1)
-            } else {
-                text.replacen("create", "created", 1)
+            let text = change.describe().replacen("create", "created", 1);
+            Ok(match delivery {
+                Some(Delivery::Promote { .. }) => text.replacen("promote", "promoted", 1),
+                _ => text,
             })
         }
         Op::UpdateChannel {

@@ -384,7 +384,8 @@ pub(crate) fn resolve(view: &ChannelView, ch: &ChannelSpec, plan: &mut AppPlan) 
 
     // Promote what `from` runs, once it proved healthy for `after`.
     let keep = Resolved::Pin(running.clone(), None);
-    if !bad.is_empty() {
+    // Held back until it runs a revision newer than every bad one.
+    if !bad.is_empty() && !running.as_deref().is_some_and(|r| newer_than_all(r, &bad)) {
         plan.held.push(HeldBack {
             channel: ch.name.clone(),
             bad: bad.iter().cloned().collect(),
@@ -526,6 +527,644 @@ mod tests {
             "{".to_string()
         )]))
         .is_err());
+    }
+
+    // -- decisions, on hand-built snapshots -------------------------------------------------
+
+    use crate::{
+        diff::{
+            diff_app,
+            tests::{
+                app_spec, channel, existing, nomad_job, ops, range_channel, rev, uuid, weather_app,
+            },
+            Op,
+        },
+        hippo::types::Strategy,
+        observe::NomadState,
+        spec::ProbeSpec,
+    };
+    use std::{sync::Arc, time::Duration};
+
+    /// The snapshot's clock.
+    const NOW: i64 = 1_800_000_000_000;
+    const MIN: i64 = 60_000;
+    const CANARY: u128 = 21;
+    const PRODUCTION: u128 = 20;
+
+    fn promote_channel(after: Duration, check: bool) -> ChannelSpec {
+        ChannelSpec {
+            name: "production".into(),
+            selector: Selector::Promote(crate::spec::PromoteSpec {
+                from: "canary".into(),
+                after,
+                check: check.then(|| ProbeSpec {
+                    url: "http://{domain}/health".into(),
+                    expect_status: 200,
+                    interval: Duration::from_secs(15),
+                }),
+            }),
+            domain: None,
+            env: BTreeMap::new(),
+            allow_empty: false,
+            rollback: false,
+        }
+    }
+
+    /// An allocation of job `job` at `version`; `healthy`: the deployment's verdict and since
+    /// when (Unix ms).
+    fn allocation(
+        job: u128,
+        version: u64,
+        client: &str,
+        healthy: Option<(bool, i64)>,
+    ) -> crate::nomad::Allocation {
+        let status = healthy.map(|(h, at)| {
+            serde_json::json!({
+                "Healthy": h,
+                "Timestamp": chrono::DateTime::from_timestamp_millis(at).unwrap().to_rfc3339(),
+            })
+        });
+        serde_json::from_value(serde_json::json!({
+            "ID": format!("{job:08x}-{version}-alloc"), "JobID": uuid(job).to_string(),
+            "JobVersion": version, "DesiredStatus": "run", "ClientStatus": client,
+            "DeploymentStatus": status,
+            "TaskStates": {"spin": {"State": "running", "Failed": client == "failed", "Events": [
+                {"Type": "Alloc Unhealthy", "DisplayMessage": "Task not running for min_healthy_time", "Time": 1}
+            ]}}
+        }))
+        .unwrap()
+    }
+
+    /// `weather` holding 1.0.0, 1.1.0 and 1.2.0 (ids 10–12); `canary` (range
+    /// `<=<canary_runs>`) runs `canary_runs` and `production` (promoted from canary after 10m) runs `production_runs`.
+    /// Nomad runs exactly that, every allocation healthy since `canary_healthy_since`
+    /// (production's since long ago), at job version 2.
+    fn delivery(
+        canary_runs: &str,
+        production_runs: &str,
+        canary_healthy_since: i64,
+    ) -> (AppSpec, Snapshot) {
+        let spec = app_spec(
+            vec![existing("1.0.0"), existing("1.1.0"), existing("1.2.0")],
+            vec![
+                range_channel("canary", &format!("<={canary_runs}")),
+                promote_channel(Duration::from_secs(600), false),
+            ],
+        );
+        let revision = |v: &str| {
+            let id = 10
+                + ["1.0.0", "1.1.0", "1.2.0"]
+                    .iter()
+                    .position(|n| *n == v)
+                    .unwrap() as u128;
+            rev(id, v)
+        };
+        let mut snapshot = Snapshot::new(
+            vec![weather_app()],
+            vec![
+                channel(
+                    CANARY,
+                    "canary",
+                    Strategy::UseRangeRule,
+                    Some(&format!("<={canary_runs}")),
+                    Some(revision(canary_runs)),
+                ),
+                channel(
+                    PRODUCTION,
+                    "production",
+                    Strategy::UseSpecifiedRevision,
+                    None,
+                    Some(revision(production_runs)),
+                ),
+            ],
+            vec![rev(10, "1.0.0"), rev(11, "1.1.0"), rev(12, "1.2.0")],
+        );
+        snapshot.observed_at_ms = NOW;
+        snapshot.delivery = Some(Ok(Arc::default()));
+        for v in ["1.0.0", "1.1.0", "1.2.0"] {
+            let bindles = snapshot
+                .bindles
+                .entry("weather".into())
+                .or_insert_with(|| Ok(Arc::default()));
+            Arc::make_mut(bindles.as_mut().unwrap()).insert(crate::bindles::ServerBindle {
+                version: v.into(),
+                parcels: crate::package::ParcelSet::of(["a"]),
+                yanked: false,
+            });
+        }
+        let mut state = NomadState::default();
+        let mut allocations = Vec::new();
+        for (id, runs, since) in [
+            (CANARY, canary_runs, canary_healthy_since),
+            (PRODUCTION, production_runs, NOW - 600 * MIN),
+        ] {
+            let job = nomad_job(id, &format!("weather/{runs}"), &[], 2);
+            Arc::make_mut(&mut state.jobs).insert(
+                job.id.clone(),
+                serde_json::from_value(serde_json::json!({"ID": job.id, "Status": "running", "Stop": false, "JobModifyIndex": 7})).unwrap(),
+            );
+            state.details.insert(job.id.clone(), job);
+            allocations.push(allocation(id, 2, "running", Some((true, since))));
+        }
+        state.allocations = Arc::new(allocations.into());
+        snapshot.nomad = Some(Ok(state));
+        (spec, snapshot)
+    }
+
+    fn nomad(snapshot: &mut Snapshot) -> &mut NomadState {
+        match snapshot.nomad.as_mut() {
+            Some(Ok(n)) => n,
+            _ => panic!("no Nomad state"),
+        }
+    }
+
+    /// Canary's allocations are now these.
+    fn canary_allocations(snapshot: &mut Snapshot, canary: Vec<crate::nomad::Allocation>) {
+        let n = nomad(snapshot);
+        let mut all: Vec<_> = n
+            .allocations_of(&uuid(PRODUCTION).to_string())
+            .cloned()
+            .collect();
+        all.extend(canary);
+        n.allocations = Arc::new(all.into());
+    }
+
+    fn promoted(plan: &AppPlan) -> Vec<(String, u64)> {
+        plan.changes
+            .iter()
+            .filter_map(|c| match &c.op {
+                Op::UpdateChannel {
+                    delivery:
+                        Some(Delivery::Promote {
+                            revision,
+                            healthy_for_ms,
+                            ..
+                        }),
+                    ..
+                } => Some((revision.clone(), *healthy_for_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rollbacks(plan: &AppPlan) -> Vec<Rollback> {
+        plan.changes
+            .iter()
+            .filter_map(|c| match &c.op {
+                Op::UpdateChannel {
+                    delivery: Some(Delivery::Rollback(r)),
+                    ..
+                } => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_promotion_is_due_only_once_from_ran_healthy_for_after() {
+        // Healthy for a millisecond less than 10m: pending, and not a change.
+        let (spec, snapshot) = delivery("1.1.0", "1.0.0", NOW - 10 * MIN + 1);
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert_eq!(
+            plan.promotions,
+            [PendingPromotion {
+                channel: "production".into(),
+                from: "canary".into(),
+                revision: "1.1.0".into(),
+                healthy_for_ms: Some(600_000 - 1),
+                after_ms: 600_000,
+                message: "canary has run 1.1.0 healthy for 9m59s of 10m".into(),
+            }]
+        );
+        // Exactly 10m: due.
+        let (spec, snapshot) = delivery("1.1.0", "1.0.0", NOW - 10 * MIN);
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(promoted(&plan), [("1.1.0".to_string(), 600_000)]);
+        assert!(plan.promotions.is_empty());
+        assert_eq!(
+            ops(&plan),
+            ["promote 1.1.0 to channel production (canary has run it healthy for 10m): revision: 1.0.0 -> 1.1.0"]
+        );
+        // Long after: due, with the time it really ran.
+        let (spec, snapshot) = delivery("1.1.0", "1.0.0", NOW - 60 * MIN);
+        assert_eq!(
+            promoted(&diff_app(&spec, &snapshot)),
+            [("1.1.0".to_string(), 3_600_000)]
+        );
+    }
+
+    #[test]
+    fn a_promote_channel_is_created_by_its_first_promotion() {
+        // Hippo creates no `UseSpecifiedRevision` channel without a revision.
+        let (spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 10 * MIN + 1);
+        snapshot
+            .hippo_mut()
+            .channels
+            .retain(|c| c.name != "production");
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert_eq!(plan.promotions[0].revision, "1.1.0");
+        let (spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 10 * MIN);
+        snapshot
+            .hippo_mut()
+            .channels
+            .retain(|c| c.name != "production");
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(
+            ops(&plan),
+            ["promote 1.1.0 to channel production (canary has run it healthy for 10m): create channel production (revision 1.1.0)"]
+        );
+        assert!(matches!(
+            &plan.changes[0].op,
+            Op::CreateChannel {
+                delivery: Some(Delivery::Promote { revision, .. }),
+                ..
+            } if revision == "1.1.0"
+        ));
+        assert_eq!(
+            crate::apply::Made::of(&plan.changes[0].op).name(),
+            "ChannelPromoted"
+        );
+        // Nor is it planned for an app still to be created.
+        snapshot.hippo_mut().apps.clear();
+        snapshot.hippo_mut().channels.clear();
+        snapshot.hippo_mut().revisions.clear();
+        let plan = diff_app(&spec, &snapshot);
+        assert!(
+            !ops(&plan).iter().any(|c| c.contains("production")),
+            "{:?}",
+            ops(&plan)
+        );
+    }
+
+    #[test]
+    fn the_clock_is_the_latest_allocation_to_turn_healthy() {
+        // One allocation healthy for an hour, its replacement for a minute: a minute.
+        let (mut spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 60 * MIN);
+        let canary = uuid(CANARY).to_string();
+        let details = nomad(&mut snapshot).details.get_mut(&canary).unwrap();
+        Arc::make_mut(details).desired_count = 2;
+        let mut replaced = allocation(CANARY, 2, "running", Some((true, NOW - MIN)));
+        replaced.id = "replacement".into();
+        canary_allocations(
+            &mut snapshot,
+            vec![
+                allocation(CANARY, 2, "running", Some((true, NOW - 60 * MIN))),
+                replaced,
+            ],
+        );
+        let plan = diff_app(&spec, &snapshot);
+        assert!(promoted(&plan).is_empty(), "{:?}", ops(&plan));
+        assert_eq!(plan.promotions[0].healthy_for_ms, Some(MIN as u64));
+        // With `after: 0s`, due at once.
+        spec.channels[1] = promote_channel(Duration::ZERO, false);
+        assert_eq!(
+            promoted(&diff_app(&spec, &snapshot)),
+            [("1.1.0".to_string(), MIN as u64)]
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_failed_or_undecided_allocation_means_no_promotion() {
+        for (client, healthy) in [
+            ("running", Some((false, NOW - 60 * MIN))),
+            ("failed", Some((true, NOW - 60 * MIN))),
+            ("failed", None),
+            ("running", None),
+        ] {
+            let (spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 60 * MIN);
+            canary_allocations(&mut snapshot, vec![allocation(CANARY, 2, client, healthy)]);
+            let plan = diff_app(&spec, &snapshot);
+            assert!(
+                plan.changes.is_empty(),
+                "{client} {healthy:?}: {:?}",
+                ops(&plan)
+            );
+            let p = &plan.promotions[0];
+            assert_eq!(p.healthy_for_ms, None, "{client} {healthy:?}");
+            assert!(
+                p.message
+                    .starts_with("canary runs 1.1.0, not healthy on Nomad: "),
+                "{}",
+                p.message
+            );
+        }
+        // Healthy, but Nomad's deployment said nothing of since when: no clock, no promotion.
+        let (spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 60 * MIN);
+        let mut a = allocation(CANARY, 2, "running", Some((true, NOW - 60 * MIN)));
+        a.deployment_status.as_mut().unwrap().timestamp = None;
+        canary_allocations(&mut snapshot, vec![a]);
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert!(plan.promotions[0]
+            .message
+            .contains("Nomad has not said since when it is healthy"));
+    }
+
+    #[test]
+    fn a_revision_older_than_or_equal_to_what_the_channel_runs_is_never_promoted() {
+        for production in ["1.2.0", "1.1.0"] {
+            let (spec, snapshot) = delivery("1.1.0", production, NOW - 600 * MIN);
+            let plan = diff_app(&spec, &snapshot);
+            assert!(plan.changes.is_empty(), "{production}: {:?}", ops(&plan));
+            assert!(plan.promotions.is_empty(), "{:?}", plan.promotions);
+        }
+    }
+
+    #[test]
+    fn a_revision_rolled_back_in_the_channel_is_never_promoted() {
+        let (spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 600 * MIN);
+        let mut records = DeliveryRecords::default();
+        let mut r = rollback("1.1.0", "1.0.0", "promote from canary");
+        r.channel = "production".into();
+        records.record_rollback(&r, NOW - MIN);
+        snapshot.delivery = Some(Ok(Arc::new(records)));
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert!(plan.promotions.is_empty());
+        assert_eq!(
+            plan.held,
+            [HeldBack {
+                channel: "production".into(),
+                bad: vec!["1.1.0".into()],
+                pinned: "1.0.0".into(),
+            }]
+        );
+        // A newer revision than the bad one is promoted as usual.
+        let (_, mut newer) = delivery("1.2.0", "1.0.0", NOW - 600 * MIN);
+        newer.delivery = snapshot.delivery.clone();
+        assert_eq!(
+            promoted(&diff_app(&spec, &newer)),
+            [("1.2.0".to_string(), 36_000_000)]
+        );
+        // Once it runs, the channel is no longer held back.
+        let (spec, mut promoted_since) = delivery("1.2.0", "1.2.0", NOW - 600 * MIN);
+        promoted_since.delivery = snapshot.delivery.clone();
+        let plan = diff_app(&spec, &promoted_since);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert!(plan.held.is_empty(), "{:?}", plan.held);
+    }
+
+    #[test]
+    fn a_failed_check_holds_the_promotion_and_its_window_counts() {
+        let (mut spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 60 * MIN);
+        spec.channels[1] = promote_channel(Duration::from_secs(600), true);
+        let key = ("weather".to_string(), "production".to_string());
+        // Not probed yet.
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert!(
+            plan.promotions[0]
+                .message
+                .ends_with("its check has not been probed yet"),
+            "{}",
+            plan.promotions[0].message
+        );
+        // The last probe failed: held, whatever Nomad says.
+        snapshot.probes.insert(
+            key.clone(),
+            ProbeObservation {
+                revision: "1.1.0".into(),
+                passing_since_ms: None,
+                last_ms: NOW,
+                last_failure: Some("503 Service Unavailable".into()),
+            },
+        );
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert_eq!(plan.promotions[0].healthy_for_ms, Some(0));
+        assert!(plan.promotions[0]
+            .message
+            .ends_with("its check failed: 503 Service Unavailable"));
+        // Passing since a minute: the window is the shorter of the two.
+        let passing = |since: i64| ProbeObservation {
+            revision: "1.1.0".into(),
+            passing_since_ms: Some(since),
+            last_ms: NOW,
+            last_failure: None,
+        };
+        snapshot.probes.insert(key.clone(), passing(NOW - MIN));
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        assert_eq!(plan.promotions[0].healthy_for_ms, Some(MIN as u64));
+        // A probe of another revision does not count.
+        let mut other = passing(NOW - 60 * MIN);
+        other.revision = "1.0.0".into();
+        snapshot.probes.insert(key.clone(), other);
+        assert!(diff_app(&spec, &snapshot).changes.is_empty());
+        // Passing for 10m, and healthy for an hour: due after the check's 10m.
+        snapshot.probes.insert(key, passing(NOW - 10 * MIN));
+        assert_eq!(
+            promoted(&diff_app(&spec, &snapshot)),
+            [("1.1.0".to_string(), 600_000)]
+        );
+    }
+
+    /// Canary (`range: "<=1.2.0"`, `rollback: true`) runs 1.2.0 at job version 3, whose allocation
+    /// Nomad's deployment marked unhealthy; `versions` are its job's versions, newest first.
+    fn failing_canary(versions: &[(u64, &str, bool)]) -> (AppSpec, Snapshot) {
+        let (mut spec, mut snapshot) = delivery("1.2.0", "1.0.0", NOW - 60 * MIN);
+        spec.channels[0].rollback = true;
+        let canary = uuid(CANARY).to_string();
+        let n = nomad(&mut snapshot);
+        n.details
+            .insert(canary.clone(), nomad_job(CANARY, "weather/1.2.0", &[], 3));
+        n.versions.insert(
+            canary,
+            Arc::new(
+                versions
+                    .iter()
+                    .map(|(version, bindle, stable)| crate::nomad::JobVersion {
+                        version: *version,
+                        stable: *stable,
+                        bindle: Some(format!("weather/{bindle}")),
+                    })
+                    .collect(),
+            ),
+        );
+        canary_allocations(
+            &mut snapshot,
+            vec![allocation(CANARY, 3, "running", Some((false, NOW - MIN)))],
+        );
+        (spec, snapshot)
+    }
+
+    #[test]
+    fn rollback_picks_the_newest_stable_version_that_is_neither_the_failed_one_nor_bad() {
+        let (spec, snapshot) =
+            failing_canary(&[(3, "1.2.0", false), (2, "1.1.0", true), (1, "1.0.0", true)]);
+        let plan = diff_app(&spec, &snapshot);
+        let r = rollbacks(&plan);
+        assert_eq!(r.len(), 1, "{:?}", ops(&plan));
+        assert_eq!(
+            (
+                r[0].channel.as_str(),
+                r[0].failed.as_str(),
+                r[0].to.as_str()
+            ),
+            ("canary", "1.2.0", "1.1.0")
+        );
+        assert_eq!(r[0].rule, "range <=1.2.0");
+        assert!(
+            r[0].reason
+                .contains("marked unhealthy by Nomad's deployment"),
+            "{}",
+            r[0].reason
+        );
+        let change = plan.changes.iter().find(|c| c.name == "canary").unwrap();
+        assert!(
+            change.describe().starts_with(
+                "roll back channel canary from 1.2.0 to 1.1.0 (1.2.0 failed on Nomad: "
+            ),
+            "{}",
+            change.describe()
+        );
+        assert!(
+            change
+                .describe()
+                .contains("strategy: UseRangeRule -> UseSpecifiedRevision"),
+            "{}",
+            change.describe()
+        );
+        // The failed revision itself was stable once (it failed later): still not a target.
+        let (spec, snapshot) =
+            failing_canary(&[(4, "1.2.0", true), (3, "1.2.0", false), (2, "1.1.0", true)]);
+        assert_eq!(rollbacks(&diff_app(&spec, &snapshot))[0].to, "1.1.0");
+        // 1.1.0 was rolled back before in this channel: the one before it.
+        let (spec, mut snapshot) =
+            failing_canary(&[(3, "1.2.0", false), (2, "1.1.0", true), (1, "1.0.0", true)]);
+        let mut records = DeliveryRecords::default();
+        let mut r = rollback("1.1.0", "1.0.0", "range <=1.2.0");
+        r.channel = "canary".into();
+        records.record_rollback(&r, NOW - 60 * MIN);
+        snapshot.delivery = Some(Ok(Arc::new(records)));
+        let r = rollbacks(&diff_app(&spec, &snapshot));
+        assert_eq!((r[0].failed.as_str(), r[0].to.as_str()), ("1.2.0", "1.0.0"));
+        // And the promotion from canary waits: canary is not healthy.
+        let plan = diff_app(&spec, &snapshot);
+        assert!(promoted(&plan).is_empty());
+    }
+
+    #[test]
+    fn a_failing_revision_with_no_stable_version_to_go_back_to_is_a_problem() {
+        let (spec, snapshot) = failing_canary(&[(3, "1.2.0", false), (2, "1.1.0", false)]);
+        let plan = diff_app(&spec, &snapshot);
+        assert!(rollbacks(&plan).is_empty(), "{:?}", ops(&plan));
+        assert!(
+            !plan.changes.iter().any(|c| c.name == "canary"),
+            "{:?}",
+            ops(&plan)
+        );
+        let p = &plan.problems[0];
+        assert_eq!(p.reason, crate::status::reason::NO_HEALTHY_REVISION);
+        assert_eq!(p.channel.as_deref(), Some("canary"));
+        assert!(!p.transient);
+        assert!(p.message.contains("1.2.0 fails on Nomad"), "{}", p.message);
+    }
+
+    /// Canary (`range: "*"`, `rollback: true`) was rolled back from 1.2.0 and pinned to 1.1.0,
+    /// which runs healthy; the record was made under `rule`.
+    fn held_canary(rule: &str) -> (AppSpec, Snapshot) {
+        let (mut spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 60 * MIN);
+        spec.channels[0] = range_channel("canary", "*");
+        spec.channels[0].rollback = true;
+        {
+            let mut hippo = snapshot.hippo_mut();
+            hippo.channels[0].revision_selection_strategy = Strategy::UseSpecifiedRevision;
+            hippo.channels[0].range_rule = None;
+        }
+        let mut records = DeliveryRecords::default();
+        let mut r = rollback("1.2.0", "1.1.0", rule);
+        r.channel = "canary".into();
+        records.record_rollback(&r, NOW - MIN);
+        snapshot.delivery = Some(Ok(Arc::new(records)));
+        (spec, snapshot)
+    }
+
+    #[test]
+    fn a_held_range_resumes_when_a_revision_newer_than_every_bad_one_matches() {
+        let (mut spec, mut snapshot) = held_canary("range *");
+        let plan = diff_app(&spec, &snapshot);
+        assert!(
+            !plan.changes.iter().any(|c| c.name == "canary"),
+            "{:?}",
+            ops(&plan)
+        );
+        assert_eq!(
+            plan.held,
+            [HeldBack {
+                channel: "canary".into(),
+                bad: vec!["1.2.0".into()],
+                pinned: "1.1.0".into(),
+            }]
+        );
+        // 1.3.0 is registered: the range again, and nothing held.
+        snapshot.hippo_mut().revisions.push(rev(13, "1.3.0"));
+        spec.revisions.push(existing("1.3.0"));
+        crate::diff::tests::on_server(&mut snapshot, "1.3.0", &["a"]);
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.held.is_empty(), "{:?}", plan.held);
+        follows_its_range_again(&plan);
+    }
+
+    /// Canary, held on a pinned revision, is set back to its range (not by a delivery).
+    fn follows_its_range_again(plan: &AppPlan) {
+        let change = plan.changes.iter().find(|c| c.name == "canary").unwrap();
+        assert!(matches!(
+            change.op,
+            Op::UpdateChannel { delivery: None, .. }
+        ));
+        assert!(
+            change
+                .describe()
+                .contains("strategy: UseSpecifiedRevision -> UseRangeRule"),
+            "{}",
+            change.describe()
+        );
+    }
+
+    #[test]
+    fn a_record_made_under_another_rule_is_ignored() {
+        let (spec, snapshot) = held_canary("range ^1.0");
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.held.is_empty(), "{:?}", plan.held);
+        follows_its_range_again(&plan);
+        assert_eq!(plan.moves[0].to.as_deref(), Some("1.2.0"));
+    }
+
+    #[test]
+    fn promotion_and_rollback_need_nomad() {
+        let (mut spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 600 * MIN);
+        spec.channels[0].rollback = true;
+        snapshot.nomad = None;
+        snapshot.delivery = None;
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        let reasons: Vec<(&str, Option<&str>)> = plan
+            .problems
+            .iter()
+            .map(|p| (p.reason, p.channel.as_deref()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (crate::status::reason::ROLLBACK_NEEDS_NOMAD, Some("canary")),
+                (
+                    crate::status::reason::PROMOTION_NEEDS_NOMAD,
+                    Some("production")
+                ),
+            ]
+        );
+        assert!(plan.problems.iter().all(|p| !p.transient));
+        // Nomad configured but unreadable: a promote channel keeps what it runs, silently.
+        let (spec, mut snapshot) = delivery("1.1.0", "1.0.0", NOW - 600 * MIN);
+        snapshot.nomad = Some(Err(crate::observe::PartialFailure {
+            message: "connection refused".into(),
+            transient: true,
+        }));
+        let plan = diff_app(&spec, &snapshot);
+        assert!(promoted(&plan).is_empty(), "{:?}", ops(&plan));
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub enum Op {
         #[serde(skip)]
         env: BTreeMap<String, String>,
         env_keys: Vec<String>,
-        /// The first promotion of a promote channel creates it.
+        /// A promote channel is created by its first promotion.
         #[serde(skip_serializing_if = "Option::is_none")]
         delivery: Option<Delivery>,
     },
@@ -292,18 +292,11 @@ impl Change {
                 if !env_keys.is_empty() {
                     parts.push(format!("env {}", env_keys.join(", ")));
                 }
-                match delivery {
-                    Some(Delivery::Promote {
-                        from,
-                        revision,
-                        healthy_for_ms,
-                    }) => format!(
-                        "promote {revision} to channel {channel} ({from} has run it healthy for {}): create channel {channel} ({})",
-                        crate::delivery::human_duration(*healthy_for_ms),
-                        parts.join(", ")
-                    ),
-                    _ => format!("create channel {channel} ({})", parts.join(", ")),
-                }
+                format!(
+                    "{}create channel {channel} ({})",
+                    delivery_prefix(channel, delivery.as_ref()).unwrap_or_default(),
+                    parts.join(", ")
+                )
             }
             Op::UpdateChannel {
                 channel,
@@ -313,21 +306,8 @@ impl Change {
                 ..
             } => format!(
                 "{}{}{}",
-                match delivery {
-                    None => format!("update channel {channel}: "),
-                    Some(Delivery::Promote {
-                        from,
-                        revision,
-                        healthy_for_ms,
-                    }) => format!(
-                        "promote {revision} to channel {channel} ({from} has run it healthy for {}): ",
-                        crate::delivery::human_duration(*healthy_for_ms)
-                    ),
-                    Some(Delivery::Rollback(r)) => format!(
-                        "roll back channel {channel} from {} to {} ({} failed on Nomad: {}): ",
-                        r.failed, r.to, r.failed, r.reason
-                    ),
-                },
+                delivery_prefix(channel, delivery.as_ref())
+                    .unwrap_or_else(|| format!("update channel {channel}: ")),
                 fields.join("; "),
                 if *start_job {
                     " (then desired-status Running, so that Hippo starts the job)"
@@ -680,6 +660,38 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         ));
         return plan;
     }
+    // Creating the app imports every version on the server, complete or not: a discovered
+    // version still being pushed would be registered before it is complete.
+    if hippo_app.is_none() {
+        let listed: BTreeSet<&str> = spec.revisions.iter().map(|r| r.version.as_str()).collect();
+        let incomplete: Vec<&str> = discovered(spec, server)
+            .into_iter()
+            .filter(|v| !listed.contains(v))
+            .filter(|v| {
+                !matches!(
+                    snapshot.missing.get(&format!("{}/{v}", spec.storage_id)),
+                    Some(Ok(0))
+                )
+            })
+            .collect();
+        if !incomplete.is_empty() {
+            // Transient: CI is still pushing; retried with backoff.
+            plan.problems.push(problem(
+                "BindleIncomplete",
+                true,
+                format!(
+                    "app {} cannot be created yet: bindle(s) {} match a discover range but are not complete on the Bindle server, and Hippo would import them as they are; it is created once they are complete",
+                    spec.name,
+                    incomplete
+                        .iter()
+                        .map(|v| format!("{}/{v}", spec.storage_id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+            return plan;
+        }
+    }
     for op in pushes {
         plan.changes.push(Change::new(&spec.name, Stage::Push, op));
     }
@@ -695,13 +707,12 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         // Channels are planned against an app that has the desired revisions (imported on
         // create); their revision ids are resolved after it exists.
         let versions: Vec<&str> = spec.revisions.iter().map(|r| r.version.as_str()).collect();
-        // A promote channel is created by its first promotion: Hippo refuses a pinned channel
-        // without a revision.
-        for ch in spec
-            .channels
-            .iter()
-            .filter(|c| !matches!(c.selector, Selector::Promote(_)))
-        {
+        for ch in &spec.channels {
+            // Hippo creates no `UseSpecifiedRevision` channel without a revision: a promote
+            // channel is created by its first promotion.
+            if matches!(ch.selector, Selector::Promote(_)) {
+                continue;
+            }
             push_move(&mut plan, ch, None, eventual_revision(ch, &versions));
             let target = channel_target(ch, None, &[]);
             plan.changes
@@ -836,10 +847,9 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
             Resolved::Pin(revision, delivery) => (Some(revision), delivery),
             Resolved::Skip => continue,
         };
-        let nothing_promoted = pinned == Some(None);
-        let ch = &match pinned {
+        let ch = &match &pinned {
             Some(Some(v)) => ChannelSpec {
-                selector: Selector::Revision(v),
+                selector: Selector::Revision(v.clone()),
                 ..written.clone()
             },
             // Only a promote channel is pinned to nothing (none promoted yet): its target
@@ -849,9 +859,9 @@ pub fn diff_app(spec: &AppSpec, snapshot: &Snapshot) -> AppPlan {
         let eventual = eventual_revision(ch, &eventual_numbers);
         let target = channel_target(ch, Some(app), &known);
         match hippo_channels.iter().find(|c| c.name == ch.name) {
-            // Nothing promoted yet: created by the first promotion (Hippo refuses a pinned
-            // channel without a revision).
-            None if nothing_promoted => {}
+            // A promote channel with nothing promoted yet: Hippo creates no
+            // `UseSpecifiedRevision` channel without a revision, so its first promotion does.
+            None if pinned == Some(None) => {}
             None => {
                 push_move(&mut plan, written, None, eventual);
                 plan.changes.push(create_channel(
@@ -1158,6 +1168,24 @@ fn create_channel(
     )
 }
 
+/// How a promotion or a rollback introduces the change it makes to `channel`.
+fn delivery_prefix(channel: &str, delivery: Option<&Delivery>) -> Option<String> {
+    Some(match delivery? {
+        Delivery::Promote {
+            from,
+            revision,
+            healthy_for_ms,
+        } => format!(
+            "promote {revision} to channel {channel} ({from} has run it healthy for {}): ",
+            crate::delivery::human_duration(*healthy_for_ms)
+        ),
+        Delivery::Rollback(r) => format!(
+            "roll back channel {channel} from {} to {} ({} failed on Nomad: {}): ",
+            r.failed, r.to, r.failed, r.reason
+        ),
+    })
+}
+
 /// The target state of a channel. `app` is `None` while the app does not exist yet; then
 /// revision ids are unknown and a range's match is left to Hippo.
 fn channel_target(ch: &ChannelSpec, app: Option<&App>, known: &[(&str, Uuid)]) -> ChannelTarget {
@@ -1258,7 +1286,7 @@ fn env_change(current: &Channel, desired: &BTreeMap<String, String>) -> EnvChang
 pub use crate::range_rule::max_satisfying;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         bindles::{BindleVersions, ServerBindle},
@@ -1270,7 +1298,7 @@ mod tests {
     };
     use std::sync::Arc;
 
-    fn uuid(n: u128) -> Uuid {
+    pub(crate) fn uuid(n: u128) -> Uuid {
         Uuid::from_u128(n)
     }
 
@@ -1284,7 +1312,7 @@ mod tests {
         }
     }
 
-    fn app_spec(revisions: Vec<RevisionSpec>, channels: Vec<ChannelSpec>) -> AppSpec {
+    pub(crate) fn app_spec(revisions: Vec<RevisionSpec>, channels: Vec<ChannelSpec>) -> AppSpec {
         AppSpec {
             name: "weather".into(),
             storage_id: "weather".into(),
@@ -1300,7 +1328,7 @@ mod tests {
         }
     }
 
-    fn existing(v: &str) -> RevisionSpec {
+    pub(crate) fn existing(v: &str) -> RevisionSpec {
         RevisionSpec {
             version: v.into(),
             source: RevisionSource::Existing,
@@ -1314,7 +1342,7 @@ mod tests {
         }
     }
 
-    fn range_channel(name: &str, range: &str) -> ChannelSpec {
+    pub(crate) fn range_channel(name: &str, range: &str) -> ChannelSpec {
         ChannelSpec {
             name: name.into(),
             selector: Selector::Range(range.into()),
@@ -1349,7 +1377,7 @@ mod tests {
         )
     }
 
-    fn rev(id: u128, number: &str) -> Revision {
+    pub(crate) fn rev(id: u128, number: &str) -> Revision {
         Revision {
             id: uuid(id),
             app_id: uuid(1),
@@ -1357,7 +1385,7 @@ mod tests {
         }
     }
 
-    fn channel(
+    pub(crate) fn channel(
         id: u128,
         name: &str,
         strategy: Strategy,
@@ -1375,6 +1403,15 @@ mod tests {
             range_rule: range.map(String::from),
             certificate: None,
             environment_variables: vec![],
+        }
+    }
+
+    /// App `weather` (id 1, storageId `weather`) in Hippo.
+    pub(crate) fn weather_app() -> App {
+        App {
+            id: uuid(1),
+            name: "weather".into(),
+            storage_id: "weather".into(),
         }
     }
 
@@ -1420,7 +1457,7 @@ mod tests {
         (spec, snapshot)
     }
 
-    fn ops(plan: &AppPlan) -> Vec<String> {
+    pub(crate) fn ops(plan: &AppPlan) -> Vec<String> {
         plan.changes.iter().map(|c| c.describe()).collect()
     }
 
@@ -1579,7 +1616,7 @@ mod tests {
     }
 
     /// The Bindle server holds `weather/<version>` with these parcels.
-    fn on_server(snapshot: &mut Snapshot, version: &str, shas: &[&str]) {
+    pub(crate) fn on_server(snapshot: &mut Snapshot, version: &str, shas: &[&str]) {
         let versions = snapshot
             .bindles
             .get_mut("weather")
@@ -1776,6 +1813,87 @@ mod tests {
     }
 
     #[test]
+    fn discovered_versions_are_registered_once_complete_and_never_when_yanked() {
+        let (mut spec, mut snapshot) = converged();
+        spec.discover.push(crate::spec::DiscoverSpec {
+            range: ">=1.1.0 <2.0.0".into(),
+            origin: spec.origin.clone(),
+        });
+        for v in ["1.3.0", "1.2.0", "1.4.0", "2.0.0", "1.5.0", "01.6.0"] {
+            on_server(&mut snapshot, v, &["d"]);
+        }
+        Arc::make_mut(
+            snapshot
+                .bindles
+                .get_mut("weather")
+                .unwrap()
+                .as_mut()
+                .unwrap(),
+        )
+        .get_mut("1.4.0")
+        .unwrap()
+        .yanked = true;
+        // In range, not yanked, strictly semver; oldest first. 1.1.0 is already registered.
+        let server = snapshot.bindles["weather"].as_ref().unwrap().clone();
+        assert_eq!(
+            discovered(&spec, &server),
+            ["1.1.0", "1.2.0", "1.3.0", "1.5.0"]
+        );
+        // 1.2.0 and 1.3.0 are complete; 1.5.0 lacks a parcel.
+        for (v, missing) in [("1.2.0", 0), ("1.3.0", 0), ("1.5.0", 1)] {
+            snapshot.missing.insert(format!("weather/{v}"), Ok(missing));
+        }
+        let plan = diff_app(&spec, &snapshot);
+        assert_eq!(
+            ops(&plan),
+            [
+                "register revision 1.2.0 (discovered on the Bindle server)",
+                "register revision 1.3.0 (discovered on the Bindle server)",
+            ]
+        );
+        assert!(plan.changes.iter().all(|c| matches!(
+            c.op,
+            Op::RegisterRevision {
+                discovered: true,
+                ..
+            }
+        )));
+        assert_eq!(
+            plan.warnings,
+            ["bindle weather/1.5.0 matches a discover range but is not complete on the Bindle server yet; it is registered once it is"]
+        );
+        // Not checked yet: not registered either.
+        snapshot.missing.remove("weather/1.3.0");
+        assert_eq!(
+            ops(&diff_app(&spec, &snapshot)),
+            ["register revision 1.2.0 (discovered on the Bindle server)"]
+        );
+        // Listed in the deploy file too: registered once, as listed.
+        spec.revisions.push(existing("1.2.0"));
+        assert_eq!(
+            ops(&diff_app(&spec, &snapshot)),
+            ["register revision 1.2.0"]
+        );
+        // An app still to be created waits: Hippo would import 1.3.0 and 1.5.0 as they are.
+        snapshot.hippo_mut().apps.clear();
+        snapshot.hippo_mut().channels.clear();
+        snapshot.hippo_mut().revisions.clear();
+        snapshot.missing.insert("weather/1.1.0".into(), Ok(0));
+        let plan = diff_app(&spec, &snapshot);
+        assert!(plan.changes.is_empty(), "{:?}", ops(&plan));
+        let p = &plan.problems[0];
+        assert_eq!((p.reason, p.transient), ("BindleIncomplete", true));
+        assert!(p.is_app_wide());
+        assert_eq!(
+            p.message,
+            "app weather cannot be created yet: bindle(s) weather/1.3.0, weather/1.5.0 match a discover range but are not complete on the Bindle server, and Hippo would import them as they are; it is created once they are complete"
+        );
+        snapshot.missing.insert("weather/1.3.0".into(), Ok(0));
+        snapshot.missing.insert("weather/1.5.0".into(), Ok(0));
+        assert!(ops(&diff_app(&spec, &snapshot))[0].starts_with("create app weather"));
+    }
+
+    #[test]
     fn registering_never_duplicates_into_an_app_sharing_the_storage_id() {
         let (spec, mut snapshot) = converged();
         snapshot
@@ -1856,7 +1974,7 @@ mod tests {
         assert!(p.transient);
     }
 
-    fn nomad_job(id: u128, bindle: &str, env: &[&str], version: u64) -> Arc<JobFacts> {
+    pub(crate) fn nomad_job(id: u128, bindle: &str, env: &[&str], version: u64) -> Arc<JobFacts> {
         let job: crate::nomad::Job = serde_json::from_value(serde_json::json!({
             "ID": uuid(id).to_string(), "Status": "running", "Stop": false, "Version": version,
             "JobModifyIndex": 7,

@@ -631,6 +631,51 @@ mod tests {
     }
 
     #[test]
+    fn discoveries_promotions_and_rollbacks_are_events_of_their_own_kind() {
+        let now = Utc::now();
+        let ready = cond(ConditionType::Ready, "UpToDate");
+        let made = [
+            ("", "RevisionDiscovered", EventType::Discovered),
+            ("production", "ChannelPromoted", EventType::Promoted),
+            ("production", "ChannelRolledBack", EventType::RolledBack),
+            ("production", "ChannelUpdated", EventType::DriftHealed),
+        ];
+        for (channel, reason, kind) in made {
+            // Made by the controller with no change to the deploy files, on a Ready app: not
+            // drift healed (but a plain update is).
+            let mut t = Tracker::default();
+            t.observe(&run(&ready, &[], "1.0.0"), now);
+            let mut r = run(&ready, &[(channel, "what was done")], "1.1.0");
+            r.applied[0].reason = reason.into();
+            r.desired_changed = false;
+            let e = t.observe(&r, now);
+            assert_eq!(e[0].kind, kind, "{reason}: {e:?}");
+            assert_eq!(e[0].reason, reason);
+            assert_eq!(e[0].message, "what was done");
+            if channel.is_empty() {
+                // A discovered revision moved the range channel: that move is its own event.
+                assert_eq!(e[1].reason, "RevisionChanged", "{e:?}");
+            } else {
+                assert_eq!(e[0].channel.as_deref(), Some("production"));
+                assert_eq!(e[0].revision_before.as_deref(), Some("1.0.0"));
+                assert_eq!(e[0].revision_after.as_deref(), Some("1.1.0"));
+                assert_eq!(e.len(), 1, "{e:?}");
+            }
+            // With a new desired state too.
+            let mut t = Tracker::default();
+            t.observe(&run(&ready, &[], "1.0.0"), now);
+            r.desired_changed = true;
+            let e = t.observe(&r, now);
+            let expected = if kind == EventType::DriftHealed {
+                EventType::Applied
+            } else {
+                kind
+            };
+            assert_eq!(e[0].kind, expected, "{reason}: {e:?}");
+        }
+    }
+
+    #[test]
     fn a_seeded_tracker_does_not_repeat_what_was_reported_before_a_restart() {
         let now = Utc::now();
         let failing = cond(ConditionType::Stalled, "BindleConflict");

@@ -293,6 +293,9 @@ pub fn app_status(spec: &AppSpec, app_plan: &AppPlan, snapshot: &Snapshot) -> Ap
                 Condition::suspended()
             } else if let Some(p) = problem {
                 Condition::of_problem(p)
+            } else if current.is_none() && pending.is_empty() && matches!(ch.selector, Selector::Promote(_)) {
+                // Hippo creates no pinned channel without a revision: its first promotion does.
+                Condition::new(ConditionType::Ready, reason::NO_ACTIVE_REVISION, "nothing promoted yet: the channel is created in Hippo by its first promotion")
             } else if current.is_none() {
                 Condition::new(ConditionType::Reconciling, reason::CHANGES_PENDING, "the channel does not exist in Hippo yet")
             } else if !pending.is_empty() {

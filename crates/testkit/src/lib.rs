@@ -22,6 +22,7 @@ use hippo_gitops_core::{
     hippo::{Credentials, HippoClientConfig},
     nomad::{NomadClient, NomadConfig},
     observe::NomadObserver,
+    package::PackedBindle,
     progress::NoProgress,
     retry::RetryPolicy,
     secret::Secret,
@@ -112,9 +113,14 @@ impl Bed {
 
     /// Clients as the binary builds them, with a fresh request counter.
     pub fn context(&self) -> (Context, RequestStats) {
+        self.context_with_hippo(self.hippo.url())
+    }
+
+    /// [`Bed::context`], with Hippo at `hippo_url` (a fault proxy in front of the emulator).
+    pub fn context_with_hippo(&self, hippo_url: String) -> (Context, RequestStats) {
         let stats = RequestStats::default();
         let mut hc = HippoClientConfig::new(
-            self.hippo.url(),
+            hippo_url,
             Credentials::Login {
                 username: "admin".into(),
                 password: Secret::new("password"),
@@ -152,6 +158,60 @@ impl Bed {
                 self.path().join("state").to_string_lossy().into_owned(),
             ),
         ]
+    }
+
+    /// A CI push with no change to the deploy files: writes the Spin app `name` `version` under
+    /// `<bed>/ci/` and pushes it to the Bindle server. Answers what was pushed.
+    pub async fn push_version(&self, name: &str, version: &str) -> PackedBindle {
+        let packed = self.ci_app(name, version);
+        let (ctx, _) = self.context();
+        ctx.bindle.push(&packed).await.unwrap();
+        packed
+    }
+
+    /// Half a push: the invoice of the Spin app `name` `version` is created (signed), and none
+    /// of its parcels is uploaded, as when CI died after its first request. Answers the app,
+    /// for [`Bed::complete_push`].
+    pub async fn push_invoice_only(&self, name: &str, version: &str) -> PackedBindle {
+        let packed = self.ci_app(name, version);
+        let mut invoice = packed.invoice.clone();
+        invoice.sign(SignatureRole::Creator, &self.key).unwrap();
+        let created = self.raw_bindle().create_invoice(invoice).await.unwrap();
+        assert_eq!(
+            created.missing.unwrap_or_default().len(),
+            packed.parcels.len(),
+            "no parcel of {} is on the server yet",
+            packed.id
+        );
+        packed
+    }
+
+    /// Uploads what the server still lacks of `packed` (a push resumed).
+    pub async fn complete_push(&self, packed: &PackedBindle) {
+        let (ctx, _) = self.context();
+        ctx.bindle.push(packed).await.unwrap();
+    }
+
+    /// Yanks `id` (`name/version`) on the Bindle server.
+    pub async fn yank(&self, id: &str) {
+        self.raw_bindle().yank_invoice(id).await.unwrap();
+    }
+
+    /// A Bindle client with none of the controller's checks or retries: for making the
+    /// server's state directly.
+    pub fn raw_bindle(&self) -> bindle::client::Client<bindle::client::tokens::NoToken> {
+        bindle::client::Client::new(
+            &format!("{}/", self.bindle.url()),
+            bindle::client::tokens::NoToken,
+            Arc::new(bindle::signature::KeyRing::default()),
+        )
+        .unwrap()
+    }
+
+    fn ci_app(&self, name: &str, version: &str) -> PackedBindle {
+        let dir = self.path().join("ci").join(format!("{name}-{version}"));
+        spin_app(&dir, name, version, version);
+        hippo_gitops_core::package::load(&dir).unwrap()
     }
 
     /// Runs the binary (off the async runtime's threads) and returns (exit code, stdout, stderr).
