@@ -174,9 +174,9 @@ impl HippoClientConfig {
 /// makes a no-op `reconcile --once` at 10,000 apps (30,000 channels, 20,000 revisions) cost
 /// 1 + 3 + 2 list requests and a login: 7, under the 10 asked for (13 at 5000). Bigger pages
 /// would save a request or two more, but the client holds a page's body and its decoded items
-/// at once: a page of 10,000 channels is about 5 MB of JSON (an item is ~500 bytes with its
-/// active revision, domain and env vars), and the three lists are read at the same time, so
-/// the transient peak of a cycle grows with the page, whatever the number of apps.
+/// at once: a page of 10,000 channels is megabytes of JSON (each item carries its active
+/// revision, domain and env vars), and the three lists are read at the same time, so the
+/// transient peak of a cycle grows with the page, whatever the number of apps.
 pub const DEFAULT_PAGE_SIZE: u32 = 10_000;
 
 /// The Hippo client. Cheap to share behind an `Arc`.
