@@ -279,10 +279,10 @@ pub(crate) fn resolve(view: &ChannelView, ch: &ChannelSpec, plan: &mut AppPlan) 
     };
     let nomad = match &view.snapshot.nomad {
         Some(Ok(n)) => n,
-        // Nomad could not be read: nothing can be judged; a promote channel keeps what it
-        // runs, a range follows Hippo's rule.
-        Some(Err(_)) if promote.is_some() => return Resolved::Pin(view.running(&ch.name), None),
-        Some(Err(_)) => return Resolved::AsWritten,
+        // Nomad could not be read: nothing can be judged, and its rollback records may be
+        // unreadable too. The channel is left as it is (a held range set back to its rule would
+        // run the revision it was rolled back from); status says Nomad is unavailable.
+        Some(Err(_)) => return Resolved::Skip,
         None => {
             let (reason, what) = if promote.is_some() {
                 (
@@ -1106,6 +1106,24 @@ mod tests {
         let plan = diff_app(&spec, &snapshot);
         assert!(plan.held.is_empty(), "{:?}", plan.held);
         follows_its_range_again(&plan);
+    }
+
+    #[test]
+    fn nothing_moves_a_delivery_channel_while_nomad_cannot_be_read() {
+        let (spec, mut snapshot) = held_canary("range *");
+        snapshot.nomad = Some(Err(crate::observe::PartialFailure {
+            message: "connection refused".into(),
+            transient: true,
+        }));
+        let plan = diff_app(&spec, &snapshot);
+        assert!(
+            !plan
+                .changes
+                .iter()
+                .any(|c| c.name == "canary" || c.name == "production"),
+            "a held canary would run its bad revision again on its range: {:?}",
+            ops(&plan)
+        );
     }
 
     /// Canary, held on a pinned revision, is set back to its range (not by a delivery).
