@@ -36,7 +36,8 @@
 #   cat > hippo-gitops.policy.hcl <<'EOF'
 #   namespace "default" {                      # Hippo's jobs (var.hippo_nomad_namespace)
 #     capabilities = ["list-jobs", "read-job"] # add "submit-job" for --prune-orphans
-#     variables {                              # the leader lock, in this job's own namespace
+#     variables {                              # the leader lock and the rollback records
+#                                              # (hippo-gitops/delivery), in this namespace
 #       path "hippo-gitops/*" { capabilities = ["read", "write", "list"] }   # (var.namespace)
 #     }
 #   }

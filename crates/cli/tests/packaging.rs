@@ -1219,6 +1219,15 @@ fn helm_renders_the_default_values_as_documented() {
             "{secret} comes from a Secret: {e}"
         );
     }
+    // The controller's intervals, as values.yaml documents them.
+    assert_eq!(
+        var("HIPPO_GITOPS_INTERVAL").expect("interval")["value"],
+        "60s"
+    );
+    assert_eq!(
+        var("HIPPO_GITOPS_DISCOVER_INTERVAL").expect("discover interval")["value"],
+        "60s"
+    );
     // The state dir and the signing key are mounted where the variables say.
     let mounts = container["volumeMounts"].as_array().expect("volumeMounts");
     let mount_of = |path: &str| {
