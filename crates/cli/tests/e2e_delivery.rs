@@ -151,14 +151,7 @@ fn revisions(bed: &Bed) -> Vec<String> {
 
 /// What `shop`'s channel `name` runs in Hippo.
 fn active(bed: &Bed, name: &str) -> Option<String> {
-    let state = bed.hippo.snapshot();
-    let channel = state.channels.iter().find(|c| c.name == name)?;
-    let id = channel.active_revision_id?;
-    state
-        .revisions
-        .iter()
-        .find(|r| r.id == id)
-        .map(|r| r.revision_number.clone())
+    bed.running("shop", name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,12 +18,11 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use common::{eventually, spin_app, NomadBed, NomadBedOptions};
+use common::{eventually, NomadBed, NomadBedOptions};
 use hippo_gitops_controller::{source::SourceConfig, ControllerConfig, Daemon, Trigger};
 use hippo_gitops_core::{
     delivery::{DeliveryRecords, RECORDS_VARIABLE},
     events::EventType,
-    package,
 };
 
 const AFTER: Duration = Duration::from_secs(2);
@@ -64,31 +63,12 @@ fn config(files: &Path, state: &Path) -> ControllerConfig {
 
 /// Pushes `shop/<version>` to the Bindle server directly: no deploy file changes.
 async fn push(nb: &NomadBed, version: &str) {
-    let dir = nb.bed.path().join(format!("pushed/shop-{version}"));
-    spin_app(&dir, "shop", version, version);
-    let packed = package::load_for_spec(&dir, None, None)
-        .unwrap()
-        .local
-        .pack()
-        .unwrap();
-    let (ctx, _) = nb.bed.context();
-    ctx.bindle.push(&packed).await.unwrap();
+    nb.bed.push_version("shop", version).await;
 }
 
 /// The revision `channel` of shop runs in Hippo.
 fn running(nb: &NomadBed, channel: &str) -> Option<String> {
-    let state = nb.bed.hippo.snapshot();
-    let app = state.apps.iter().find(|a| a.name == "shop")?;
-    let ch = state
-        .channels
-        .iter()
-        .find(|c| c.app_id == app.id && c.name == channel)?;
-    let rev = ch.active_revision_id?;
-    state
-        .revisions
-        .iter()
-        .find(|r| r.id == rev)
-        .map(|r| r.revision_number.clone())
+    nb.bed.running("shop", channel)
 }
 
 fn registered(nb: &NomadBed) -> Vec<String> {

@@ -208,6 +208,22 @@ impl Bed {
         .unwrap()
     }
 
+    /// The revision number channel `channel` of app `app` runs in the Hippo emulator.
+    pub fn running(&self, app: &str, channel: &str) -> Option<String> {
+        let state = self.hippo.snapshot();
+        let app = state.apps.iter().find(|a| a.name == app)?;
+        let ch = state
+            .channels
+            .iter()
+            .find(|c| c.app_id == app.id && c.name == channel)?;
+        let rev = ch.active_revision_id?;
+        state
+            .revisions
+            .iter()
+            .find(|r| r.id == rev)
+            .map(|r| r.revision_number.clone())
+    }
+
     fn ci_app(&self, name: &str, version: &str) -> PackedBindle {
         let dir = self.path().join("ci").join(format!("{name}-{version}"));
         spin_app(&dir, name, version, version);
