@@ -543,7 +543,7 @@ mod tests {
         let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy-specs"));
         let mut desired = spec::load(&[dir.to_path_buf()], &LoadOptions::default()).unwrap();
         // The shipped example sets no env (Hippo drops it); a value that must never show.
-        desired.apps[1].channels[0]
+        std::sync::Arc::make_mut(&mut desired.apps[1]).channels[0]
             .env
             .insert("RUST_LOG".into(), "info".into());
         assert_eq!(desired.apps[1].name, "weather");

@@ -519,7 +519,7 @@ struct Loop {
     shared: Arc<Shared>,
     schedule: Schedule,
     loaded: Loaded,
-    specs: BTreeMap<String, AppSpec>,
+    specs: BTreeMap<String, Arc<AppSpec>>,
     git: Option<GitRepo>,
     /// Which file each app came from at the last load, to stall an app whose file went bad.
     previous_origin: BTreeMap<String, PathBuf>,
@@ -545,9 +545,10 @@ impl Loop {
     async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, mut stop: watch::Receiver<bool>) {
         self.schedule = Schedule::new(self.config.backoff, self.config.progress_interval);
         let git_interval = self.init_source();
-        // Files are read again on every interval, watched or not: a lost or dropped watcher
-        // event (a full queue, a directory replaced) never leaves a change unapplied. Cheap: a
-        // bindle whose files are unchanged is not hashed again (PackCache).
+        // Files are looked at again on every interval, watched or not: a lost or dropped
+        // watcher event (a full queue, a directory replaced) never leaves a change unapplied.
+        // Cheap: only metadata is read unless something moved (`unchanged`), and a bindle whose
+        // files are unchanged is not hashed again (PackCache).
         let rescan_files = matches!(self.config.source, SourceConfig::Files { .. });
         let far = Duration::from_secs(365 * 86400);
         let mut next_interval = Instant::now();
@@ -683,21 +684,37 @@ impl Loop {
         }
     }
 
-    /// Fetches (Git) and loads the deploy files. On failure the previous desired state stays.
+    /// Fetches (Git) and loads the deploy files, unless they and their local bindles are
+    /// unchanged since the last load. On failure the previous desired state stays.
     async fn reload(&mut self) {
-        let files = match &self.config.source {
-            SourceConfig::Files { paths, options } => Some((paths.clone(), options.clone())),
-            SourceConfig::Git(_) => None,
-        };
-        let result = match (self.git.as_mut(), files) {
-            (Some(repo), _) => match repo.sync().await {
-                Ok(_) => repo.load(self.pack_cache.clone()).await,
-                Err(e) => Err(e),
-            },
-            (None, Some((paths, options))) => {
-                source::load_files(paths, options, self.pack_cache.clone()).await
+        if let Some(repo) = self.git.as_mut() {
+            if let Err(e) = repo.sync().await {
+                self.source_failed(format!("{e}: keeping the last desired state"));
+                return;
             }
-            (None, None) => return,
+        }
+        let (paths, options) = match (&self.git, &self.config.source) {
+            (Some(repo), _) => repo.files(),
+            (None, SourceConfig::Files { paths, options }) => (paths.clone(), options.clone()),
+            (None, SourceConfig::Git(_)) => return,
+        };
+        let unchanged = self.unchanged(&paths, &options).await;
+        {
+            let mut metrics = self.shared.metrics.locked();
+            match unchanged {
+                true => metrics.source_unchanged += 1,
+                false => metrics.source_parsed += 1,
+            }
+        }
+        if unchanged {
+            tracing::debug!(
+                "the deploy files and their local bindles are unchanged: not read again"
+            );
+            return;
+        }
+        let result = match &self.git {
+            Some(repo) => repo.load(self.pack_cache.clone()).await,
+            None => source::load_files(paths, options, self.pack_cache.clone()).await,
         };
         let mut loaded = match result {
             Ok(l) => l,
@@ -792,6 +809,37 @@ impl Loop {
         };
     }
 
+    /// Whether the last load stands as it is: it read every file without a problem, at the
+    /// commit checked out now, and neither the deploy files nor a local bindle of the apps it
+    /// gave have moved since (by metadata, [`source::unchanged`]).
+    async fn unchanged(&self, paths: &[PathBuf], options: &spec::LoadOptions) -> bool {
+        let Some(last) = self.loaded.stamp else {
+            return false;
+        };
+        if !self.loaded.rejected.is_empty()
+            || self.git.as_ref().and_then(|r| r.head()) != self.loaded.commit.as_deref()
+        {
+            return false;
+        }
+        let bindles = self
+            .specs
+            .values()
+            .flat_map(|a| a.revisions.iter())
+            .filter_map(|r| match &r.source {
+                RevisionSource::Local(b) => Some(b.clone()),
+                RevisionSource::Existing => None,
+            })
+            .collect();
+        source::unchanged(
+            paths.to_vec(),
+            options.clone(),
+            last,
+            self.pack_cache.clone(),
+            bindles,
+        )
+        .await
+    }
+
     /// Every reload reads every file: a file's problems are logged when they first appear.
     fn log_new_problems(&self, rejected: &BTreeMap<PathBuf, Vec<spec::Diagnostic>>) {
         for (file, problems) in rejected {
@@ -808,6 +856,8 @@ impl Loop {
     /// was, orphans are not pruned, and the source is read again after a backoff (at most the
     /// interval).
     fn source_failed(&mut self, error: String) {
+        // What was last loaded is not what the source holds: the next reload reads it all.
+        self.loaded.stamp = None;
         self.source_failures += 1;
         let delay = self
             .config
@@ -861,7 +911,7 @@ impl Loop {
                         let insight = &self.shared.insight;
                         insight.record_details(&desired, report.apps.iter().map(|r| &r.plan), &report.snapshot);
                         insight.record_run(&desired, &report, self.loaded.commit.as_deref(), &|app| {
-                            self.specs.get(app).map(fingerprint)
+                            self.specs.get(app).map(|a| fingerprint(a))
                         });
                         // The report's statuses are final: the core made them from its last
                         // observation and the run's errors.
@@ -959,7 +1009,7 @@ impl Loop {
         if self.ctx.nomad.is_none() {
             return;
         }
-        let jobs = nomad_watch::managed_jobs(self.specs.values(), snapshot);
+        let jobs = nomad_watch::managed_jobs(self.specs.values().map(|a| &**a), snapshot);
         self.managed_jobs.send_if_modified(|kept| {
             let modified = **kept != jobs;
             if modified {

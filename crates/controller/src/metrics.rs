@@ -27,6 +27,10 @@ pub struct Metrics {
     pub discovered: u64,
     pub promotions: u64,
     pub rollbacks: u64,
+    /// Reloads of the source that parsed the deploy files, and those that found the files and
+    /// their local bindles unchanged by metadata and read nothing again.
+    pub source_parsed: u64,
+    pub source_unchanged: u64,
 }
 
 impl Metrics {
@@ -109,6 +113,22 @@ impl Metrics {
             let _ = writeln!(
                 w,
                 "hippo_gitops_reconciles_total{{result=\"{result}\"}} {n}"
+            );
+        }
+
+        header(
+            w,
+            "hippo_gitops_source_reads_total",
+            "counter",
+            "Reloads of the deploy files: parsed, or found unchanged (with their local bindles) by metadata and not read again.",
+        );
+        for (result, n) in [
+            ("parsed", self.source_parsed),
+            ("unchanged", self.source_unchanged),
+        ] {
+            let _ = writeln!(
+                w,
+                "hippo_gitops_source_reads_total{{result=\"{result}\"}} {n}"
             );
         }
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use hippo_gitops_core::{
-    package::PackCache,
+    package::{LocalBindle, PackCache},
     spec::{self, DesiredState, Diagnostic, LoadOptions},
 };
 
@@ -56,6 +56,10 @@ pub struct Loaded {
     pub rejected: BTreeMap<PathBuf, Vec<Diagnostic>>,
     /// The commit the files were read at (Git source).
     pub commit: Option<String>,
+    /// The deploy files' metadata, taken just before they were read ([`spec::files_stamp`]):
+    /// while it and every local bindle stay the same, a reload reads nothing again
+    /// ([`unchanged`]). `None`: not to be trusted.
+    pub stamp: Option<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +88,14 @@ pub async fn load_files(
         pack_cache: Some(pack_cache),
         ..options
     };
-    let partial = tokio::task::spawn_blocking(move || spec::load_partial(&paths, &options))
-        .await
-        .map_err(|e| SourceError::Load(e.to_string()))?;
+    let (stamp, partial) = tokio::task::spawn_blocking(move || {
+        // Before the files are read: a write during the load moves the stamp, never the
+        // other way round.
+        let stamp = spec::files_stamp(&paths, &options, PackCache::SETTLE);
+        (stamp, spec::load_partial(&paths, &options))
+    })
+    .await
+    .map_err(|e| SourceError::Load(e.to_string()))?;
     if !partial.unreadable.is_empty() {
         return Err(SourceError::Unreadable(
             partial.unreadable.iter().map(|d| d.to_string()).collect(),
@@ -96,7 +105,28 @@ pub async fn load_files(
         desired: partial.state,
         rejected: partial.rejected,
         commit: None,
+        stamp,
     })
+}
+
+/// Whether loading `paths` again would read what the load stamped `last` read: the deploy
+/// files' metadata is the same, and so is every local bindle in `bindles`
+/// ([`PackCache::unchanged`]). Reads metadata (and each bindle's manifest) only, off the async
+/// threads. A rescan on every interval then costs what listing the files costs, not a parse
+/// of every one of them beside the desired state already held.
+pub async fn unchanged(
+    paths: Vec<PathBuf>,
+    options: LoadOptions,
+    last: [u8; 32],
+    pack_cache: Arc<PackCache>,
+    bindles: Vec<Arc<LocalBindle>>,
+) -> bool {
+    tokio::task::spawn_blocking(move || {
+        spec::files_stamp(&paths, &options, PackCache::SETTLE) == Some(last)
+            && pack_cache.unchanged(&bindles)
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// A URL safe to print: the password or token in it replaced.
@@ -230,15 +260,25 @@ impl GitRepo {
         Ok(sha)
     }
 
-    /// Loads the deploy files at the checked-out commit. `path:`s must stay inside the clone.
-    pub async fn load(&self, pack_cache: Arc<PackCache>) -> Result<Loaded, SourceError> {
-        let path = self.checkout.join(&self.config.path);
+    /// The commit checked out, once [`GitRepo::sync`] has run.
+    pub fn head(&self) -> Option<&str> {
+        self.head.as_deref()
+    }
+
+    /// The deploy files in the clone, and how to load them: `path:`s must stay inside it.
+    pub fn files(&self) -> (Vec<PathBuf>, LoadOptions) {
         let options = LoadOptions {
             root: Some(self.checkout.clone()),
             max_file_size: self.config.max_file_size,
             ..LoadOptions::default()
         };
-        let mut loaded = load_files(vec![path], options, pack_cache).await?;
+        (vec![self.checkout.join(&self.config.path)], options)
+    }
+
+    /// Loads the deploy files at the checked-out commit.
+    pub async fn load(&self, pack_cache: Arc<PackCache>) -> Result<Loaded, SourceError> {
+        let (paths, options) = self.files();
+        let mut loaded = load_files(paths, options, pack_cache).await?;
         loaded.commit = self.head.clone();
         Ok(loaded)
     }

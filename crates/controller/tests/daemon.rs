@@ -714,12 +714,91 @@ async fn a_change_the_watcher_cannot_see_is_applied_by_the_interval_rescan() {
         all_ready(&d.shared.view(), &["outside"]) && active(&bed).as_deref() == Some("1.0.0")
     })
     .await;
+    // Once the files are older than the metadata can be trusted for (PackCache::SETTLE), a
+    // rescan reads nothing again: the rebuild below is seen through the bindle's metadata.
+    eventually(10, "a rescan that finds the source unchanged", || {
+        source_reads(&d, "unchanged") >= 1.0
+    })
+    .await;
+    let parsed = source_reads(&d, "parsed");
 
     common::spin_app(&app_dir, "outside", "1.1.0", "second build");
     eventually(10, "the rebuilt app (1.1.0) applied", || {
         active(&bed).as_deref() == Some("1.1.0")
     })
     .await;
+    assert!(
+        source_reads(&d, "parsed") > parsed,
+        "the rebuild was loaded"
+    );
+    d.shutdown().await.unwrap();
+}
+
+/// `hippo_gitops_source_reads_total{result}` of the running controller.
+fn source_reads(d: &Daemon, result: &str) -> f64 {
+    common::controller_child::metric(
+        &d.shared.metrics_text(),
+        &format!("hippo_gitops_source_reads_total{{result=\"{result}\"}}"),
+    )
+    .expect("the source reads metric")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescan_reads_an_unchanged_source_no_more_and_an_edit_it_was_not_told_of_still_applies() {
+    let bed = Bed::start().await;
+    let specs = std::path::PathBuf::from(common::write_repo_app(
+        bed.path(),
+        "quiet",
+        &["1.0.0"],
+        "    - name: production\n      range: \"*\"\n",
+        "",
+    ));
+    let (ctx, stats) = bed.context();
+    let mut cfg = config(&specs, "single");
+    cfg.leader = None;
+    cfg.watch = false;
+    let d = Daemon::start(cfg, ctx, stats).await.unwrap();
+    eventually(20, "quiet Ready", || {
+        all_ready(&d.shared.view(), &["quiet"])
+    })
+    .await;
+    eventually(10, "a rescan that finds the source unchanged", || {
+        source_reads(&d, "unchanged") >= 1.0
+    })
+    .await;
+    // From then on, every interval's rescan reads metadata only.
+    let parsed = source_reads(&d, "parsed");
+    let unchanged = source_reads(&d, "unchanged");
+    eventually(10, "three more rescans", || {
+        source_reads(&d, "unchanged") >= unchanged + 3.0
+    })
+    .await;
+    assert_eq!(
+        source_reads(&d, "parsed"),
+        parsed,
+        "an unchanged source was parsed again"
+    );
+
+    // Edited with no watcher to tell: the interval's rescan sees the metadata move.
+    let file = specs.join("quiet.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            "range: \"*\"",
+            "range: \"*\"\n      env:\n        LEVEL: debug",
+        ),
+    )
+    .unwrap();
+    eventually(10, "the edit applied", || {
+        bed.hippo
+            .snapshot()
+            .environment_variables
+            .iter()
+            .any(|e| e.key == "LEVEL")
+    })
+    .await;
+    assert!(source_reads(&d, "parsed") > parsed);
     d.shutdown().await.unwrap();
 }
 

@@ -429,7 +429,7 @@ pub async fn reconcile_from(
     // rolled back in the same run, and the revision rolled back to is waited for.
     for pass in 0..2 {
         for round in 0..=MAX_ROUNDS {
-            let active: Vec<AppSpec> = desired
+            let active: Vec<Arc<AppSpec>> = desired
                 .apps
                 .iter()
                 .filter(|a| !failed.contains_key(&a.name))
@@ -676,7 +676,7 @@ async fn wait_for_nomad(
             None => return,
         };
         let mut progressing: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let active: Vec<&AppSpec> = desired
+        let active: Vec<&Arc<AppSpec>> = desired
             .apps
             .iter()
             .filter(|a| !failed.contains_key(&a.name) && !a.suspend)

@@ -219,6 +219,8 @@ impl FromIterator<ServerBindle> for BindleVersions {
         for b in iter {
             out.insert(b);
         }
+        // Kept by the controller for every app: without the room `insert` grew.
+        out.0.shrink_to_fit();
         out
     }
 }

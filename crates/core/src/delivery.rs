@@ -273,7 +273,7 @@ fn channel_problem(
 /// rollback record's hold, then promotion.
 pub(crate) fn resolve(view: &ChannelView, ch: &ChannelSpec, plan: &mut AppPlan) -> Resolved {
     let promote = match &ch.selector {
-        Selector::Promote(p) => Some(p),
+        Selector::Promote(p) => Some(&**p),
         Selector::Range(_) if ch.rollback => None,
         _ => return Resolved::AsWritten,
     };
@@ -554,7 +554,7 @@ mod tests {
     fn promote_channel(after: Duration, check: bool) -> ChannelSpec {
         ChannelSpec {
             name: "production".into(),
-            selector: Selector::Promote(crate::spec::PromoteSpec {
+            selector: Selector::Promote(Box::new(crate::spec::PromoteSpec {
                 from: "canary".into(),
                 after,
                 check: check.then(|| ProbeSpec {
@@ -562,7 +562,7 @@ mod tests {
                     expect_status: 200,
                     interval: Duration::from_secs(15),
                 }),
-            }),
+            })),
             domain: None,
             env: BTreeMap::new(),
             allow_empty: false,

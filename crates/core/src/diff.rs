@@ -6,7 +6,10 @@
 //!
 //! Values of environment variables never appear in a plan's text or JSON: only their keys.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -458,7 +461,7 @@ impl Plan {
 }
 
 /// Computes the plan for `apps` against `snapshot`.
-pub fn diff(apps: &[AppSpec], snapshot: &Snapshot) -> Plan {
+pub fn diff(apps: &[Arc<AppSpec>], snapshot: &Snapshot) -> Plan {
     Plan {
         apps: apps.iter().map(|a| diff_app(a, snapshot)).collect(),
         orphans: orphans(snapshot),
@@ -2034,7 +2037,7 @@ pub(crate) mod tests {
     fn nomad_running_what_hippo_says_plans_nothing_and_is_ready() {
         let (spec, mut snapshot) = converged();
         with_nomad(&mut snapshot);
-        let plan = diff(std::slice::from_ref(&spec), &snapshot);
+        let plan = diff(&[Arc::new(spec)], &snapshot);
         assert_eq!(plan.apps[0].changes, vec![]);
         assert!(plan.orphans.is_empty());
         let nomad = nomad_mut(&mut snapshot).clone();

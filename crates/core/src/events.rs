@@ -387,8 +387,11 @@ pub fn run_events(
     use crate::apply::ApplyError;
     let mut events = Vec::new();
     // By name: a scan of the desired apps for each result would cost apps² per cycle.
-    let specs: BTreeMap<&str, &crate::spec::AppSpec> =
-        desired.apps.iter().map(|a| (a.name.as_str(), a)).collect();
+    let specs: BTreeMap<&str, &crate::spec::AppSpec> = desired
+        .apps
+        .iter()
+        .map(|a| (a.name.as_str(), &**a))
+        .collect();
     for result in &report.apps {
         // A follower's skip says nothing about the app.
         if matches!(result.error, Some(ApplyError::NotWritten(_))) {

@@ -354,7 +354,7 @@ impl NomadObserver {
 
 /// The Nomad jobs the deploy files' channels should have: Hippo names each job after its
 /// channel's GUID, and schedules one only for a channel with an active revision.
-pub fn wanted_jobs(apps: &[AppSpec], snapshot: &Snapshot) -> BTreeSet<String> {
+pub fn wanted_jobs(apps: &[Arc<AppSpec>], snapshot: &Snapshot) -> BTreeSet<String> {
     apps.iter()
         .filter_map(|spec| snapshot.app(&spec.name))
         .flat_map(|app| snapshot.channels_of(app))
@@ -365,7 +365,7 @@ pub fn wanted_jobs(apps: &[AppSpec], snapshot: &Snapshot) -> BTreeSet<String> {
 
 /// Observes Nomad into `snapshot` (which must hold Hippo's state already).
 pub async fn observe_nomad(
-    apps: &[AppSpec],
+    apps: &[Arc<AppSpec>],
     nomad: &NomadObserver,
     blocking: Option<Blocking>,
     concurrency: usize,
@@ -606,7 +606,10 @@ pub struct Sources<'a> {
 }
 
 /// Builds a full snapshot for `apps`.
-pub async fn observe(apps: &[AppSpec], sources: &Sources<'_>) -> Result<Snapshot, ObserveError> {
+pub async fn observe(
+    apps: &[Arc<AppSpec>],
+    sources: &Sources<'_>,
+) -> Result<Snapshot, ObserveError> {
     let (hippo_apps, channels, revisions) = observe_hippo(sources.hippo).await?;
     let mut snapshot = Snapshot::new(hippo_apps, channels, revisions);
     observe_bindles(
@@ -626,7 +629,7 @@ pub async fn observe(apps: &[AppSpec], sources: &Sources<'_>) -> Result<Snapshot
 }
 
 /// Whether any app promotes or rolls back: only then are records and job versions read.
-fn delivers(apps: &[AppSpec]) -> bool {
+fn delivers(apps: &[Arc<AppSpec>]) -> bool {
     apps.iter()
         .flat_map(|a| &a.channels)
         .any(|c| c.rollback || matches!(c.selector, crate::spec::Selector::Promote(_)))
@@ -634,7 +637,11 @@ fn delivers(apps: &[AppSpec]) -> bool {
 
 /// The clock, the rollback records and the job versions of `rollback: true` channels: what
 /// promotion and rollback are decided from (after Hippo and Nomad are in `snapshot`).
-pub async fn observe_delivery(apps: &[AppSpec], sources: &Sources<'_>, snapshot: &mut Snapshot) {
+pub async fn observe_delivery(
+    apps: &[Arc<AppSpec>],
+    sources: &Sources<'_>,
+    snapshot: &mut Snapshot,
+) {
     snapshot.observed_at_ms = chrono::Utc::now().timestamp_millis();
     let Some(nomad) = sources.nomad.filter(|_| delivers(apps)) else {
         return;
@@ -696,7 +703,7 @@ pub enum Written<'a> {
 pub async fn refresh(
     snapshot: &mut Snapshot,
     written: Written<'_>,
-    apps: &[AppSpec],
+    apps: &[Arc<AppSpec>],
     sources: &Sources<'_>,
 ) -> Result<(), ObserveError> {
     match written {
@@ -707,7 +714,7 @@ pub async fn refresh(
                 .iter()
                 .filter_map(|id| id.rsplit_once('/').map(|(n, _)| n))
                 .collect();
-            let apps: Vec<AppSpec> = apps
+            let apps: Vec<Arc<AppSpec>> = apps
                 .iter()
                 .filter(|a| names.contains(a.storage_id.as_str()))
                 .cloned()
@@ -798,7 +805,7 @@ async fn read_versions(
 
 /// Fills in the Bindle part of `snapshot` for `apps`.
 pub async fn observe_bindles(
-    apps: &[AppSpec],
+    apps: &[Arc<AppSpec>],
     bindle: &BindleClient,
     cache: Option<&BindleCache>,
     concurrency: usize,

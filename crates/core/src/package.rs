@@ -17,6 +17,7 @@ use std::{
     fs,
     io::Read,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use bindle::{BindleSpec, Condition, Group, Id, Invoice, Label, Parcel};
@@ -357,6 +358,26 @@ impl PackCache {
         loaded
     }
 
+    /// Whether each of `bindles` is what its directory holds now, judged as [`PackCache::load`]
+    /// judges it (by metadata, never by content) but without packing anything: false when one
+    /// has no entry (it was packed while too recently changed to be trusted, or its entry was
+    /// replaced by a later load) or its files' metadata moved.
+    pub fn unchanged<'a>(&self, bindles: impl IntoIterator<Item = &'a Arc<LocalBindle>>) -> bool {
+        bindles.into_iter().all(|bindle| {
+            let entry = {
+                let entries = self.entries.locked();
+                entries
+                    .range((bindle.dir.clone(), None)..)
+                    .take_while(|((dir, _), _)| *dir == bindle.dir)
+                    .find(|(_, (_, loaded))| Arc::ptr_eq(&loaded.local, bindle))
+                    .map(|((_, root), (stamp, _))| (root.clone(), *stamp))
+            };
+            entry.is_some_and(|(root, stamp)| {
+                matches!(input_stamp(&bindle.dir, self.settle, root.as_deref()), Ok(Some(now)) if now == stamp)
+            })
+        })
+    }
+
     /// Forgets the directories not in `keep` (apps removed from the deploy files).
     pub fn retain(&self, keep: &BTreeSet<PathBuf>) {
         self.entries
@@ -380,19 +401,50 @@ fn input_stamp(
     settle: std::time::Duration,
     root: Option<&Path>,
 ) -> Result<Option<[u8; 32]>, PackageError> {
-    use std::os::unix::fs::MetadataExt;
     let mut h = Sha256::new();
     let (text, files) = input_files(dir, root)?;
     h.update(&text);
-    // Whole seconds, rounded so that a file changed within `settle` is never trusted.
-    let settled_before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| (d.saturating_sub(settle)).as_secs() as i64)
-        .unwrap_or(0);
+    let stamp = MetadataStamp::new(settle);
     for path in files {
         let m = fs::metadata(&path).map_err(PackageError::io(&path))?;
-        if !settle.is_zero() && (m.ctime() >= settled_before || m.mtime() >= settled_before) {
+        if !stamp.add(&mut h, &path, &m) {
             return Ok(None);
+        }
+    }
+    Ok(Some(h.finalize().into()))
+}
+
+/// Files judged unchanged by their metadata (size, modification and change times, inode and
+/// device), as [`PackCache`] and the controller's rescan of the deploy files judge them: the
+/// change time moves on every write and no tool sets it. A file changed within `settle` is
+/// never judged that way, since timestamps are coarser than writes can be apart.
+pub struct MetadataStamp {
+    settle: std::time::Duration,
+    /// Whole seconds since the epoch, rounded so that a file changed within `settle` is
+    /// never trusted.
+    settled_before: i64,
+}
+
+impl MetadataStamp {
+    pub fn new(settle: std::time::Duration) -> Self {
+        let settled_before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.saturating_sub(settle)).as_secs() as i64)
+            .unwrap_or(0);
+        MetadataStamp {
+            settle,
+            settled_before,
+        }
+    }
+
+    /// Adds `path` and its metadata `m` to `h`; false when the file changed too recently for
+    /// its metadata to be trusted (nothing is added then).
+    pub fn add(&self, h: &mut Sha256, path: &Path, m: &fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if !self.settle.is_zero()
+            && (m.ctime() >= self.settled_before || m.mtime() >= self.settled_before)
+        {
+            return false;
         }
         h.update(path.as_os_str().as_encoded_bytes());
         for n in [
@@ -406,8 +458,8 @@ fn input_stamp(
         }
         h.update(m.ino().to_le_bytes());
         h.update(m.dev().to_le_bytes());
+        true
     }
-    Ok(Some(h.finalize().into()))
 }
 
 /// A set of parcel digests, kept as one SHA-256 of the sorted set: whether two bindles carry
@@ -1173,6 +1225,30 @@ route = "/..."
         assert!(cache.load(dir.path(), None).is_err());
         cache.retain(&BTreeSet::new());
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn the_pack_cache_tells_whether_a_bindle_is_unchanged_without_packing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        hello_app(dir.path());
+        let cache = PackCache::with_settle(std::time::Duration::ZERO);
+        let first = cache.load(dir.path(), None).unwrap().local;
+        assert!(cache.unchanged([&first]));
+        // Only the bindle the cache packed: another copy of the same content may be stale.
+        let copy = Arc::new(LocalBindle::from(&load(dir.path()).unwrap()));
+        assert!(!cache.unchanged([&copy]));
+
+        write(dir.path(), "static/index.html", b"<h1>changed</h1>");
+        assert!(!cache.unchanged([&first]), "an asset changed");
+        assert_eq!(cache.packs(), 1, "nothing packed to tell");
+        let second = cache.load(dir.path(), None).unwrap().local;
+        assert!(cache.unchanged([&second]));
+        assert!(!cache.unchanged([&second, &first]), "the replaced entry");
+
+        // Packed while too fresh to be judged by metadata: never taken as unchanged.
+        let settling = PackCache::default();
+        let fresh = settling.load(dir.path(), None).unwrap().local;
+        assert!(!settling.unchanged([&fresh]));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! apart than twice the interval: a gap (the controller was down, a one-shot run) proves
 //! nothing about the time between, so the window starts again.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{
     delivery::ProbeObservation,
@@ -48,7 +48,7 @@ impl Prober {
     /// Probes every check whose interval has passed, for revisions waiting to be promoted
     /// (`from` runs a revision that the promoted channel does not), and puts what every check
     /// saw into `snapshot.probes`.
-    pub async fn observe(&self, apps: &[AppSpec], snapshot: &mut Snapshot) {
+    pub async fn observe(&self, apps: &[Arc<AppSpec>], snapshot: &mut Snapshot) {
         let now = snapshot.observed_at_ms;
         let mut due = Vec::new();
         let mut live = std::collections::BTreeSet::new();
@@ -147,7 +147,7 @@ impl Prober {
     }
 
     /// How soon a check is due again (the controller wakes for it); `None`: none is waiting.
-    pub fn next_due(&self, apps: &[AppSpec], now_ms: i64) -> Option<Duration> {
+    pub fn next_due(&self, apps: &[Arc<AppSpec>], now_ms: i64) -> Option<Duration> {
         let seen = self.seen.locked();
         seen.iter()
             .filter_map(|((app, channel), o)| {

@@ -16,6 +16,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use crate::package::LocalBindle;
@@ -114,7 +115,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// The validated desired state of every app named in the deploy files.
 #[derive(Debug, Clone, Default)]
 pub struct DesiredState {
-    pub apps: Vec<AppSpec>,
+    /// Shared: the controller keeps every app and hands the ones due to each cycle, and a
+    /// cycle's rounds and refreshes take subsets; none of them copies an app.
+    pub apps: Vec<Arc<AppSpec>>,
     /// `kind: Notification` documents ([`notification`]).
     pub notifications: Vec<notification::NotificationSpec>,
 }
@@ -185,8 +188,9 @@ pub enum Selector {
     /// One pinned revision number (`UseSpecifiedRevision`).
     Revision(String),
     /// Pinned (`UseSpecifiedRevision`) by the controller to what another channel runs, once
-    /// that has proven healthy on Nomad.
-    Promote(PromoteSpec),
+    /// that has proven healthy on Nomad. Boxed: the rare case, and it would make every
+    /// channel of every app the controller keeps more than twice as large.
+    Promote(Box<PromoteSpec>),
 }
 
 /// `promote:` on a channel.
@@ -736,6 +740,34 @@ fn read_pass(
     Ok(validate_parsed(docs, options, problems))
 }
 
+/// A digest of the deploy files `paths` names, by metadata ([`crate::package::MetadataStamp`]):
+/// which files there are, where they resolve, and each one's size, times and inode. The
+/// controller takes it before each load and reads the files again only when it moved. `None`
+/// when it can't be trusted: a file changed within `settle`, or one could not be listed or
+/// looked at (a full load then says why).
+pub fn files_stamp(
+    paths: &[PathBuf],
+    options: &LoadOptions,
+    settle: std::time::Duration,
+) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut unreadable = Vec::new();
+    let (files, problems) = collect_files(paths, options, &mut unreadable);
+    if !unreadable.is_empty() || !problems.is_empty() {
+        return None;
+    }
+    let stamp = crate::package::MetadataStamp::new(settle);
+    let mut h = Sha256::new();
+    for file in &files {
+        h.update(file.shown.as_os_str().as_encoded_bytes());
+        let meta = std::fs::metadata(&file.real).ok()?;
+        if !stamp.add(&mut h, &file.real, &meta) {
+            return None;
+        }
+    }
+    Some(h.finalize().into())
+}
+
 /// What the daemon loads: the apps of every valid file, and the problems of the others, so
 /// that one bad file never stops the rest.
 #[derive(Debug, Default)]
@@ -920,6 +952,35 @@ mod tests {
         let partial = load_partial(&[dir.join("repo/deploy")], &options);
         assert_eq!(partial.state.apps.len(), 1);
         assert_eq!(partial.rejected.len(), 1);
+    }
+
+    #[test]
+    fn the_files_stamp_moves_with_the_deploy_files_and_is_not_trusted_while_they_are_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        std::fs::write(&a, "# a\n").unwrap();
+        std::fs::write(dir.path().join("b.yml"), "# b\n").unwrap();
+        let paths = [dir.path().to_path_buf()];
+        let options = LoadOptions::default();
+        let at_once = std::time::Duration::ZERO;
+        let stamp = || files_stamp(&paths, &options, at_once);
+        let first = stamp().expect("a stamp");
+        assert_eq!(stamp(), Some(first), "nothing moved");
+
+        std::fs::write(dir.path().join("notes.txt"), "not a deploy file").unwrap();
+        assert_eq!(stamp(), Some(first), "a file that is not loaded");
+        std::fs::write(&a, "# a, edited\n").unwrap();
+        let edited = stamp().unwrap();
+        assert_ne!(edited, first, "an edit");
+        std::fs::write(dir.path().join("c.yaml"), "# c\n").unwrap();
+        assert_ne!(stamp().unwrap(), edited, "a new file");
+        std::fs::remove_file(dir.path().join("c.yaml")).unwrap();
+        assert_eq!(stamp(), Some(edited), "the same files again");
+
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(files_stamp(&paths, &options, hour), None, "just written");
+        let gone = [dir.path().join("missing")];
+        assert_eq!(files_stamp(&gone, &options, at_once), None);
     }
 
     #[test]

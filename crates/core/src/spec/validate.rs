@@ -373,7 +373,7 @@ pub(super) fn validate(
                 }
                 (None, None, Some(p)) => {
                     check_promote(doc, &format!("{field}.promote"), p, problems)
-                        .map(Selector::Promote)
+                        .map(|p| Selector::Promote(Box::new(p)))
                 }
                 _ => {
                     problems.push(doc.diag(
@@ -445,16 +445,22 @@ pub(super) fn validate(
         check_promote_sources(doc, &name, &raw.spec.channels, problems);
 
         if problems.len() == before {
-            apps.push(AppSpec {
+            // Built by pushing: a controller keeps these for every app, so not with room to grow.
+            // (`collect` reuses the versions' larger buffer: shrunk too.)
+            let mut revisions: Vec<RevisionSpec> = revisions.into_iter().map(|(_, r)| r).collect();
+            revisions.shrink_to_fit();
+            let mut channels = channels;
+            channels.shrink_to_fit();
+            apps.push(std::sync::Arc::new(AppSpec {
                 name,
                 storage_id,
-                revisions: revisions.into_iter().map(|(_, r)| r).collect(),
+                revisions,
                 discover,
                 channels,
                 prune: raw.spec.prune,
                 suspend: raw.spec.suspend,
                 origin: here("metadata.name"),
-            });
+            }));
         }
     }
     DesiredState {
@@ -670,7 +676,7 @@ mod tests {
             format!("apiVersion: hippo-gitops/v1\nkind: App\nmetadata:\n  name: weather\n{spec}");
         std::fs::write(&file, text).unwrap();
         load(&[file], &LoadOptions::default())
-            .map(|mut state| state.apps.remove(0))
+            .map(|mut state| std::sync::Arc::unwrap_or_clone(state.apps.remove(0)))
             .map_err(|d| {
                 d.0.iter()
                     .map(|p| format!("{}:{}: {}", p.line, p.field, p.message))
@@ -725,7 +731,7 @@ mod tests {
         assert_eq!(discover, [(">=1.0.0", 8), ("0.30", 9)]);
         let by_name = |n: &str| app.channels.iter().find(|c| c.name == n).unwrap();
         let promote = |n: &str| match &by_name(n).selector {
-            Selector::Promote(p) => p.clone(),
+            Selector::Promote(p) => (**p).clone(),
             other => panic!("{n}: {other:?}"),
         };
         assert_eq!(by_name("canary").selector, Selector::Range("*".into()));
