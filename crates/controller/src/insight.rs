@@ -326,6 +326,10 @@ fn app_detail(
         }
     }
     let mut revisions: Vec<RevisionDetail> = revisions.into_values().collect();
+    // Kept for every app until the next cycle: without the room `push` grew.
+    for r in &mut revisions {
+        r.active_in.shrink_to_fit();
+    }
     // Newest first.
     revisions.sort_by(|a, b| {
         let v = |r: &RevisionDetail| semver::Version::parse(&r.version).ok();

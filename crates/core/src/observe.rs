@@ -21,7 +21,7 @@ use crate::{
         HippoClient, HippoError,
     },
     nomad::{
-        Allocation, Allocations, Blocking, Indexed, Job, JobFacts, JobStub, JobVersion, Listed,
+        Allocation, Allocations, Blocking, Indexed, Job, JobFacts, JobStubs, JobVersion, Listed,
         NomadClient, NomadError,
     },
     spec::{AppSpec, RevisionSource},
@@ -90,7 +90,7 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default)]
 pub struct NomadState {
     /// Every job, by id.
-    pub jobs: Arc<BTreeMap<String, JobStub>>,
+    pub jobs: Arc<JobStubs>,
     /// Full jobs, read only for the channels the deploy files manage.
     pub details: BTreeMap<String, Arc<JobFacts>>,
     /// Every allocation (one list call), by job.
@@ -128,7 +128,7 @@ pub struct NomadObserver {
 #[derive(Default)]
 struct ObservedNomad {
     jobs: BTreeMap<String, Arc<JobFacts>>,
-    stubs: Option<(u64, Arc<BTreeMap<String, JobStub>>)>,
+    stubs: Option<(u64, Arc<JobStubs>)>,
     allocations: Option<(u64, Arc<Allocations>)>,
     /// Job versions of `rollback: true` channels, with the job's `ModifyIndex` when read.
     versions: BTreeMap<String, (u64, Arc<Vec<JobVersion>>)>,
@@ -208,9 +208,7 @@ impl NomadObserver {
         };
         let (allocations_index, allocations) =
             fresh_or_kept(allocations, kept_allocations, Allocations::from);
-        let stubs = fresh_or_kept(stubs, kept_stubs, |list: Vec<JobStub>| {
-            list.into_iter().map(|j| (j.id.clone(), j)).collect()
-        });
+        let stubs = fresh_or_kept(stubs, kept_stubs, JobStubs::from);
         {
             let mut cache = self.cache.locked();
             cache.allocations = Some((allocations_index, allocations.clone()));
@@ -221,7 +219,7 @@ impl NomadObserver {
             let cache = &self.cache.locked().jobs;
             wanted
                 .iter()
-                .filter(|id| match (jobs.get(*id), cache.get(*id)) {
+                .filter(|id| match (jobs.get(id), cache.get(*id)) {
                     (Some(stub), Some(job)) => stub.job_modify_index != job.job_modify_index,
                     (Some(_), None) => true,
                     (None, _) => false,
@@ -267,7 +265,7 @@ impl NomadObserver {
     pub async fn versions(
         &self,
         ids: &BTreeSet<String>,
-        stubs: &BTreeMap<String, JobStub>,
+        stubs: &JobStubs,
         concurrency: usize,
     ) -> Result<BTreeMap<String, Arc<Vec<JobVersion>>>, NomadError> {
         let stale: Vec<(String, u64)> = {

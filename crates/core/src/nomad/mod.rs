@@ -329,6 +329,73 @@ impl Allocation {
     }
 }
 
+/// Every job as listed, by id: a sorted list with a map's lookups, as a controller keeps it
+/// between cycles (30,000 jobs at 10,000 apps), where a map keyed by id held each id twice and
+/// a tree node per few jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobStubs(Vec<JobStub>);
+
+impl JobStubs {
+    pub fn get(&self, id: &str) -> Option<&JobStub> {
+        self.find(id).ok().map(|i| &self.0[i])
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.find(id).is_ok()
+    }
+
+    /// Adds a job, replacing one listed under the same id; `id` must be `stub.id`.
+    pub fn insert(&mut self, id: String, stub: JobStub) {
+        debug_assert_eq!(id, stub.id);
+        match self.find(&id) {
+            Ok(i) => self.0[i] = stub,
+            Err(i) => self.0.insert(i, stub),
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<JobStub> {
+        self.find(id).ok().map(|i| self.0.remove(i))
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// The ids, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|j| &j.id)
+    }
+
+    /// The jobs, by id.
+    pub fn values(&self) -> impl Iterator<Item = &JobStub> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn find(&self, id: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|j| j.id.as_str().cmp(id))
+    }
+}
+
+/// Nomad lists jobs by id already; sorted (and deduplicated, the last kept) all the same.
+impl From<Vec<JobStub>> for JobStubs {
+    fn from(mut list: Vec<JobStub>) -> Self {
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list.reverse();
+        list.dedup_by(|later, earlier| later.id == earlier.id);
+        list.reverse();
+        list.shrink_to_fit();
+        JobStubs(list)
+    }
+}
+
 /// Allocations grouped by job id: health is looked up per channel, and scanning every
 /// allocation for each job would cost jobs × allocations per observation. One list sorted by
 /// job id (a binary search finds a job's run), since a controller keeps it between cycles
@@ -1140,6 +1207,33 @@ mod tests {
             .collect();
         assert_eq!(jobs, [("j1", vec!["a1", "a3"]), ("j2", vec!["a2"])]);
         assert_eq!(grouped.len(), 3);
+    }
+
+    #[test]
+    fn job_stubs_are_looked_up_by_id() {
+        let stub = |id: &str, index: u64| JobStub {
+            id: id.into(),
+            status: "running".into(),
+            stop: false,
+            job_modify_index: index,
+            modify_index: index,
+        };
+        let mut jobs = JobStubs::from(vec![stub("b", 1), stub("a", 2), stub("b", 3)]);
+        assert_eq!(jobs.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            jobs.get("b").map(|j| j.job_modify_index),
+            Some(3),
+            "the last listed"
+        );
+        assert!(jobs.contains_key("a") && !jobs.contains_key("c") && jobs.get("").is_none());
+        jobs.insert("c".into(), stub("c", 4));
+        jobs.insert("a".into(), stub("a", 5));
+        let indexes: Vec<u64> = jobs.values().map(|j| j.job_modify_index).collect();
+        assert_eq!(indexes, [5, 3, 4]);
+        assert_eq!(jobs.remove("b").map(|j| j.id), Some("b".into()));
+        assert_eq!((jobs.remove("b"), jobs.len()), (None, 2));
+        jobs.clear();
+        assert!(jobs.is_empty());
     }
 
     #[test]
