@@ -840,7 +840,7 @@ impl Loop {
         .await
     }
 
-    /// Every reload reads every file: a file's problems are logged when they first appear.
+    /// A load reads every file again: a file's problems are logged when they first appear.
     fn log_new_problems(&self, rejected: &BTreeMap<PathBuf, Vec<spec::Diagnostic>>) {
         for (file, problems) in rejected {
             if self.loaded.rejected.get(file) == Some(problems) {
