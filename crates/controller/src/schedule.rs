@@ -78,8 +78,8 @@ impl Schedule {
     /// apps no longer desired are forgotten. Returns the names that changed.
     pub fn update_desired(&mut self, apps: &[(String, u64)]) -> Vec<String> {
         let mut changed = Vec::new();
-        // Updated in place (every interval reloads the files): the entries of unchanged apps
-        // are neither copied nor moved.
+        // Updated in place (a reload that read the files changed few apps, often none): the
+        // entries of unchanged apps are neither copied nor moved.
         let wanted: BTreeMap<&str, u64> = apps.iter().map(|(n, fp)| (n.as_str(), *fp)).collect();
         self.apps
             .retain(|name, _| wanted.contains_key(name.as_str()));

@@ -204,6 +204,11 @@ impl BindleVersions {
         self.0.is_empty()
     }
 
+    /// Drops the room `insert` grew: the controller keeps one of these for every app.
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &ServerBindle> {
         self.0.iter()
     }
@@ -219,8 +224,7 @@ impl FromIterator<ServerBindle> for BindleVersions {
         for b in iter {
             out.insert(b);
         }
-        // Kept by the controller for every app: without the room `insert` grew.
-        out.0.shrink_to_fit();
+        out.shrink_to_fit();
         out
     }
 }
@@ -428,6 +432,8 @@ impl BindleClient {
                         std::sync::atomic::Ordering::Relaxed,
                     );
                 }
+                // Built by `insert` across pages.
+                out.values_mut().for_each(BindleVersions::shrink_to_fit);
                 return Ok(out);
             }
         }
